@@ -1,0 +1,1 @@
+"""The catalogue of ready-made device types that the ``hubserver`` binary loads by default."""

@@ -1,0 +1,19 @@
+"""Django app of the hub: discovers every installed app's ``devices.py`` and registers the admin."""
+
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class HubserverConfig(AppConfig):
+    name = "hubserver"
+    verbose_name = "Hub"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from .conf import hub_settings
+
+        autodiscover_modules("devices")
+        if hub_settings.AUTO_ADMIN:
+            from .generators.admin import auto_register_admin
+
+            auto_register_admin()

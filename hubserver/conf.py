@@ -1,0 +1,161 @@
+"""``hub_settings``: the ``HUBSERVER`` dict of Django settings, read lazily, validated, cached, and
+reloaded when a test changes it with ``override_settings`` (the seed 003 settings system)."""
+
+from django.core.signals import setting_changed
+
+from .exceptions import ConfigurationError
+
+SETTINGS_NAME = "HUBSERVER"
+EMBEDDED_ENGINE = "hubserver.brokers.embedded.EmbeddedBroker"
+EXTERNAL_ENGINE = "hubserver.brokers.mqtt.MQTTBroker"
+
+NUMBER = (int, float)
+STR_LIST = "list of str"
+
+# Keys of one BROKERS entry (seed 002) with their type and default.
+BROKER_DEFAULTS = {
+    "ENGINE": (str, EXTERNAL_ENGINE),
+    "HOST": (str, "localhost"),
+    "PORT": (int, 1883),
+    "USERNAME": (str, ""),
+    "PASSWORD": (str, ""),
+    "CLIENT_ID": (str, ""),
+    "KEEPALIVE": (int, 60),
+    "USE_TLS": (bool, False),
+    "CA_CERTS": (str, ""),
+    "CERTFILE": (str, ""),
+    "KEYFILE": (str, ""),
+    "USE_SHARED_SUBSCRIPTIONS": (bool, True),
+    "SHARE_GROUP": (str, "hubserver"),
+    "AUTH_BACKEND": (bool, False),
+}
+
+# Top-level keys: the seed's names first, then ours.
+DEFAULTS = {
+    "BROKERS": (dict, {"default": {"ENGINE": EMBEDDED_ENGINE}}),
+    "TOPIC_PREFIX": (str, "things"),
+    "AUTO_ADMIN": (bool, True),
+    "AUTO_API": (bool, True),
+    # Embedded broker listeners (used by ``hubserver run``).
+    "MQTT_HOST": (str, "0.0.0.0"),
+    "MQTT_PORT": (int, 1883),
+    "MQTT_TLS_PORT": (int, 0),  # 0: no TLS listener
+    "MQTT_TLS_CERTFILE": (str, ""),
+    "MQTT_TLS_KEYFILE": (str, ""),
+    "MQTT_WEBSOCKET_PATH": (str, "/mqtt"),
+    # Who may connect, and how much.
+    "ALLOW_ANONYMOUS": (bool, False),
+    "ANONYMOUS_DENY": (STR_LIST, []),
+    "MAX_PAYLOAD_SIZE": (int, 256 * 1024),
+    "MAX_CONNECTIONS": (int, 10_000),
+    # Seconds without any message after which a connected device is marked offline (0: never).
+    "HEARTBEAT_TIMEOUT": (NUMBER, 300),
+    # Group-commit writer: rows per transaction at most, and queued messages before back-pressure.
+    "WRITER_BATCH_SIZE": (int, 2000),
+    "WRITER_QUEUE_SIZE": (int, 50_000),
+}
+
+
+def _type_name(expected):
+    if expected == STR_LIST:
+        return STR_LIST
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
+
+
+def _check_type(where, value, expected):
+    if expected == STR_LIST:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    elif expected in (int, NUMBER):
+        ok = isinstance(value, expected) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigurationError(f"{where} must be a {_type_name(expected)}, got {type(value).__name__} {value!r}")
+
+
+def _validate_brokers(brokers):
+    if not brokers:
+        raise ConfigurationError(f"{SETTINGS_NAME}['BROKERS'] must name at least one broker")
+    resolved = {}
+    for name, config in brokers.items():
+        where = f"{SETTINGS_NAME}['BROKERS'][{name!r}]"
+        _check_type(where, config, dict)
+        unknown = sorted(set(config) - set(BROKER_DEFAULTS))
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        entry = {}
+        for key, (expected, default) in BROKER_DEFAULTS.items():
+            value = config.get(key, default)
+            _check_type(f"{where}[{key!r}]", value, expected)
+            entry[key] = value
+        resolved[name] = entry
+    return resolved
+
+
+def validate(user):
+    """Merge the user's dict with the defaults; raise ConfigurationError naming the first bad key."""
+    if not isinstance(user, dict):
+        raise ConfigurationError(f"{SETTINGS_NAME} must be a dict, got {type(user).__name__}")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"{SETTINGS_NAME}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(DEFAULTS)}"
+        )
+    resolved = {}
+    for key, (expected, default) in DEFAULTS.items():
+        value = user.get(key, default)
+        _check_type(f"{SETTINGS_NAME}[{key!r}]", value, expected)
+        resolved[key] = value
+    resolved["BROKERS"] = _validate_brokers(resolved["BROKERS"])
+    resolved["ANONYMOUS_DENY"] = list(resolved["ANONYMOUS_DENY"])
+    prefix = resolved["TOPIC_PREFIX"]
+    if not prefix or any(c in prefix for c in "#+") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigurationError(
+            f"{SETTINGS_NAME}['TOPIC_PREFIX'] must be a topic without wildcards or leading/trailing '/', got {prefix!r}"
+        )
+    for key in ("MAX_PAYLOAD_SIZE", "WRITER_BATCH_SIZE", "WRITER_QUEUE_SIZE"):
+        if resolved[key] <= 0:
+            raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be positive, got {resolved[key]}")
+    return resolved
+
+
+class HubSettings:
+    """Attribute access to the validated settings: ``hub_settings.TOPIC_PREFIX``."""
+
+    def __init__(self):
+        self._cache = None
+
+    def _load(self):
+        from django.conf import settings
+
+        self._cache = validate(getattr(settings, SETTINGS_NAME, {}))
+        return self._cache
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = self._cache if self._cache is not None else self._load()
+        try:
+            return values[name]
+        except KeyError:
+            raise AttributeError(f"{SETTINGS_NAME} has no setting {name!r}") from None
+
+    def as_dict(self):
+        return dict(self._cache if self._cache is not None else self._load())
+
+    def reload(self):
+        """Drop the cache; the next access reads and validates the Django settings again."""
+        self._cache = None
+
+
+hub_settings = HubSettings()
+
+
+def _on_setting_changed(setting, **kwargs):
+    if setting == SETTINGS_NAME:
+        hub_settings.reload()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="hubserver.conf.reload")

@@ -1,0 +1,128 @@
+"""DeviceType and its metaclass: a device is declared as a class of Readings, Commands and StateFields."""
+
+import re
+
+from .descriptors import Command, Reading, StateField
+from .registry import normalize_name, registry
+
+_DESCRIPTORS = (("_readings", Reading), ("_commands", Command), ("_state_fields", StateField))
+
+STATUS_CHOICES = (
+    ("online", "Online"),
+    ("offline", "Offline"),
+    ("error", "Error"),
+    ("maintenance", "Maintenance"),
+    ("low_battery", "Low battery"),
+    ("provisioning", "Provisioning"),
+)
+VALID_STATUSES = frozenset(value for value, _ in STATUS_CHOICES)
+
+
+def _verbose(class_name):
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", class_name).replace("_", " ")
+
+
+class DeviceTypeOptions:
+    """What an inner ``class Meta`` may set: ``verbose_name``, ``verbose_name_plural`` and ``broker``."""
+
+    ALLOWED = ("verbose_name", "verbose_name_plural", "broker")
+
+    def __init__(self, class_name, meta, parent):
+        from .exceptions import ConfigurationError
+
+        unknown = [k for k in vars(meta) if not k.startswith("_") and k not in self.ALLOWED] if meta else []
+        if unknown:
+            raise ConfigurationError(
+                f"{class_name}.Meta: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(self.ALLOWED)}"
+            )
+        self.verbose_name = getattr(meta, "verbose_name", None) or _verbose(class_name)
+        self.verbose_name_plural = getattr(meta, "verbose_name_plural", None) or f"{self.verbose_name}s"
+        # The broker is inherited: a subclass of a LoRa type stays on the LoRa broker unless it says otherwise.
+        self.broker = getattr(meta, "broker", None) or (parent.broker if parent else "default")
+
+
+class DeviceTypeMeta(type):
+    """Collects descriptors (bases first, so subclasses inherit and override) and registers concrete types."""
+
+    def __new__(mcs, name, bases, namespace, **kwargs):
+        collected = {attr: {} for attr, _ in _DESCRIPTORS}
+        for base in reversed(bases):
+            for attr, _ in _DESCRIPTORS:
+                collected[attr].update(getattr(base, attr, {}))
+        for key, value in list(namespace.items()):
+            for attr, kind in _DESCRIPTORS:
+                if isinstance(value, kind):
+                    value.name = key
+                    for other, _ in _DESCRIPTORS:  # an override may change the kind of declaration
+                        collected[other].pop(key, None)
+                    collected[attr][key] = value
+                    del namespace[key]
+        namespace.update(collected)
+        meta = namespace.pop("Meta", None)
+        parent_options = next(
+            (b._meta for b in bases if isinstance(getattr(b, "_meta", None), DeviceTypeOptions)), None
+        )
+        namespace["_meta"] = DeviceTypeOptions(name, meta, parent_options)
+        # Only the class that says so is abstract; its subclasses register unless they say so too.
+        namespace.setdefault("_abstract", False)
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        if bases and not cls._abstract:
+            registry.register(cls)
+        return cls
+
+
+class DeviceType(metaclass=DeviceTypeMeta):
+    """Subclass to declare a device type; hooks run after each message's batch has been committed."""
+
+    _abstract = True
+    _device_model = None
+    _reading_model = None
+    _message_model = None
+
+    @classmethod
+    def type_name(cls):
+        """The normalized name used in topics and URLs: ``WeatherStation`` -> ``weatherstation``."""
+        return normalize_name(cls.__name__)
+
+    @classmethod
+    def create_models(cls, module=None):
+        """Generate ``<Type>Device``, ``<Type>Reading`` and ``<Type>Message`` in the caller's module (app)."""
+        from .generators.models import _caller_module, create_models
+
+        return create_models(cls, module=module or _caller_module())
+
+    @classmethod
+    def get_models(cls):
+        return cls._device_model, cls._reading_model, cls._message_model
+
+    # Hooks: override in a subclass. They may be plain or ``async def``.
+    def on_data(self, device, readings):
+        """Called with the Device instance and ``{reading: value}`` after a data message is stored."""
+
+    def on_status_change(self, device, old_status, new_status):
+        """Called when a status message (or a connect/disconnect) changes the device's status."""
+
+    # Payload descriptions for device makers and the API docs.
+    @classmethod
+    def data_schema(cls):
+        from .schema import data_schema
+
+        return data_schema(cls)
+
+    @classmethod
+    def status_schema(cls):
+        from .schema import status_schema
+
+        return status_schema(cls)
+
+    @classmethod
+    def command_schemas(cls):
+        from .schema import command_schemas
+
+        return command_schemas(cls)
+
+    @classmethod
+    def json_schema(cls):
+        from .schema import device_type_schema
+
+        return device_type_schema(cls)

@@ -1,0 +1,1 @@
+"""Generators turn a declarative DeviceType into Django models, admin classes and (later) API views."""

@@ -1,0 +1,124 @@
+"""``create_models()``: the three concrete models of a DeviceType, built with ``type()`` on the abstract bases."""
+
+import hashlib
+import inspect
+
+from django.apps import apps
+from django.db import models
+
+from ..exceptions import ConfigurationError
+from ..models import BaseDevice, BaseMessage, BaseReading
+from ..registry import registry
+
+RESERVED_READING_NAMES = {f.name for f in BaseReading._meta.local_fields} | {"id", "device", "device_id", "pk"}
+RESERVED_DEVICE_NAMES = {f.name for f in BaseDevice._meta.local_fields} | {"id", "pk", "readings", "messages"}
+
+
+def _caller_module(depth=1):
+    """``__name__`` of the module ``depth`` frames above the caller; Django uses it to pick the model's app."""
+    frame = inspect.currentframe().f_back
+    for _ in range(depth):
+        frame = frame.f_back
+    return frame.f_globals["__name__"]
+
+
+def _check_names(device_type):
+    for names, reserved, kind in (
+        (device_type._readings, RESERVED_READING_NAMES, "Reading"),
+        (device_type._state_fields, RESERVED_DEVICE_NAMES, "StateField"),
+    ):
+        clash = sorted(set(names) & reserved)
+        if clash:
+            raise ConfigurationError(
+                f"{device_type.__name__}: {kind} name(s) {', '.join(clash)} clash with built-in fields"
+            )
+
+
+def create_models(device_type, module=None):
+    """Return ``(Device, Reading, Message)`` for ``device_type``, defined in ``module`` (default: the caller).
+
+    Calling it again for the same type and module returns the models already made, so re-imports are safe.
+    """
+    module = module or _caller_module()
+    if device_type._device_model is not None and device_type._device_model.__module__ == module:
+        return device_type.get_models()
+    _check_names(device_type)
+    base = device_type.__name__
+    options = device_type._meta
+    app_label = _app_label(module)
+
+    def build(suffix, parent, fields, meta):
+        name = f"{base}{suffix}"
+        existing = _existing_model(app_label, name)
+        if existing is not None and existing.__module__ == module:
+            return existing
+        attrs = {"__module__": module, "__qualname__": name, "Meta": type("Meta", (parent.Meta,), meta), **fields}
+        return type(name, (parent,), attrs)
+
+    device_fields = {name: field.to_django_field() for name, field in device_type._state_fields.items()}
+    device_fields["_device_type_cls"] = device_type
+    device_model = build(
+        "Device",
+        BaseDevice,
+        device_fields,
+        {
+            "verbose_name": options.verbose_name,
+            "verbose_name_plural": options.verbose_name_plural,
+        },
+    )
+
+    reading_fields = {
+        "device": models.ForeignKey(device_model, on_delete=models.CASCADE, related_name="readings"),
+        **{name: reading.to_django_field() for name, reading in device_type._readings.items()},
+    }
+    reading_model = build(
+        "Reading",
+        BaseReading,
+        reading_fields,
+        {
+            "verbose_name": f"{options.verbose_name} reading",
+            "indexes": [models.Index(fields=["device", "timestamp"], name=_index_name(base, "reading_dev_ts"))],
+        },
+    )
+
+    message_fields = {
+        "device": models.ForeignKey(device_model, on_delete=models.CASCADE, related_name="messages"),
+    }
+    message_model = build(
+        "Message",
+        BaseMessage,
+        message_fields,
+        {
+            "verbose_name": f"{options.verbose_name} message",
+            "indexes": [models.Index(fields=["device", "received_at"], name=_index_name(base, "message_dev_rx"))],
+        },
+    )
+
+    device_type._device_model = device_model
+    device_type._reading_model = reading_model
+    device_type._message_model = message_model
+    registry.register_models(device_type, device_model, reading_model, message_model)
+    return device_model, reading_model, message_model
+
+
+def _app_label(module):
+    config = apps.get_containing_app_config(module)
+    if config is None:
+        raise ConfigurationError(
+            f"create_models() was called from {module!r}, which is not inside an installed app; "
+            "call it from the models.py of an app in INSTALLED_APPS"
+        )
+    return config.label
+
+
+def _existing_model(app_label, name):
+    return apps.all_models.get(app_label, {}).get(name.lower())
+
+
+def _index_name(base, suffix):
+    """Index names are limited to 30 characters; keep them unique per type and stable across runs."""
+    digest = hashlib.sha1(base.encode()).hexdigest()[:6]
+    return f"{base.lower()[: 30 - len(suffix) - 8]}_{digest}_{suffix}"[:30]
+
+
+__all__ = ["create_models"]

@@ -1,0 +1,106 @@
+"""Abstract bases of the models generated for every DeviceType (seed 000 "Model Generation")."""
+
+from django.db import models
+from django.utils import timezone
+
+from .devicetype import STATUS_CHOICES
+
+
+class BaseDevice(models.Model):
+    """One physical device. Secrets are stored only as argon2id hashes; the plaintext is shown once."""
+
+    device_id = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=20, choices=STATUS_CHOICES, default="offline", db_index=True)
+    battery_level = models.FloatField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    firmware_version = models.CharField(max_length=64, blank=True)
+    is_active = models.BooleanField(default=True)
+    mqtt_username = models.CharField(max_length=150, unique=True, null=True, blank=True)
+    mqtt_password_hash = models.CharField(max_length=255, blank=True)
+    api_key = models.CharField(max_length=255, blank=True, help_text="argon2id hash of the device's API key")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    _device_type_cls = None
+
+    class Meta:
+        abstract = True
+        ordering = ["device_id"]
+
+    def __str__(self):
+        return self.name or self.device_id
+
+    @property
+    def device_type(self):
+        return self._device_type_cls
+
+
+class BaseReading(models.Model):
+    """One data message's declared readings, one nullable column per Reading."""
+
+    timestamp = models.DateTimeField(db_index=True, default=timezone.now)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+        ordering = ["-timestamp"]
+        get_latest_by = "timestamp"
+
+    def __str__(self):
+        return f"{self.device_id} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+
+class BaseMessage(models.Model):
+    """The audit trail: every message to or from a device, stored before it is interpreted."""
+
+    class Direction(models.TextChoices):
+        INBOUND = "inbound", "Inbound"
+        OUTBOUND = "outbound", "Outbound"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    topic = models.CharField(max_length=255)
+    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND)
+    payload_json = models.JSONField(null=True, blank=True)
+    payload_raw = models.BinaryField(null=True, blank=True)
+    content_type = models.CharField(max_length=100, default="application/json")
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    user_properties = models.JSONField(default=dict, blank=True)
+    processing_status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    processing_error = models.TextField(blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-received_at"]
+        get_latest_by = "received_at"
+
+    def __str__(self):
+        return f"{self.direction} {self.topic} ({self.processing_status})"
+
+    @property
+    def payload_text(self):
+        """The raw payload as text, with undecodable bytes escaped, for display."""
+        raw = self.payload_raw
+        return bytes(raw).decode("utf-8", "backslashreplace") if raw is not None else ""
+
+    def mark_completed(self, save=True):
+        self.processing_status = self.Status.COMPLETED
+        self.processing_error = ""
+        self.processed_at = timezone.now()
+        if save:
+            self.save(update_fields=["processing_status", "processing_error", "processed_at"])
+
+    def mark_failed(self, error, save=True):
+        self.processing_status = self.Status.FAILED
+        self.processing_error = str(error)
+        self.processed_at = timezone.now()
+        if save:
+            self.save(update_fields=["processing_status", "processing_error", "processed_at"])

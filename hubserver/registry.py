@@ -1,0 +1,75 @@
+"""The global registry of DeviceType classes and the models generated for them."""
+
+from .exceptions import RegistryError
+
+
+def normalize_name(name):
+    """``WeatherStation``, ``weather_station`` and ``weatherstation`` all name the same type."""
+    return name.lower().replace("_", "")
+
+
+def _qualified(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class DeviceTypeRegistry:
+    """Maps normalized type names to DeviceType classes (``_types``) and to their models (``_models``)."""
+
+    def __init__(self):
+        self._types = {}
+        self._models = {}
+
+    def register(self, device_type):
+        key = normalize_name(device_type.__name__)
+        existing = self._types.get(key)
+        if existing is not None and _qualified(existing) != _qualified(device_type):
+            raise RegistryError(
+                f"DeviceType name conflict: {device_type.__name__!r} ({_qualified(device_type)}) -- "
+                f"already registered by {_qualified(existing)}"
+            )
+        # Re-importing the same module (autoreload, tests) replaces the class in place.
+        self._types[key] = device_type
+        return device_type
+
+    def unregister(self, name):
+        key = normalize_name(name if isinstance(name, str) else name.__name__)
+        self._types.pop(key, None)
+        self._models.pop(key, None)
+
+    def register_models(self, device_type, device_model, reading_model, message_model):
+        self._models[normalize_name(device_type.__name__)] = (device_model, reading_model, message_model)
+
+    def get(self, name):
+        """The DeviceType class for a name in any spelling, or None."""
+        return self._types.get(normalize_name(name))
+
+    def get_models(self, name):
+        """``(DeviceModel, ReadingModel, MessageModel)`` for a type name, or None before create_models()."""
+        return self._models.get(normalize_name(name))
+
+    def get_by_device_model(self, model):
+        """The DeviceType whose generated Device model is ``model`` (a class or an instance), or None."""
+        model = model if isinstance(model, type) else type(model)
+        for key, models in self._models.items():
+            if model is models[0]:
+                return self._types.get(key)
+        return None
+
+    def all(self):
+        return list(self._types.values())
+
+    def all_with_models(self):
+        """``[(DeviceType, DeviceModel, ReadingModel, MessageModel), ...]`` for the types that have models."""
+        return [(self._types[key], *models) for key, models in self._models.items() if key in self._types]
+
+    def __len__(self):
+        return len(self._types)
+
+    def __contains__(self, name):
+        return normalize_name(name) in self._types
+
+    def __iter__(self):
+        return iter(self.all())
+
+
+registry = DeviceTypeRegistry()

@@ -1,0 +1,1 @@
+"""The amqtt side of the hub: auth, topic ACL and the bridge into the MessageRouter."""

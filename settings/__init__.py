@@ -1,0 +1,117 @@
+"""Settings of the ``hubserver`` binary, configured entirely from the environment.
+
+| variable | default | meaning |
+|---|---|---|
+| HUBSERVER_DATA_DIR | ./hubserver-data | database, secret key, generated migrations |
+| DATABASE_URL | sqlite:///<data dir>/hubserver.sqlite3 | any dj-database-url URL (postgres://...) |
+| HUBSERVER_SECRET_KEY | generated once into <data dir>/secret_key | Django SECRET_KEY |
+| HUBSERVER_DEBUG | 0 | Django DEBUG |
+| HUBSERVER_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma-separated; * allows any |
+| HUBSERVER_CSRF_TRUSTED_ORIGINS | (none) | comma-separated origins, e.g. https://hub.example.com |
+| HUBSERVER_DEVICES | (none) | a devices.py of your own, loaded as the app ``userdevices`` |
+| HUBSERVER_CATALOGUE | 1 | 0 leaves out the built-in catalogue of device types |
+| HUBSERVER_TOPIC_PREFIX | things | MQTT topic prefix |
+| HUBSERVER_ALLOW_ANONYMOUS | 0 | let clients without credentials connect (outside the device namespace) |
+| HUBSERVER_ANONYMOUS_DENY | (none) | comma-separated topic patterns anonymous clients may not use |
+| HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
+"""
+
+import os
+
+from .environment import data_dir, env_bool, env_list, secret_key, user_devices_app
+from .environment import database as _database
+
+DATA_DIR = data_dir()
+SECRET_KEY = secret_key(DATA_DIR)
+DEBUG = env_bool("HUBSERVER_DEBUG", False)
+ALLOWED_HOSTS = env_list("HUBSERVER_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("HUBSERVER_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "hubserver",
+]
+if env_bool("HUBSERVER_CATALOGUE", True):
+    INSTALLED_APPS.append("hubserver.devicetypes")
+MIGRATION_MODULES = {}
+_user_app = user_devices_app(DATA_DIR)
+if _user_app:
+    INSTALLED_APPS.append(_user_app.app)
+    MIGRATION_MODULES[_user_app.label] = _user_app.migrations_module
+    HUBSERVER_DEVICES_FILE = _user_app.devices_file
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hubserver.urls"
+ASGI_APPLICATION = "hubserver.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": _database(DATA_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+# The process serves its own static files straight from the installed apps: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+HUBSERVER = {
+    "TOPIC_PREFIX": os.environ.get("HUBSERVER_TOPIC_PREFIX", "things"),
+    "ALLOW_ANONYMOUS": env_bool("HUBSERVER_ALLOW_ANONYMOUS", False),
+    "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "hubserver": {"level": os.environ.get("HUBSERVER_LOG_LEVEL", "INFO")},
+        "amqtt": {"level": "WARNING"},
+        "transitions": {"level": "WARNING"},
+    },
+}

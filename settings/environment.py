@@ -1,0 +1,102 @@
+"""Reading the environment for the binary's settings: data directory, secret key, database, user devices."""
+
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(name, default):
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def env_list(name, default):
+    raw = os.environ.get(name)
+    if raw is None:
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def data_dir():
+    path = Path(os.environ.get("HUBSERVER_DATA_DIR", "hubserver-data")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def secret_key(directory):
+    """HUBSERVER_SECRET_KEY, or a key generated on first start and kept (mode 0600) in the data directory."""
+    given = os.environ.get("HUBSERVER_SECRET_KEY")
+    if given:
+        return given
+    key_file = directory / "secret_key"
+    try:
+        return key_file.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(50)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def database(directory):
+    """DATABASE_URL, or SQLite in the data directory tuned for one writer: WAL, IMMEDIATE transactions."""
+    import dj_database_url
+
+    url = os.environ.get("DATABASE_URL") or f"sqlite:///{directory / 'hubserver.sqlite3'}"
+    config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # A persistent connection per thread; a new one per batch tripled commit time (DESIGN §5).
+        config["CONN_MAX_AGE"] = None
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+            "transaction_mode": "IMMEDIATE",
+            **config.get("OPTIONS", {}),
+        }
+    return config
+
+
+@dataclass(frozen=True)
+class UserDevicesApp:
+    app: str
+    label: str
+    devices_file: str
+    migrations_module: str
+
+
+def user_devices_app(directory):
+    """The app for HUBSERVER_DEVICES (a user's devices.py); its migrations live in the data directory."""
+    raw = os.environ.get("HUBSERVER_DEVICES")
+    if not raw:
+        return None
+    devices_file = Path(raw).expanduser().resolve()
+    if not devices_file.is_file():
+        raise ImproperlyConfigured(f"HUBSERVER_DEVICES: {devices_file} is not a file")
+    # The migrations package lives in <data dir>/migrations/userdevices_migrations, importable by that name.
+    package_root = directory / "migrations"
+    package = package_root / "userdevices_migrations"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").touch(exist_ok=True)
+    if str(package_root) not in sys.path:
+        sys.path.insert(0, str(package_root))
+    return UserDevicesApp(
+        app="hubserver.userdevices",
+        label="userdevices",
+        devices_file=str(devices_file),
+        migrations_module="userdevices_migrations",
+    )

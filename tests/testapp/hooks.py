@@ -1,0 +1,3 @@
+"""Where the test types' hooks record their calls."""
+
+calls = []
