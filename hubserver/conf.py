@@ -43,6 +43,8 @@ DEFAULTS = {
     "MQTT_TLS_CERTFILE": (str, ""),
     "MQTT_TLS_KEYFILE": (str, ""),
     "MQTT_WEBSOCKET_PATH": (str, "/mqtt"),
+    # Host name printed in provisioning output for devices to connect to ("" = this machine's host name).
+    "PUBLIC_HOST": (str, ""),
     # Who may connect, and how much.
     "ALLOW_ANONYMOUS": (bool, False),
     "ANONYMOUS_DENY": (STR_LIST, []),

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "rest_framework.authtoken",
     "hubserver",
 ]
 if env_bool("HUBSERVER_CATALOGUE", True):
