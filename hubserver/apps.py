@@ -10,10 +10,15 @@ class HubserverConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from .conf import hub_settings
+        discover()
 
-        autodiscover_modules("devices")
-        if hub_settings.AUTO_ADMIN:
-            from .generators.admin import auto_register_admin
 
-            auto_register_admin()
+def discover(site=None):
+    """Import every installed app's ``devices.py``; register the generated admin when AUTO_ADMIN is on."""
+    from .conf import hub_settings
+
+    autodiscover_modules("devices")
+    if hub_settings.AUTO_ADMIN:
+        from .generators.admin import auto_register_admin
+
+        auto_register_admin(site)
