@@ -1,5 +1,6 @@
 """Abstract bases of the models generated for every DeviceType (seed 000 "Model Generation")."""
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -9,7 +10,11 @@ from .devicetype import STATUS_CHOICES
 class BaseDevice(models.Model):
     """One physical device. Secrets are stored only as argon2id hashes; the plaintext is shown once."""
 
-    device_id = models.CharField(max_length=128, unique=True)
+    device_id = models.CharField(
+        max_length=128,
+        unique=True,
+        validators=[RegexValidator(r"^[^/+#\x00\s]+$", "A device id is one topic level: no '/', '+', '#' or spaces.")],
+    )
     name = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=20, choices=STATUS_CHOICES, default="offline", db_index=True)
     battery_level = models.FloatField(null=True, blank=True)
@@ -104,3 +109,15 @@ class BaseMessage(models.Model):
         self.processed_at = timezone.now()
         if save:
             self.save(update_fields=["processing_status", "processing_error", "processed_at"])
+
+
+class HubAccess(models.Model):
+    """Carries the hub's own permissions; it has no table (``managed = False``) and is never queried."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("mqtt_service", "Can connect to MQTT as a service client")]
+
+    def __str__(self):
+        return "hub access"

@@ -1,0 +1,221 @@
+"""CONNECT authentication, shared by the embedded broker's auth plugin (async) and the HTTP endpoint an
+external broker calls (sync). Both return a principal, or None to refuse; neither ever raises.
+
+Usernames:
+
+- ``{type}.{device_id}`` (``thermometer.kitchen-1``): a device. ``type`` is the registry's normalized
+  name, which never contains a dot, so the part before the first dot picks exactly one Device model and
+  one indexed query on its unique ``mqtt_username`` finds the row. Such usernames never fall through
+  to Django users.
+- ``token`` with a DRF token key as the password: the token's user, as a service client. (Consequently a
+  Django user literally named ``token`` can only connect with a token.)
+- any other username with that user's Django password: a service client.
+- empty (or absent): anonymous, only if ``ALLOW_ANONYMOUS``.
+
+Client ids: a device must connect with its username as client id (as ``hubserver provision`` prints), or
+an empty one; no other client may use an id shaped like a device username. MQTT lets a new connection
+with a taken client id evict the old one and resume its session, so without this rule any client could
+knock a device off the hub or take over its queued commands.
+
+A service client's user must be active and hold ``hubserver.mqtt_service`` (superusers hold every
+permission). Database work runs off the loop; argon2 runs in the device verifier's pool; Django password
+checks run in their own one-thread pool (never Django's ``acheck_password``, which hashes on the loop), so
+a flood of bad service logins cannot delay devices. Unknown or unauthorised service usernames still pay
+one decoy password check, so response time does not tell which usernames exist. Device usernames get no
+decoy: they are derived from device ids and not secret, and skipping the hash keeps floods of unknown
+usernames from costing argon2 time that reconnecting devices need.
+"""
+
+import logging
+import secrets
+
+from channels.db import database_sync_to_async
+
+from ..conf import hub_settings
+from ..registry import registry
+from .principals import ANONYMOUS, DevicePrincipal, ServicePrincipal
+from .verifier import device_verifier, service_verifier
+
+logger = logging.getLogger("hubserver.access")
+
+TOKEN_USERNAME = "token"
+SERVICE_PERMISSION = "hubserver.mqtt_service"
+
+_decoy = {}
+
+
+def parse_device_username(username):
+    """``(type_name, device_id)`` if ``username`` names a registered type with models, else None."""
+    type_name, dot, device_id = username.partition(".")
+    if not dot or not type_name or not device_id:
+        return None
+    if type_name not in registry._models:  # exact normalized spelling: that is how usernames are issued
+        return None
+    return type_name, device_id
+
+
+def _as_text(value):
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8")  # invalid UTF-8 raises: caught by the callers
+    return str(value)
+
+
+# -- synchronous database steps (called directly by the sync path, via sync_to_async by the async one) --
+
+
+def _find_device(type_name, username):
+    device_model = registry.get_models(type_name)[0]
+    return (
+        device_model._default_manager.filter(mqtt_username=username)
+        .only("pk", "device_id", "mqtt_username", "mqtt_password_hash", "is_active")
+        .first()
+    )
+
+
+def _find_service_user(username):
+    """``(user_id, username, password_hash)`` of an active user allowed to connect, else None."""
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    try:
+        user = user_model._default_manager.get_by_natural_key(username)
+    except user_model.DoesNotExist:
+        return None
+    if not user.is_active or not user.has_usable_password() or not user.has_perm(SERVICE_PERMISSION):
+        return None
+    return user.pk, user.get_username(), user.password
+
+
+def _find_token_user(key):
+    """``(user_id, username)`` of the token's user if it is active and allowed to connect, else None."""
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.select_related("user").filter(key=key).first()
+    if token is None:
+        return None
+    user = token.user
+    if not user.is_active or not user.has_perm(SERVICE_PERMISSION):
+        return None
+    return user.pk, user.get_username()
+
+
+def _decoy_check(password):
+    """Spend what a real password check costs, against a hash of a random string made once (in a worker
+    thread, like every hashing here). Always False."""
+    from django.contrib.auth.hashers import check_password, make_password
+
+    if "hash" not in _decoy:
+        _decoy["hash"] = make_password(secrets.token_urlsafe(32))
+    check_password(password, _decoy["hash"])
+    return False
+
+
+def _device_principal(type_name, device, username):
+    return DevicePrincipal(type_name=type_name, device_id=device.device_id, device_pk=device.pk, mqtt_username=username)
+
+
+def _anonymous():
+    if hub_settings.ALLOW_ANONYMOUS:
+        return ANONYMOUS
+    logger.info("refused anonymous MQTT connection (ALLOW_ANONYMOUS is off)")
+    return None
+
+
+# -- async (the embedded broker, on the event loop) -----------------------------------------------------
+
+
+def client_id_allowed(principal, client_id):
+    """May ``principal`` use ``client_id``? Empty ids (the broker assigns one) are always fine."""
+    if not client_id:
+        return True
+    if isinstance(principal, DevicePrincipal):
+        return client_id == principal.mqtt_username
+    return parse_device_username(client_id) is None
+
+
+def _checked(principal, client_id, username):
+    if principal is None or client_id is None or client_id_allowed(principal, client_id):
+        return principal
+    logger.warning("refused MQTT connection of %r: client id %r is reserved", username, client_id)
+    return None
+
+
+async def authenticate_mqtt(username, password, client_id=None):
+    """The principal for a CONNECT with ``username``/``password``, or None to refuse. Never raises.
+
+    With ``client_id`` (the CONNECT's), the client-id rule above is enforced too."""
+    try:
+        principal = await _authenticate(_as_text(username), _as_text(password))
+        return _checked(principal, _as_text(client_id), username)
+    except Exception:
+        logger.exception("MQTT authentication of %r failed with an internal error; refusing", username)
+        return None
+
+
+async def _authenticate(username, password):
+    if not username:
+        return _anonymous()
+    if not password:
+        return None
+    device_name = parse_device_username(username)
+    if device_name is not None:
+        type_name, _ = device_name
+        device = await database_sync_to_async(_find_device)(type_name, username)
+        if device is None or not device.is_active or not device.mqtt_password_hash:
+            return None
+        if not await device_verifier.verify(device.mqtt_password_hash, password, username=username):
+            return None
+        return _device_principal(type_name, device, username)
+    if username == TOKEN_USERNAME:
+        found = await database_sync_to_async(_find_token_user)(password)
+        return ServicePrincipal(username=found[1], user_id=found[0]) if found else None
+    found = await database_sync_to_async(_find_service_user)(username)
+    if found is None:
+        await service_verifier.run(_decoy_check, password)
+        return None
+    user_id, user_name, password_hash = found
+    if not await service_verifier.verify(password_hash, password, username=username):
+        return None
+    return ServicePrincipal(username=user_name, user_id=user_id)
+
+
+# -- sync twin (the HTTP auth endpoint for an external broker) -----------------------------------------
+
+
+def authenticate_mqtt_sync(username, password, client_id=None):
+    """The same decision for synchronous callers (e.g. ``POST /iot/broker/auth/``). Never raises."""
+    try:
+        principal = _authenticate_sync(_as_text(username), _as_text(password))
+        return _checked(principal, _as_text(client_id), username)
+    except Exception:
+        logger.exception("MQTT authentication of %r failed with an internal error; refusing", username)
+        return None
+
+
+def _authenticate_sync(username, password):
+    if not username:
+        return _anonymous()
+    if not password:
+        return None
+    device_name = parse_device_username(username)
+    if device_name is not None:
+        type_name, _ = device_name
+        device = _find_device(type_name, username)
+        if device is None or not device.is_active or not device.mqtt_password_hash:
+            return None
+        if not device_verifier.verify_sync(device.mqtt_password_hash, password, username=username):
+            return None
+        return _device_principal(type_name, device, username)
+    if username == TOKEN_USERNAME:
+        found = _find_token_user(password)
+        return ServicePrincipal(username=found[1], user_id=found[0]) if found else None
+    found = _find_service_user(username)
+    if found is None:
+        service_verifier.run_sync(_decoy_check, password)
+        return None
+    user_id, user_name, password_hash = found
+    if not service_verifier.verify_sync(password_hash, password, username=username):
+        return None
+    return ServicePrincipal(username=user_name, user_id=user_id)
