@@ -1,0 +1,21 @@
+"""Broker-agnostic routing: device topics and payloads in, rows committed in batches, signals out.
+
+``MessageRouter`` is the one entry point every broker engine calls; see ``router.py``.
+"""
+
+from .results import BatchCommitError, Refusal, RouteResult, RouterNotRunning
+from .router import MessageRouter
+from .topics import Topic, device_topic, parse_topic
+from .writer import GroupCommitWriter
+
+__all__ = [
+    "BatchCommitError",
+    "GroupCommitWriter",
+    "MessageRouter",
+    "Refusal",
+    "RouteResult",
+    "RouterNotRunning",
+    "Topic",
+    "device_topic",
+    "parse_topic",
+]

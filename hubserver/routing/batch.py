@@ -1,0 +1,254 @@
+"""Turning a batch of ``Work`` into rows, and committing them in one transaction (runs in the ORM thread).
+
+Per message: parse, validate, build unsaved Message/Reading instances, and apply status, battery,
+firmware and ``last_seen`` to the cached device instance. Then one transaction: ``bulk_create`` per
+model, and one ``bulk_update`` per Device model for every device the batch touched, so ``last_seen`` costs
+one statement per batch whatever the message rate. If the commit fails the in-memory device state is
+rolled back too, so the next batch computes status changes from what is really stored.
+"""
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..exceptions import PayloadError
+from ..models import BaseMessage
+from . import payloads
+from .results import RouteResult, refused
+from .topics import DATA, REPLY, STATUS
+from .work import CONNECT, CONNECTED, DISCONNECT, DISCONNECTED, HEARTBEAT_TIMEOUT
+
+logger = logging.getLogger("hubserver.routing")
+
+ONLINE = "online"
+OFFLINE = "offline"
+COMPLETED = BaseMessage.Status.COMPLETED.value
+FAILED = BaseMessage.Status.FAILED.value
+_DEVICE_FIELDS = ("status", "battery_level", "firmware_version", "last_seen")
+
+
+def write_batch(works, cache):
+    """Resolve devices, build rows and commit them; sets ``result`` (or ``error``) on every Work."""
+    _resolve_devices(works, cache)
+    rows = Rows()
+    now = timezone.now()
+    for work in works:
+        if work.result is not None:
+            continue
+        try:
+            _HANDLERS[work.kind](work, rows, now)
+        except Exception as exc:  # a bug must cost this message, not its whole batch
+            logger.exception("could not process %s for %s/%s", work.kind, *work.key)
+            work.error = exc
+    try:
+        with transaction.atomic():
+            rows.save()
+    except BaseException:
+        rows.restore()
+        raise
+    for work in works:
+        if work.result is None and work.error is None:
+            work.result = _result(work)
+
+
+def _resolve_devices(works, cache):
+    states = {}
+    missing = {}
+    for work in works:
+        if work.key not in states:
+            states[work.key] = state = cache.peek(work.key)
+            if state is None:
+                missing[work.key] = work.models[0]
+    if missing:
+        states.update(cache.load(missing))
+    for work in works:
+        state = states[work.key]
+        if isinstance(state, str):
+            work.result = refused(
+                state,
+                work.topic,
+                f"{state.replace('_', ' ')} {work.device_id!r}",
+                kind=work.kind,
+                type_name=work.key[0],
+                device_id=work.device_id,
+            )
+        else:
+            work.device = state
+
+
+class Rows:
+    """The rows of one batch, and a snapshot of every device it changed (to undo on a failed commit)."""
+
+    def __init__(self):
+        self.messages = {}
+        self.readings = {}
+        self.devices = {}  # id(device) -> (device, snapshot of _DEVICE_FIELDS)
+        self.device_fields = {}  # Device model -> names of fields changed in this batch
+
+    def add_message(self, work, instance):
+        self.messages.setdefault(type(instance), []).append(instance)
+        work.message = instance
+
+    def add_reading(self, instance):
+        self.readings.setdefault(type(instance), []).append(instance)
+
+    def update_device(self, device, **values):
+        if id(device) not in self.devices:
+            self.devices[id(device)] = (device, {name: getattr(device, name) for name in _DEVICE_FIELDS})
+        for name, value in values.items():
+            setattr(device, name, value)
+        self.device_fields.setdefault(type(device), set()).update(values)
+
+    def save(self):
+        for model, instances in self.messages.items():
+            model.objects.bulk_create(instances)
+        for model, instances in self.readings.items():
+            model.objects.bulk_create(instances)
+        by_model = {}
+        for device, _ in self.devices.values():
+            by_model.setdefault(type(device), []).append(device)
+        for model, devices in by_model.items():
+            fields = sorted(self.device_fields.get(model, ()))
+            if fields:
+                model.objects.bulk_update(devices, fields)
+
+    def restore(self):
+        for device, snapshot in self.devices.values():
+            for name, value in snapshot.items():
+                setattr(device, name, value)
+
+
+# Handlers: compute first (may fail), then record into ``rows`` (does not fail).
+
+
+def _handle_data(work, rows, now):
+    obj, error = _decode(work.payload)
+    reading = None
+    errors = [error] if error else []
+    if obj is not None:
+        parsed = payloads.parse_data(work.device_type, obj, work.received_at)
+        errors = parsed.errors
+        if parsed.readings:
+            reading = work.models[1](
+                device=work.device, timestamp=parsed.timestamp, received_at=work.received_at, **parsed.readings
+            )
+            work.readings = parsed.readings
+    message = _message(work, obj, errors, now)
+    _record_activity(work, rows, stay=False)
+    rows.add_message(work, message)
+    if reading is not None:
+        rows.add_reading(reading)
+        work.reading = reading
+
+
+def _handle_status(work, rows, now):
+    obj, error = _decode(work.payload)
+    parsed = payloads.parse_status(obj) if obj is not None else None
+    errors = parsed.errors if parsed is not None else [error]
+    fields = dict(parsed.fields) if parsed is not None else {}
+    message = _message(work, obj, errors, now)
+    status = fields.pop("status", None)
+    _record_activity(work, rows, stay=status is not None)
+    if status is not None:
+        _set_status(work, rows, status)
+    changed = {name: value for name, value in fields.items() if getattr(work.device, name) != value}
+    if changed:
+        rows.update_device(work.device, **changed)
+    rows.add_message(work, message)
+
+
+def _handle_reply(work, rows, now):
+    obj, error = _decode(work.payload)
+    reply = payloads.parse_reply(obj) if obj is not None else None
+    errors = reply.errors if reply is not None else [error]
+    message = _message(work, obj, errors, now, correlation_id=reply.correlation_id if reply else "")
+    _record_activity(work, rows, stay=False)
+    rows.add_message(work, message)
+    if reply is not None and not reply.errors:
+        work.reply = reply  # the hook for command tracking: Dispatcher reply listeners get it after commit
+
+
+def _handle_connect(work, rows, now):
+    _record_activity(work, rows, stay=True)
+    _set_status(work, rows, ONLINE)
+    work.event = CONNECTED
+
+
+def _handle_disconnect(work, rows, now):
+    _set_status(work, rows, OFFLINE)
+    work.event = DISCONNECTED
+
+
+def _handle_timeout(work, rows, now):
+    if work.device.status != OFFLINE:
+        _set_status(work, rows, OFFLINE)
+        work.event = DISCONNECTED
+
+
+_HANDLERS = {
+    DATA: _handle_data,
+    STATUS: _handle_status,
+    REPLY: _handle_reply,
+    CONNECT: _handle_connect,
+    DISCONNECT: _handle_disconnect,
+    HEARTBEAT_TIMEOUT: _handle_timeout,
+}
+
+
+def _decode(payload):
+    try:
+        return payloads.decode_object(payload), None
+    except PayloadError as exc:
+        return None, str(exc)
+
+
+def _message(work, obj, errors, now, correlation_id=""):
+    return work.models[2](
+        device=work.device,
+        topic=work.topic,
+        direction=BaseMessage.Direction.INBOUND,
+        payload_json=obj,
+        payload_raw=bytes(work.payload) if obj is None else None,
+        correlation_id=correlation_id,
+        processing_status=FAILED if errors else COMPLETED,
+        processing_error="; ".join(errors),
+        received_at=work.received_at,
+        processed_at=now,
+    )
+
+
+def _record_activity(work, rows, stay):
+    """Any message is a heartbeat: refresh last_seen, and bring an offline device back online."""
+    device = work.device
+    if device.last_seen is None or work.received_at > device.last_seen:
+        rows.update_device(device, last_seen=work.received_at)
+    if not stay and device.status == OFFLINE:
+        _set_status(work, rows, ONLINE)
+
+
+def _set_status(work, rows, status):
+    old = work.device.status
+    if old != status:
+        rows.update_device(work.device, status=status)
+        work.old_status, work.new_status = old, status
+
+
+def _result(work):
+    message, reading = work.message, work.reading
+    return RouteResult(
+        stored=True,
+        topic=work.topic,
+        kind=work.kind,
+        type_name=work.key[0],
+        device_id=work.device_id,
+        processing_status=message.processing_status if message is not None else None,
+        error=message.processing_error if message is not None else "",
+        message_id=message.pk if message is not None else None,
+        reading_id=reading.pk if reading is not None else None,
+        readings=work.readings,
+        timestamp=reading.timestamp if reading is not None else None,
+        old_status=work.old_status,
+        new_status=work.new_status,
+        correlation_id=message.correlation_id if message is not None else "",
+    )

@@ -1,0 +1,161 @@
+"""Device payloads (seed 000 "Data payload formats", "Status payload format"), parsed with orjson.
+
+Parsing never raises for a bad field: it returns what is valid plus one error per invalid field, so the
+router can store the valid part and mark the Message failed with a reason naming every bad field.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from ..devicetype import VALID_STATUSES
+from ..exceptions import PayloadError, ValidationError
+
+# Column limits of BaseDevice/BaseMessage: longer values would fail the whole batch on PostgreSQL.
+MAX_FIRMWARE_LENGTH = 64
+MAX_CORRELATION_ID_LENGTH = 64
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def decode_object(payload):
+    """The JSON object in ``payload`` (bytes); PayloadError if it is not valid JSON or not an object."""
+    # PostgreSQL cannot store U+0000 in text or jsonb: refuse it here rather than fail a whole batch.
+    if b"\\u0000" in payload:
+        raise PayloadError("payload contains a NUL character (\\u0000), which cannot be stored")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"payload must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def parse_timestamp(value):
+    """An aware UTC datetime from an ISO 8601 string (naive means UTC), or None if absent or unparseable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+@dataclass(slots=True)
+class ParsedData:
+    readings: dict
+    timestamp: datetime
+    errors: list = field(default_factory=list)
+
+
+def parse_data(device_type, obj, default_timestamp):
+    """Declared readings of a data payload in the flat or the ``readings``-list format.
+
+    Unknown fields are ignored; a JSON ``null`` counts as "no value" (the columns are nullable).
+    """
+    declared = device_type._readings
+    errors = []
+    raw = {}
+    items = obj.get("readings")
+    if "readings" in obj and "readings" not in declared:
+        if isinstance(items, list):
+            _collect_list(items, declared, raw, errors)
+        else:
+            errors.append(f"readings: expected a list, got {_json_type(items)}")
+    else:
+        raw = {name: obj[name] for name in declared if name in obj}
+    readings = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        try:
+            readings[name] = _validate(declared[name], value)
+        except ValidationError as exc:
+            errors.append(str(exc))
+    timestamp = parse_timestamp(obj.get("timestamp")) or default_timestamp
+    return ParsedData(readings, timestamp, errors)
+
+
+def _collect_list(items, declared, raw, errors):
+    for index, item in enumerate(items):
+        name = item.get("type") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            errors.append(f"readings[{index}]: expected an object with a string 'type' and a 'value'")
+        elif name in declared:
+            if "value" in item:
+                raw[name] = item["value"]
+            else:
+                errors.append(f"{name}: missing 'value'")
+
+
+def _validate(reading, value):
+    value = reading.validate(value)
+    if reading.value_type is int and not _INT64[0] <= value <= _INT64[1]:
+        raise ValidationError(f"{reading.name}: {value} does not fit a 64-bit integer")
+    return value
+
+
+@dataclass(slots=True)
+class ParsedStatus:
+    """Valid fields among ``status``, ``battery_level`` and ``firmware_version``."""
+
+    fields: dict
+    timestamp: datetime | None
+    errors: list = field(default_factory=list)
+
+
+def parse_status(obj):
+    fields = {}
+    errors = []
+    if "status" in obj:
+        status = obj["status"]
+        if isinstance(status, str) and status in VALID_STATUSES:
+            fields["status"] = status
+        else:
+            errors.append(f"status: {status!r} is not one of {', '.join(sorted(VALID_STATUSES))}")
+    key = "battery_level" if "battery_level" in obj else "battery" if "battery" in obj else None
+    if key is not None:
+        battery = obj[key]
+        if isinstance(battery, bool) or not isinstance(battery, (int, float)) or not 0 <= battery <= 100:
+            errors.append(f"{key}: expected a number from 0 to 100, got {battery!r}")
+        else:
+            fields["battery_level"] = float(battery)
+    if "firmware_version" in obj:
+        firmware = obj["firmware_version"]
+        if isinstance(firmware, str) and len(firmware) <= MAX_FIRMWARE_LENGTH:
+            fields["firmware_version"] = firmware
+        else:
+            errors.append(f"firmware_version: expected a string of at most {MAX_FIRMWARE_LENGTH} characters")
+    return ParsedStatus(fields, parse_timestamp(obj.get("timestamp")), errors)
+
+
+@dataclass(slots=True)
+class ParsedReply:
+    """A command reply ``{"correlation_id", "status", "result"}``; command tracking reads it after commit."""
+
+    correlation_id: str
+    status: object
+    result: object
+    errors: list = field(default_factory=list)
+
+
+def parse_reply(obj):
+    correlation_id = obj.get("correlation_id")
+    errors = []
+    if not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= MAX_CORRELATION_ID_LENGTH:
+        errors.append(f"correlation_id: expected a string of 1 to {MAX_CORRELATION_ID_LENGTH} characters")
+        correlation_id = ""
+    return ParsedReply(correlation_id, obj.get("status"), obj.get("result"), errors)
+
+
+def _json_type(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )

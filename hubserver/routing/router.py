@@ -1,0 +1,299 @@
+"""``MessageRouter``: the broker-agnostic entry point of every device message and connection event.
+
+The embedded amqtt plugin and an external-broker engine both call ``submit()`` (or ``route()``) and the
+connection methods; the router knows nothing of MQTT libraries. Refusals (bad topic, unknown type or
+device, oversize payload) are answered at once, on the event loop, without a query; everything else goes
+through the group-commit writer and is answered after its batch commits.
+"""
+
+import asyncio
+import logging
+from collections import Counter
+from datetime import UTC
+
+from django.utils import timezone
+
+from ..conf import hub_settings
+from ..registry import registry
+from .batch import write_batch
+from .devices import DeviceCache, device_key
+from .dispatch import Dispatcher
+from .heartbeat import HeartbeatMonitor
+from .results import Refusal, RouterNotRunning, refused
+from .throttle import ThrottledLog
+from .topics import parse_topic
+from .work import CONNECT, DISCONNECT, HEARTBEAT_TIMEOUT, Work
+from .writer import GroupCommitWriter
+
+logger = logging.getLogger("hubserver.routing")
+
+
+class MessageRouter:
+    """Create one per process, ``await start()`` on the serving event loop, ``await stop()`` on shutdown."""
+
+    def __init__(self):
+        self.devices = DeviceCache()
+        self._dispatcher = Dispatcher()
+        self._writer = None
+        self._heartbeat = None
+        self._refusal_log = ThrottledLog(logger)
+        self._counts = Counter()
+        self._refused = Counter()
+        self._running = False
+        self._started = False
+
+    @property
+    def running(self):
+        return self._running
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self):
+        """Start the writer thread, the dispatcher and (if HEARTBEAT_TIMEOUT > 0) the heartbeat monitor.
+
+        Settings are read here: change them before starting.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._prefix = hub_settings.TOPIC_PREFIX
+        self._max_payload = hub_settings.MAX_PAYLOAD_SIZE
+        device_models = [models[1] for models in registry.all_with_models()]
+        self.devices.connect(device_models)
+        self._writer = GroupCommitWriter(
+            self._write_batch,
+            batch_size=hub_settings.WRITER_BATCH_SIZE,
+            queue_size=hub_settings.WRITER_QUEUE_SIZE,
+            after_commit=self._after_commit,
+        )
+        await self._writer.start()
+        await self._dispatcher.start()
+        timeout = hub_settings.HEARTBEAT_TIMEOUT
+        if timeout > 0:
+            self._heartbeat = HeartbeatMonitor(timeout, self._heartbeat_timed_out)
+            await self._adopt_online_devices(device_models)
+            self._heartbeat.start()
+        self._running = True
+
+    async def stop(self):
+        """Stop accepting, write and dispatch everything already queued, then stop the thread and tasks."""
+        if not self._started:
+            return
+        self._running = False
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+            self._heartbeat = None
+        try:
+            await self._writer.stop()
+        finally:
+            await self._dispatcher.stop()
+            self.devices.disconnect()
+            self.devices.clear()
+            self._started = False
+
+    async def flush(self):
+        """Wait until everything submitted so far is committed and its signals, hooks and listeners ran."""
+        if self._writer is not None:
+            await self._writer.join()
+        await self._dispatcher.join()
+
+    async def _adopt_online_devices(self, device_models):
+        """Devices left "online" by a previous run go offline unless they show up within the timeout."""
+        try:
+            keys = await self._writer.run_sync(self.devices.load_online, device_models)
+        except Exception:
+            logger.exception("could not load the devices marked online")
+            return
+        for key in keys:
+            self._heartbeat.touch(key)
+
+    # Listeners ----------------------------------------------------------------------------------
+
+    def add_commit_listener(self, callback):
+        """``callback(results)`` (sync or async) runs once per committed batch with its stored RouteResults.
+
+        Sync callbacks run on the event loop and must not block.
+        """
+        self._dispatcher.commit_listeners.append(callback)
+
+    def remove_commit_listener(self, callback):
+        self._dispatcher.commit_listeners.remove(callback)
+
+    def add_reply_listener(self, callback):
+        """``callback(device_type, device, message, reply)`` for each committed command reply (ParsedReply).
+
+        The extension point for command tracking.
+        """
+        self._dispatcher.reply_listeners.append(callback)
+
+    def remove_reply_listener(self, callback):
+        self._dispatcher.reply_listeners.remove(callback)
+
+    # Messages -----------------------------------------------------------------------------------
+
+    async def submit(self, topic, payload, *, qos=0, client_id=None, received_at=None):
+        """Queue a device message; returns a future resolved with a RouteResult once it is committed.
+
+        Awaits only when the writer's queue is full. A failed commit sets ``BatchCommitError`` on the
+        future; do not acknowledge such a message.
+        """
+        if not self._running:
+            raise RouterNotRunning("the router is not running")
+        self._counts["received"] += 1
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if len(payload) > self._max_payload:
+            error = f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD_SIZE ({self._max_payload})"
+            return self._refuse(Refusal.PAYLOAD_TOO_LARGE, error, topic=topic, client_id=client_id)
+        parsed = parse_topic(topic, self._prefix)
+        if parsed is None:
+            error = "not a device data, status or reply topic"
+            return self._refuse(Refusal.BAD_TOPIC, error, topic=topic, client_id=client_id)
+        target = self._target(parsed.kind, parsed.type_name, parsed.device_id, topic=topic, client_id=client_id)
+        if isinstance(target, asyncio.Future):
+            return target
+        work = Work(
+            kind=parsed.kind,
+            topic=topic,
+            payload=bytes(payload),
+            qos=qos,
+            client_id=client_id,
+            received_at=_aware(received_at),
+            **target,
+        )
+        await self._writer.put(work)
+        return work.future
+
+    async def route(self, topic, payload, **kwargs):
+        """``submit()`` and wait for the RouteResult."""
+        return await (await self.submit(topic, payload, **kwargs))
+
+    # Connections --------------------------------------------------------------------------------
+
+    async def device_connected(self, type_name, device_id):
+        """A device's session started: status online, ``device_connected`` fired, heartbeat tracked.
+
+        The broker has just authenticated it against its row, so whatever the cache remembers about it (an
+        "unknown" from before another process created it, a stale instance) is dropped and reloaded.
+        """
+        self.devices.invalidate((type_name, device_id))
+        return await self._lifecycle(CONNECT, type_name, device_id)
+
+    async def device_disconnected(self, type_name, device_id, reason=""):
+        """A device's session ended: status offline, ``device_disconnected`` fired."""
+        if reason:
+            logger.info("device %s/%s disconnected: %s", type_name, device_id, reason)
+        return await self._lifecycle(DISCONNECT, type_name, device_id, reason=reason)
+
+    async def _lifecycle(self, kind, type_name, device_id, reason=""):
+        if not self._running:
+            raise RouterNotRunning("the router is not running")
+        target = self._target(kind, type_name, device_id)
+        if isinstance(target, asyncio.Future):
+            return await target
+        work = Work(kind=kind, received_at=timezone.now(), reason=reason, **target)
+        await self._writer.put(work)
+        return await work.future
+
+    async def _heartbeat_timed_out(self, key):
+        if not self._running:
+            return
+        device_type = registry.get(key[0])
+        models = registry.get_models(key[0])
+        if device_type is None or models is None:
+            return
+        future = asyncio.get_running_loop().create_future()
+        work = Work(HEARTBEAT_TIMEOUT, key, device_type, models, timezone.now(), future, reason="heartbeat timeout")
+        await self._writer.put(work)
+        future.add_done_callback(_log_failure)
+
+    # Internals ----------------------------------------------------------------------------------
+
+    def _target(self, kind, type_name, device_id, topic="", client_id=None):
+        """The Work fields naming the device, or a future already resolved with the refusal."""
+        device_type = registry.get(type_name)
+        models = registry.get_models(type_name) if device_type is not None else None
+        refusal = {"topic": topic, "client_id": client_id, "kind": kind, "key": (type_name, device_id)}
+        if models is None:
+            return self._refuse(Refusal.UNKNOWN_TYPE, f"unknown device type {type_name!r}", **refusal)
+        key = refusal["key"] = device_key(device_type, device_id)
+        state = self.devices.peek(key)
+        if isinstance(state, str):
+            return self._refuse(state, f"{state.replace('_', ' ')} {device_id!r}", **refusal)
+        future = asyncio.get_running_loop().create_future()
+        return {"key": key, "device_type": device_type, "models": models, "future": future}
+
+    def _refuse(self, reason, error, *, topic="", client_id=None, kind=None, key=None):
+        """Count, log (throttled) and answer a message or event the hub does not store."""
+        self._refused[reason] += 1
+        where = topic or (f"{kind} of {key[0]}/{key[1]}" if key else kind)
+        self._refusal_log.warning(reason, where, "refused %s from client %s: %s", where, client_id or "?", error)
+        future = asyncio.get_running_loop().create_future()
+        type_name, device_id = key if key else (None, None)
+        future.set_result(refused(reason, topic, error, kind=kind, type_name=type_name, device_id=device_id))
+        return future
+
+    def _write_batch(self, works):
+        write_batch(works, self.devices)
+
+    async def _after_commit(self, works):
+        results = []
+        to_dispatch = []
+        for work in works:
+            result = work.result
+            if work.error is not None or result is None:
+                self._counts["errors"] += 1
+                continue
+            if not result.stored:
+                self._refused[result.reason] += 1
+                where = work.topic or f"{work.kind} of {work.key[0]}/{work.key[1]}"
+                self._refusal_log.warning(result.reason, where, "refused %s: %s", where, result.error)
+                continue
+            results.append(result)
+            if work.message is not None:
+                self._counts["stored"] += 1
+                if result.processing_status == "failed":
+                    self._counts["failed"] += 1
+            self._track(work)
+            if self._dispatcher.wants(work):
+                to_dispatch.append(work)
+        await self._dispatcher.put(to_dispatch, results)
+
+    def _track(self, work):
+        if self._heartbeat is None:
+            return
+        if work.kind == DISCONNECT:
+            self._heartbeat.forget(work.key)
+        elif work.kind != HEARTBEAT_TIMEOUT:
+            self._heartbeat.touch(work.key)
+
+    def stats(self):
+        """Counters for metrics: messages received/stored/failed, refusals by reason, batches."""
+        writer = self._writer
+        return {
+            "received": self._counts["received"],
+            "stored": self._counts["stored"],
+            "failed": self._counts["failed"],
+            "errors": self._counts["errors"],
+            "refused": dict(self._refused),
+            "batches": writer.batches if writer else 0,
+            "last_batch_size": writer.last_batch_size if writer else 0,
+            "max_batch_size": writer.max_batch_size if writer else 0,
+            "commit_errors": writer.commit_errors if writer else 0,
+            "uncommitted": writer.uncommitted if writer else 0,
+            "queued": writer.queued if writer else 0,
+            "tracked_devices": len(self._heartbeat) if self._heartbeat is not None else 0,
+        }
+
+
+def _aware(received_at):
+    if received_at is None:
+        return timezone.now()
+    if timezone.is_naive(received_at):
+        return received_at.replace(tzinfo=UTC)
+    return received_at.astimezone(UTC)
+
+
+def _log_failure(future):
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("marking a silent device offline failed: %s", future.exception())

@@ -1,0 +1,51 @@
+"""One unit of work for the writer: an inbound message or a connection event, and what became of it.
+
+The event loop fills the request fields; the ORM thread fills the outcome fields while it builds and
+commits the batch; after commit the event loop reads the outcome to resolve futures and fire signals.
+The two never touch a ``Work`` at the same time.
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .topics import DATA, REPLY, STATUS
+
+CONNECT = "connect"
+DISCONNECT = "disconnect"
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+MESSAGE_KINDS = frozenset({DATA, STATUS, REPLY})
+
+# Lifecycle signals a Work fires after commit.
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+
+
+@dataclass(slots=True, eq=False)
+class Work:
+    kind: str
+    key: tuple  # (normalized type name, device_id)
+    device_type: type
+    models: tuple  # (Device, Reading, Message) models
+    received_at: datetime
+    future: asyncio.Future
+    topic: str = ""
+    payload: bytes = b""
+    qos: int = 0
+    client_id: str | None = None
+    reason: str = ""  # why a device disconnected
+    # Set in the ORM thread.
+    device: object = None
+    message: object = None
+    reading: object = None
+    readings: dict = field(default_factory=dict)
+    reply: object = None
+    old_status: str | None = None
+    new_status: str | None = None
+    event: str | None = None
+    result: object = None
+    error: BaseException | None = None
+
+    @property
+    def device_id(self):
+        return self.key[1]
