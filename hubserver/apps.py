@@ -11,6 +11,9 @@ class HubserverConfig(AppConfig):
 
     def ready(self):
         discover()
+        from .access.revocation import connect_revocation_signals
+
+        connect_revocation_signals()
 
 
 def discover(site=None):

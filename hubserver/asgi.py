@@ -1,9 +1,26 @@
-"""ASGI application of the hub (HTTP through Django; WebSocket routes join with the realtime layer)."""
+"""The hub's ASGI application: Django over HTTP, and on WebSocket the MQTT endpoint (subprotocol ``mqtt``)."""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubserver.settings")
+django_application = get_asgi_application()
 
-application = get_asgi_application()
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from hubserver.brokers import get_engine  # noqa: E402
+from hubserver.conf import hub_settings  # noqa: E402
+from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
+
+websocket_urlpatterns = [
+    path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(get_engine)),
+]
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

@@ -1,0 +1,125 @@
+"""``hubserver run``: the whole hub in one process and one asyncio loop (daphne for HTTP and WebSocket, the
+embedded amqtt broker for MQTT), after migrating the database and making sure an admin account exists."""
+
+# daphne.server installs Twisted's asyncio reactor; it must be imported before anything imports a reactor.
+import daphne.server  # isort:skip  # noqa: F401
+
+import asyncio
+import errno
+import logging
+import secrets
+import socket
+import sys
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from ...brokers import set_engine
+from ...brokers.embedded import EmbeddedBroker, PortInUse
+from ...conf import hub_settings
+from ...routing import MessageRouter
+
+logger = logging.getLogger("hubserver")
+
+
+class Command(BaseCommand):
+    help = "Run the hub: MQTT broker, storage, admin, API and live views in one process."
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP and MQTT)")
+        parser.add_argument("--http-port", type=int, default=8000, help="HTTP, WebSocket and MQTT-over-WebSocket")
+        parser.add_argument(
+            "--mqtt-port", type=int, default=None, help=f"MQTT over TCP (default {hub_settings.MQTT_PORT})"
+        )
+        parser.add_argument(
+            "--data-dir",
+            help="where the database, secret key and migrations live (HUBSERVER_DATA_DIR; read before start-up)",
+        )
+        parser.add_argument("--devices", help="a devices.py of your own (HUBSERVER_DEVICES; read before start-up)")
+
+    def handle(self, *args, host, http_port, mqtt_port, **options):
+        self.prepare_database()
+        mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
+        self.check_http_port(host, http_port)
+
+        from daphne.server import Server
+        from twisted.internet import defer, reactor
+
+        from ...asgi import application
+
+        loop = reactor._asyncioEventloop
+        asyncio.set_event_loop(loop)
+        engine = EmbeddedBroker(MessageRouter(), host=host, port=mqtt_port)
+        try:
+            loop.run_until_complete(engine.start())
+        except PortInUse as exc:
+            raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
+        set_engine(engine)
+
+        def stop_engine():
+            self.stdout.write("Stopping: no new connections; committing what is queued...")
+            return defer.Deferred.fromFuture(asyncio.ensure_future(engine.stop()))
+
+        reactor.addSystemEventTrigger("before", "shutdown", stop_engine)
+        server = Server(
+            application=application,
+            endpoints=[f"tcp:port={http_port}:interface={_twisted_interface(host)}"],
+            signal_handlers=True,
+            websocket_timeout=-1,  # MQTT sessions over WebSocket last as long as the device wants
+            application_close_timeout=10,
+            ready_callable=lambda: self.print_ready(host, http_port, mqtt_port),
+        )
+        failed = []
+        original_listen_error = server.listen_error
+        server.listen_error = lambda failure: (failed.append(failure.getErrorMessage()), original_listen_error(failure))
+        server.run()
+        set_engine(None)
+        if failed:
+            raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
+        self.stdout.write("Stopped.")
+
+    def prepare_database(self):
+        """Migrate, and on first start create an admin account and print its login once."""
+        call_command("migrate", interactive=False, verbosity=0)
+        from django.contrib.auth import get_user_model
+
+        User = get_user_model()
+        if not User.objects.filter(is_superuser=True).exists():
+            password = secrets.token_urlsafe(12)
+            User.objects.create_superuser("admin", "", password)
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Created the admin account. Log in at /admin/ as  admin  with password  {password}\n"
+                    "This password is shown only once; change it in the admin."
+                )
+            )
+
+    def check_http_port(self, host, port):
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise CommandError(f"cannot listen for HTTP on {host}:{port}: {reason}. Use --http-port.") from exc
+        finally:
+            probe.close()
+
+    def print_ready(self, host, http_port, mqtt_port):
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"hubserver is running (data in {settings.DATA_DIR})\n"
+                f"  admin, API, live views   http://{shown}:{http_port}/admin/\n"
+                f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
+                f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
+                "Press Ctrl+C to stop."
+            )
+        )
+        sys.stdout.flush()
+
+
+def _twisted_interface(host):
+    return host.replace(":", r"\:")

@@ -1,0 +1,44 @@
+"""The amqtt auth plugin: device credentials, service users and (optionally) anonymous clients, checked by
+the hub's one implementation in ``hubserver.access``; the Last Will topic obeys the publish ACL."""
+
+import logging
+
+from amqtt.plugins.base import BaseAuthPlugin
+
+from hubserver.access.acl import can_publish
+from hubserver.access.authenticate import authenticate_mqtt
+from hubserver.access.principals import AnonymousPrincipal
+
+from .session import set_principal
+
+logger = logging.getLogger("hubserver.mqtt.auth")
+
+
+class HubAuthPlugin(BaseAuthPlugin):
+    """Returns True or False, never raises: amqtt sends no CONNACK when an auth plugin raises (DESIGN §4)."""
+
+    async def authenticate(self, *, session):
+        try:
+            principal = await authenticate_mqtt(session.username, session.password, client_id=session.client_id)
+            if principal is None:
+                logger.info(
+                    "refused %s (user %r) from %s: bad credentials",
+                    session.client_id,
+                    session.username,
+                    session.remote_address,
+                )
+                return False
+            if session.will_flag and not can_publish(principal, session.will_topic):
+                logger.info(
+                    "refused %s: its Last Will topic %r is not one it may publish to",
+                    session.client_id,
+                    session.will_topic,
+                )
+                return False
+            set_principal(session, principal)
+            # amqtt queues messages for offline persistent sessions unless they are anonymous.
+            session.is_anonymous = isinstance(principal, AnonymousPrincipal)
+            return True
+        except Exception:
+            logger.exception("authentication of %s failed with an error; refusing it", session.client_id)
+            return False

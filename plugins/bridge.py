@@ -1,0 +1,55 @@
+"""The router bridge: every permitted PUBLISH from a device goes to the MessageRouter, and the broker
+acknowledges it only once the router has committed it (DESIGN §4-5: a PUBACK before commit loses
+acknowledged messages on a crash)."""
+
+import enum
+import logging
+from collections import Counter
+
+from hubserver.access.acl import can_publish
+from hubserver.access.principals import DevicePrincipal
+
+from .session import principal_of
+
+logger = logging.getLogger("hubserver.mqtt.bridge")
+
+
+class Outcome(enum.Enum):
+    DELIVER = "deliver"  # acknowledge, and pass on to subscribers
+    DROP = "drop"  # acknowledge (MQTT 3.1.1 has no negative ack), store nothing, deliver nothing
+
+
+class RouterBridge:
+    """Decides, per inbound PUBLISH, whether it is stored, delivered and acknowledged.
+
+    An exception out of ``inbound`` means "not stored": the handler sends no acknowledgement and closes the
+    connection, so the client sends the message again when it reconnects.
+    """
+
+    def __init__(self, router):
+        self.router = router
+        self.refused = Counter()
+        self.closing = False
+
+    async def inbound(self, session, message):
+        if self.closing:
+            raise ConnectionAbortedError("the hub is stopping")
+        principal = principal_of(session)
+        topic = message.topic
+        if principal is None or not can_publish(principal, topic):
+            self.refused["acl"] += 1
+            logger.info("%s may not publish to %r; dropped", session.client_id, topic)
+            return Outcome.DROP
+        if not isinstance(principal, DevicePrincipal):
+            return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace
+        future = await self.router.submit(topic, bytes(message.data), qos=message.qos or 0, client_id=session.client_id)
+        if not message.qos:
+            future.add_done_callback(_log_failure)
+            return Outcome.DELIVER
+        result = await future
+        return Outcome.DELIVER if result.stored else Outcome.DROP
+
+
+def _log_failure(future):
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("a QoS 0 message was lost: %s", future.exception())

@@ -1,0 +1,110 @@
+"""The hub's MQTT protocol handler: amqtt's ``BrokerProtocolHandler`` with small, labelled corrections."""
+
+import asyncio
+import logging
+
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.handler import INCOMING, OUTGOING
+from amqtt.mqtt.puback import PubackPacket
+
+from .bridge import Outcome
+
+logger = logging.getLogger("hubserver.mqtt")
+
+
+class HubProtocolHandler(BrokerProtocolHandler):
+    """Installed on every session by ``HubBroker``; ``bridge`` is the RouterBridge it hands PUBLISHes to."""
+
+    bridge = None
+
+    # Upstream (handler.py, _reader_loop / broker_handler.handle_read_timeout): a read timeout is ignored, so a
+    # silent client is never disconnected. HubBroker sets the read timeout to 1.5x keepalive; here the
+    # timeout ends the reader, which closes the connection and publishes the will.
+    def handle_read_timeout(self):
+        logger.info("%s silent for 1.5x its keepalive; disconnecting", self.session.client_id if self.session else "?")
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+    async def _accept_inbound(self, app_message):
+        """Store via the bridge; on an error close the connection without acknowledging (the client resends)."""
+        try:
+            return await self.bridge.inbound(self.session, app_message)
+        except Exception as exc:
+            logger.warning(
+                "%s: message on %r not stored (%s); closing the connection unacknowledged",
+                self.session.client_id,
+                app_message.topic,
+                exc,
+            )
+            if self._reader_task is not None:
+                self._reader_task.cancel()
+            raise
+
+    # Upstream (_handle_qos0_message_flow): every QoS 0 message goes straight to the broker.
+    async def _handle_qos0_message_flow(self, app_message):
+        if app_message.direction == INCOMING and self.bridge is not None:
+            if app_message.publish_packet is not None and app_message.publish_packet.dup_flag:
+                return await super()._handle_qos0_message_flow(app_message)  # upstream logs and ignores it
+            try:
+                if await self._accept_inbound(app_message) is not Outcome.DELIVER:
+                    return None
+            except Exception:
+                return None
+        return await super()._handle_qos0_message_flow(app_message)
+
+    # Upstream (_handle_qos1_message_flow): PUBACK is sent as soon as the packet is read, before any check
+    # or storage, and an outgoing message waiting for its PUBACK is dropped after 5 s or at disconnect.
+    async def _handle_qos1_message_flow(self, app_message):
+        if app_message.direction == INCOMING and self.bridge is not None:
+            outcome = await self._accept_inbound(app_message)  # raises: no PUBACK
+            if outcome is Outcome.DELIVER:
+                await self.session.delivered_message_queue.put(app_message)
+            puback = PubackPacket.build(app_message.packet_id)
+            await self._send_packet(puback)
+            app_message.puback_packet = puback
+            return None
+        if app_message.direction == OUTGOING:
+            return await self._send_qos1(app_message)
+        return await super()._handle_qos1_message_flow(app_message)
+
+    async def _send_qos1(self, app_message):
+        """Send and wait for PUBACK as long as the connection lives; on disconnect a persistent session keeps
+        the message in flight, and the next connection sends it again with DUP set [MQTT-4.4.0-1]."""
+        session = self.session
+        session.inflight_out[app_message.packet_id] = app_message
+        packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+        waiter = asyncio.get_running_loop().create_future()
+        self._puback_waiters[app_message.packet_id] = waiter
+        acknowledged = False
+        try:
+            await self._send_packet(packet)
+            app_message.publish_packet = packet
+            app_message.puback_packet = await waiter
+            acknowledged = True
+        finally:
+            self._puback_waiters.pop(app_message.packet_id, None)
+            if acknowledged or session.clean_session:
+                session.inflight_out.pop(app_message.packet_id, None)
+
+    # Upstream (_handle_qos2_message_flow): PUBREC is sent before any check or storage.
+    async def _handle_qos2_message_flow(self, app_message):
+        if app_message.direction == INCOMING and self.bridge is not None and app_message.pubrec_packet is None:
+            outcome = await self._accept_inbound(app_message)  # raises: no PUBREC
+            if outcome is not Outcome.DELIVER:
+                await self._complete_dropped_qos2(app_message)
+                return None
+        return await super()._handle_qos2_message_flow(app_message)
+
+    async def _complete_dropped_qos2(self, app_message):
+        """Finish the QoS 2 exchange for a message that is not delivered, so the client stops resending it."""
+        from amqtt.mqtt.pubcomp import PubcompPacket
+        from amqtt.mqtt.pubrec import PubrecPacket
+
+        waiter = asyncio.get_running_loop().create_future()
+        self._pubrel_waiters[app_message.packet_id] = waiter
+        try:
+            await self._send_packet(PubrecPacket.build(app_message.packet_id))
+            await waiter
+            await self._send_packet(PubcompPacket.build(app_message.packet_id))
+        finally:
+            self._pubrel_waiters.pop(app_message.packet_id, None)

@@ -1,0 +1,74 @@
+"""Fixtures: an in-process hub (the embedded engine and router in the test's event loop, on free ports),
+provisioned devices and service users. Subprocess tests of ``hubserver run`` live in tests/test_run.py."""
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import override_settings
+
+from tests.mqtt import Client, free_port
+
+
+@pytest.fixture
+def hub_settings_override():
+    """Extra HUBSERVER settings for the next ``hub`` start: ``hub_settings_override.update(KEY=value)``."""
+    return {}
+
+
+@pytest.fixture
+async def hub(transactional_db, hub_settings_override):
+    from hubserver.brokers.embedded import EmbeddedBroker
+    from hubserver.routing import MessageRouter
+
+    with override_settings(HUBSERVER=dict(hub_settings_override)):
+        engine = EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=free_port())
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.stop()
+
+
+@pytest.fixture
+def clients():
+    """Make paho clients that are stopped at the end of the test, whatever happens."""
+    made = []
+
+    def make(port, *args, **kwargs):
+        client = Client(port, *args, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.stop()
+
+
+@database_sync_to_async
+def provision_device(type_name="thermometer", device_id="t-1", **fields):
+    """Create (or reuse) a device and provision it; returns (device, credentials)."""
+    from hubserver import registry
+    from hubserver.access.provisioning import provision
+
+    model = registry.get_models(type_name)[0]
+    device, _ = model.objects.get_or_create(device_id=device_id, defaults=fields)
+    return device, provision(device)
+
+
+@database_sync_to_async
+def make_service_user(username="dashboard", password="s3cret-pass", permitted=True):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, password=password)
+    if permitted:
+        user.user_permissions.add(Permission.objects.get(codename="mqtt_service"))
+    return user
+
+
+async def device_client(hub, clients, type_name="thermometer", device_id="t-1", **kwargs):
+    """A connected paho client for a freshly provisioned device."""
+    _, credentials = await provision_device(type_name, device_id)
+    client = clients(
+        hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"], **kwargs
+    )
+    await client.connect()
+    return client, credentials

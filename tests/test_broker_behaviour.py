@@ -1,0 +1,220 @@
+"""The broker corrections of HubBroker (issue: "broker behaviour where stock amqtt falls short").
+
+Every test runs twice: against the hub's broker, and against stock amqtt 0.12.1 with the same auth and ACL
+plugins. The stock runs are expected to fail (strict xfail): if one passes, amqtt fixed the behaviour
+upstream and the override can go.
+"""
+
+import asyncio
+
+import pytest
+from amqtt.broker import Broker
+from django.test import override_settings
+
+from tests.conftest import make_service_user
+from tests.mqtt import RawClient, free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STOCK = pytest.param("stock", marks=pytest.mark.xfail(strict=True, reason="stock amqtt 0.12.1 behaviour"))
+
+
+class StockBroker:
+    """Stock amqtt with the hub's plugins, shaped like the engine for these tests."""
+
+    def __init__(self, port, max_connections=0):
+        self.port = port
+        listener = {"type": "tcp", "bind": f"127.0.0.1:{port}", "max_connections": max_connections}
+        self.config = {
+            "listeners": {"default": listener},
+            "plugins": {"hubserver.plugins.auth.HubAuthPlugin": {}, "hubserver.plugins.acl.HubTopicPlugin": {}},
+        }
+
+    async def start(self):
+        self.broker = Broker(self.config)
+        await self.broker.start()
+
+    async def stop(self):
+        await self.broker.shutdown()
+
+    async def publish(self, topic, data, qos=1, retain=False):
+        await self.broker.internal_message_broadcast(topic, data, qos)
+        if retain:
+            await self.broker.retain_message(None, topic, data, qos)
+
+
+@pytest.fixture(params=["hub", STOCK])
+async def broker(request, transactional_db):
+    from hubserver.brokers.embedded import EmbeddedBroker
+    from hubserver.routing import MessageRouter
+
+    limit = getattr(request, "param_max_connections", 0)
+    marker = request.node.get_closest_marker("max_connections")
+    limit = marker.args[0] if marker else limit
+    port = free_port()
+    with override_settings(HUBSERVER={"MAX_CONNECTIONS": limit}):
+        engine = (
+            EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=port)
+            if request.param == "hub"
+            else StockBroker(port, max_connections=limit)
+        )
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.stop()
+
+
+@pytest.fixture
+async def service(transactional_db):
+    await make_service_user("svc", "svc-pass")
+    return ("svc", "svc-pass")
+
+
+async def test_a_silent_client_is_disconnected_after_one_and_a_half_keepalives(broker, service, clients):
+    watcher = clients(broker.port, "watcher", *service)
+    await watcher.connect()
+    await watcher.subscribe("lab/will", qos=0)
+    silent = RawClient(broker.port)
+    code, _ = await silent.connect("silent", *service, keepalive=1, will=("lab/will", b"gone", 0))
+    assert code == 0
+    try:
+        assert await silent.closed(timeout=4), "the broker must drop a client silent for 1.5x its keepalive"
+        messages = await watcher.wait_messages(1)
+        assert messages[0].payload == b"gone"
+    finally:
+        silent.close()
+
+
+async def test_a_persistent_session_keeps_subscriptions_and_queues_qos1_without_retain(broker, service, clients):
+    first = clients(broker.port, "keeper", *service, clean_session=False)
+    await first.connect()
+    await first.subscribe("lab/p", qos=1)
+    await first.disconnect()
+    await broker.publish("lab/p", b"while you were away", qos=1)
+    second = clients(broker.port, "keeper", *service, clean_session=False)
+    await second.connect()
+    assert second.session_present
+    messages = await second.wait_messages(1)
+    assert (messages[0].payload, messages[0].qos) == (b"while you were away", 1)
+    assert messages[0].retain is False, "a queued message is not a retained message [MQTT-3.3.1-9]"
+
+
+async def test_unacknowledged_qos1_is_sent_again_on_reconnect(broker, service):
+    raw = RawClient(broker.port)
+    await raw.connect("forgetful", *service, clean_session=False)
+    assert await raw.subscribe("lab/r", qos=1) == 1
+    await broker.publish("lab/r", b"important", qos=1)
+    topic, payload, qos, dup, _ = await raw.read_publish()
+    assert (topic, payload, qos, dup) == ("lab/r", b"important", 1, False)
+    raw.close()  # gone without PUBACK
+    await asyncio.sleep(0.3)
+    again = RawClient(broker.port)
+    try:
+        code, present = await again.connect("forgetful", *service, clean_session=False)
+        assert (code, present) == (0, True)
+        topic, payload, qos, dup, packet_id = await again.read_publish(timeout=5)
+        assert (topic, payload, qos, dup) == ("lab/r", b"important", 1, True)
+        await again.puback(packet_id)
+    finally:
+        again.close()
+
+
+async def test_retained_messages_only_for_the_clients_own_new_subscription(broker, service, clients):
+    await broker.publish("lab/ret/a", b"A", qos=1, retain=True)
+    await broker.publish("lab/other", b"O", qos=1, retain=True)
+    other = clients(broker.port, "other", *service)
+    await other.connect()
+    await other.subscribe("lab/#", qos=1)
+    newcomer = clients(broker.port, "newcomer", *service)
+    await newcomer.connect()
+    await asyncio.sleep(0.5)
+    assert newcomer.messages == [], "no retained messages for filters the client did not subscribe to"
+    await newcomer.subscribe("lab/ret/+", qos=0)
+    messages = await newcomer.wait_messages(1)
+    await asyncio.sleep(0.2)
+    assert [(m.topic, m.payload, m.qos, m.retain) for m in newcomer.messages] == [("lab/ret/a", b"A", 0, True)]
+    assert messages
+
+
+async def test_overlapping_subscriptions_deliver_one_copy_at_the_highest_qos(broker, service, clients):
+    client = clients(broker.port, "overlap", *service)
+    await client.connect()
+    await client.subscribe("lab/o/#", qos=0)
+    await client.subscribe("lab/o/+", qos=1)
+    await broker.publish("lab/o/x", b"once", qos=1)
+    await client.wait_messages(1)
+    await asyncio.sleep(0.3)
+    assert [(m.payload, m.qos) for m in client.messages] == [(b"once", 1)]
+
+
+async def test_delivery_qos_is_the_lower_of_publish_and_subscription(broker, service, clients):
+    subscriber = clients(broker.port, "sub", *service)
+    await subscriber.connect()
+    await subscriber.subscribe("lab/q", qos=1)
+    publisher = clients(broker.port, "pub", *service)
+    await publisher.connect()
+    await publisher.publish("lab/q", b"best effort", qos=0)
+    messages = await subscriber.wait_messages(1)
+    assert messages[0].qos == 0
+
+
+async def test_subscribing_again_replaces_the_qos(broker, service, clients):
+    client = clients(broker.port, "resub", *service)
+    await client.connect()
+    assert await client.subscribe("lab/s", qos=0) == 0
+    assert await client.subscribe("lab/s", qos=1) == 1
+    publisher = clients(broker.port, "resub-pub", *service)
+    await publisher.connect()
+    await publisher.publish("lab/s", b"x", qos=1)
+    assert (await client.wait_messages(1))[0].qos == 1
+
+
+async def test_a_bad_connect_cannot_take_over_a_live_session(broker, service, clients):
+    victim = clients(broker.port, "victim", *service)
+    await victim.connect()
+    await victim.subscribe("lab/v", qos=1)
+    intruder = clients(broker.port, "victim", "svc", "wrong")
+    assert await intruder.connect(expect_success=False) != 0
+    await broker.publish("lab/v", b"still here", qos=1)
+    assert (await victim.wait_messages(1, timeout=3))[0].payload == b"still here"
+
+
+async def test_matching_does_not_scan_every_subscription(broker, service, clients, monkeypatch):
+    client = clients(broker.port, "many", *service)
+    await client.connect()
+    for n in range(200):
+        client.paho.subscribe(f"lab/m/{n}", 0)
+    assert await client.subscribe("lab/m/+/deep", qos=0) == 0
+    calls = []
+    original = Broker._matches
+    monkeypatch.setattr(Broker, "_matches", lambda self, topic, f: calls.append(f) or original(self, topic, f))
+    await broker.publish("lab/m/7", b"x", qos=0)
+    await client.wait_messages(1)
+    assert len(calls) < 10, f"{len(calls)} filters were tested for one publish"
+
+
+@pytest.mark.max_connections(2)
+async def test_connections_over_the_limit_are_refused_at_once(broker, service, clients):
+    for n in range(2):
+        await clients(broker.port, f"c{n}", *service).connect()
+    extra = RawClient(broker.port)
+    extra.reader, extra.writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        assert await extra.closed(timeout=3), "the connection over the limit must be closed, not left waiting"
+    finally:
+        extra.close()
+
+
+@pytest.mark.parametrize("broker", ["hub"], indirect=True)  # stock amqtt does this too: no override
+async def test_a_refused_subscription_gets_0x80_and_the_connection_stays_usable(broker, service):
+    raw = RawClient(broker.port)
+    try:
+        assert (await raw.connect("picky", *service))[0] == 0
+        assert await raw.subscribe("lab/#/bad", qos=1, packet_id=1) == 0x80  # '#' not last: malformed
+        assert await raw.subscribe("lab/fine", qos=1, packet_id=2) == 1
+        await broker.publish("lab/fine", b"ok", qos=1)
+        topic, payload, *_ = await raw.read_publish()
+        assert (topic, payload) == ("lab/fine", b"ok")
+    finally:
+        raw.close()

@@ -1,0 +1,198 @@
+"""``hubserver run`` as a user runs it: a real process, real ports, real signals."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.mqtt import free_port
+
+BINARY = str(Path(sys.executable).parent / "hubserver")
+
+
+def environment(data_dir, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSERVER_", "DJANGO_"))}
+    env.update({"HUBSERVER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+class RunningHub:
+    def __init__(self, data_dir, http_port=None, mqtt_port=None):
+        self.data_dir = data_dir
+        self.http_port = http_port or free_port()
+        self.mqtt_port = mqtt_port or free_port()
+        self.output = []
+        self.process = None
+
+    def start(self, wait=True):
+        self.process = subprocess.Popen(
+            [
+                BINARY,
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(self.http_port),
+                "--mqtt-port",
+                str(self.mqtt_port),
+            ],
+            env=environment(self.data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            deadline = time.monotonic() + 60
+            while not any("hubserver is running" in line for line in self.output):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the hub did not start:\n" + "".join(self.output))
+                time.sleep(0.05)
+        return self
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        time.sleep(0.1)
+        return code
+
+    def text(self):
+        return "".join(self.output)
+
+    def provision(self, count, prefix="ws-"):
+        out = subprocess.run(
+            [BINARY, "provision", "weatherstation", "--count", str(count), "--prefix", prefix, "--format", "json"],
+            env=environment(self.data_dir),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return json.loads(out.stdout)
+
+
+@pytest.fixture
+def running(tmp_path):
+    hubs = []
+
+    def start(**kwargs):
+        hub = RunningHub(tmp_path / "data", **kwargs).start()
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        if hub.process.poll() is None:
+            hub.process.kill()
+            hub.process.wait()
+
+
+def test_first_run_creates_the_admin_once_and_serves_http(running):
+    hub = running()
+    first = hub.text()
+    assert "Created the admin account" in first and "admin" in first
+    with socket.create_connection(("127.0.0.1", hub.http_port)) as sock:
+        sock.sendall(b"GET /admin/login/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    assert hub.stop(signal.SIGINT) == 0
+    again = RunningHub(hub.data_dir).start()
+    try:
+        assert "Created the admin account" not in again.text()
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_busy_port_stops_start_up_with_a_clear_message(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for kind, hub in (
+            ("MQTT", RunningHub(tmp_path / "a", mqtt_port=port)),
+            ("HTTP", RunningHub(tmp_path / "b", http_port=port)),
+        ):
+            hub.start(wait=False)
+            code = hub.process.wait(60)
+            time.sleep(0.1)
+            assert code != 0
+            assert f"cannot listen for {kind} on 127.0.0.1:{port}" in hub.text()
+
+
+def test_mqtt_over_websocket_on_the_http_port(running):
+    hub = running()
+    credentials = hub.provision(1, prefix="wsock-")[0]
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"], transport="websockets")
+    client.ws_set_options(path="/mqtt")
+    client.username_pw_set(credentials["mqtt_username"], credentials["mqtt_password"])
+    client.connect("127.0.0.1", hub.http_port)
+    client.loop_start()
+    try:
+        info = client.publish(credentials["topics"]["data"], json.dumps({"temperature": 12.5}), qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert hub.stop() == 0
+    with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
+        assert db.execute("SELECT temperature FROM devicetypes_weatherstationreading").fetchall() == [(12.5,)]
+
+
+def test_sigterm_under_load_loses_no_acknowledged_message(running):
+    hub = running()
+    devices = hub.provision(10, prefix="load-")
+    stop = threading.Event()
+    sent = []  # (key, MessageInfo): acknowledged when info.is_published()
+    clients = []
+
+    def publisher(credentials):
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"])
+        client.username_pw_set(credentials["mqtt_username"], credentials["mqtt_password"])
+        client.max_inflight_messages_set(50)
+        client.connect("127.0.0.1", hub.mqtt_port)
+        client.loop_start()
+        clients.append(client)
+        seq = 0
+        while not stop.is_set() and seq < 20_000:
+            seq += 1
+            key = f"{credentials['device_id']}:{seq}"
+            info = client.publish(credentials["topics"]["data"], json.dumps({"temperature": 20, "seq": key}), 1)
+            sent.append((key, info))
+            if seq % 50 == 0:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=publisher, args=(d,), daemon=True) for d in devices]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.5)
+    assert hub.stop(signal.SIGTERM) == 0, hub.text()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    for client in clients:
+        client.loop_stop()
+    acked = {key for key, info in list(sent) if info.is_published()}
+    assert len(acked) > 100, "the load must have been real"
+    with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
+        stored = {
+            json.loads(row[0])["seq"]
+            for row in db.execute(
+                "SELECT payload_json FROM devicetypes_weatherstationmessage WHERE topic LIKE '%/data'"
+            )
+        }
+    missing = acked - stored
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages are not in the database"
