@@ -13,12 +13,14 @@
 | HUBSERVER_TOPIC_PREFIX | things | MQTT topic prefix |
 | HUBSERVER_ALLOW_ANONYMOUS | 0 | let clients without credentials connect (outside the device namespace) |
 | HUBSERVER_ANONYMOUS_DENY | (none) | comma-separated topic patterns anonymous clients may not use |
+| HUBSERVER_MQTT_TLS_PORT | 0 (off) | port of an MQTT-over-TLS listener |
+| HUBSERVER_MQTT_TLS_CERTFILE, HUBSERVER_MQTT_TLS_KEYFILE | (none) | its certificate (chain) and private key, PEM |
 | HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
 """
 
 import os
 
-from .environment import data_dir, env_bool, env_list, secret_key, user_devices_app
+from .environment import data_dir, env_bool, env_int, env_list, secret_key, user_devices_app
 from .environment import database as _database
 
 DATA_DIR = data_dir()
@@ -103,6 +105,9 @@ HUBSERVER = {
     "TOPIC_PREFIX": os.environ.get("HUBSERVER_TOPIC_PREFIX", "things"),
     "ALLOW_ANONYMOUS": env_bool("HUBSERVER_ALLOW_ANONYMOUS", False),
     "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
+    "MQTT_TLS_PORT": env_int("HUBSERVER_MQTT_TLS_PORT", 0),
+    "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
+    "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),
 }
 
 LOGGING = {
