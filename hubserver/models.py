@@ -70,6 +70,16 @@ class BaseMessage(models.Model):
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
 
+    class CommandStatus(models.TextChoices):
+        """An outbound command's life: pending -> sent -> delivered (PUBACK) -> replied, failed or expired."""
+
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        REPLIED = "replied", "Replied"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
     topic = models.CharField(max_length=255)
     direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND)
     payload_json = models.JSONField(null=True, blank=True)
@@ -81,6 +91,11 @@ class BaseMessage(models.Model):
     processing_error = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Outbound commands only: the Command's name, where it is in its life, when it expires, the reply's result.
+    command = models.CharField(max_length=64, blank=True)
+    command_status = models.CharField(max_length=10, choices=CommandStatus.choices, blank=True, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    command_result = models.JSONField(null=True, blank=True)
 
     class Meta:
         abstract = True

@@ -1,8 +1,9 @@
-"""URLs of the hub: the admin for now; the API, live views and broker endpoints join as they are built."""
+"""The hub's own URLs, to include under ``iot/`` (seed 001): broker auth for external brokers, device HTTP
+ingestion, and (with the realtime layer) SSE streams and polling.
 
-from django.contrib import admin
-from django.urls import path
+    urlpatterns = [path("iot/", include("hubserver.urls"))]
+"""
 
-urlpatterns = [
-    path("admin/", admin.site.urls),
-]
+app_name = "hubserver"
+
+urlpatterns = []
