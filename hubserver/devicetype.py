@@ -95,6 +95,19 @@ class DeviceType(metaclass=DeviceTypeMeta):
     def get_models(cls):
         return cls._device_model, cls._reading_model, cls._message_model
 
+    @classmethod
+    def send_command(cls, device, name, payload=None):
+        """Send command ``name`` to ``device`` (see ``hubserver.commands.send_command``); returns its Message."""
+        from .commands import send_command
+
+        return send_command(device, name, payload)
+
+    @classmethod
+    async def asend_command(cls, device, name, payload=None):
+        from .commands import asend_command
+
+        return await asend_command(device, name, payload)
+
     # Hooks: override in a subclass. They may be plain or ``async def``.
     def on_data(self, device, readings):
         """Called with the Device instance and ``{reading: value}`` after a data message is stored."""

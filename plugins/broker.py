@@ -182,7 +182,13 @@ class HubBroker(Broker):
         if granted != 0x80:
             self._index.add(topic_filter)
             self._filters_by_client.setdefault(session.client_id, set()).add(topic_filter)
+            if self.lifecycle is not None:
+                await self._notify("subscribed", principal_of(session))
         return granted
+
+    def subscribed(self, client_id, topic):
+        """Whether the client holds a subscription whose filter matches ``topic``."""
+        return any(self._matches(topic, f) for f in self._filters_by_client.get(client_id, ()))
 
     def _del_subscription(self, a_filter, session):
         deleted = super()._del_subscription(a_filter, session)

@@ -35,6 +35,7 @@ class EmbeddedBroker:
         self.max_connections = hub_settings.MAX_CONNECTIONS if max_connections is None else max_connections
         self.broker = None
         self.bridge = None
+        self.commands = None
         self._loop = None
 
     def config(self):
@@ -77,6 +78,10 @@ class EmbeddedBroker:
             reason = "address already in use" if "in use" in str(bind_error) else (bind_error.strerror or bind_error)
             raise PortInUse(f"cannot listen for MQTT on {self.host}:{port}: {reason}") from exc
         credentials_revoked.connect(self._on_revoked, dispatch_uid=f"hubserver.embedded.{id(self)}")
+        from ..commands.dispatcher import CommandDispatcher
+
+        self.commands = CommandDispatcher(self, self.router)
+        await self.commands.start()
         logger.info(
             "MQTT listening on %s:%s%s", self.host, self.port, f" and TLS on {self.tls_port}" if self.tls_port else ""
         )
@@ -91,6 +96,8 @@ class EmbeddedBroker:
         credentials_revoked.disconnect(dispatch_uid=f"hubserver.embedded.{id(self)}")
         if self.broker is None:
             return
+        if self.commands is not None:
+            await self.commands.stop()
         for server in self.broker._servers.values():
             await server.close_instance()
         self.bridge.closing = True  # from now on a PUBLISH is refused unacknowledged; the client resends it
@@ -107,6 +114,20 @@ class EmbeddedBroker:
     async def publish(self, topic, payload, qos=1, retain=False):
         await self.broker.publish(topic, payload, qos=qos, retain=retain)
 
+    def is_connected(self, client_id, topic=None):
+        """Connected, and (given a topic) subscribed to a filter that matches it."""
+        session, handler = self.broker._sessions.get(client_id, (None, None))
+        if handler is None or not session.transitions.is_connected():
+            return False
+        return topic is None or self.broker.subscribed(client_id, topic)
+
+    async def publish_to(self, client_id, topic, data, qos):
+        """Send to one client's live session (a device's command); returns once it acknowledged (QoS >= 1)."""
+        session, handler = self.broker._sessions.get(client_id, (None, None))
+        if handler is None or not session.transitions.is_connected():
+            raise ConnectionError(f"{client_id} is not connected")
+        await handler.mqtt_publish(topic, data, qos, retain=False)
+
     async def websocket_connected(self, reader, writer):
         await self.broker.external_connected(reader, writer, self.WEBSOCKET_LISTENER)
 
@@ -114,6 +135,12 @@ class EmbeddedBroker:
     async def connected(self, principal):
         if isinstance(principal, DevicePrincipal):
             await self.router.device_connected(principal.type_name, principal.device_id)
+            if self.commands is not None:
+                self.commands.device_connected(principal.type_name, principal.device_id)
+
+    async def subscribed(self, principal):
+        if isinstance(principal, DevicePrincipal) and self.commands is not None:
+            self.commands.device_connected(principal.type_name, principal.device_id)
 
     async def disconnected(self, principal):
         if isinstance(principal, DevicePrincipal):

@@ -1,0 +1,66 @@
+"""Sending a command: validate it against its ``Command`` declaration, keep it as an outbound Message, and
+hand it to the hub process's dispatcher, which publishes it now or when the device next connects."""
+
+import uuid
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from ..access.topics import device_topic_base
+from ..exceptions import ValidationError
+
+
+def _device_type_of(device):
+    device_type = getattr(type(device), "_device_type_cls", None)
+    if device_type is None:
+        raise ValidationError(f"{device!r} is not a device of a registered DeviceType")
+    return device_type
+
+
+def prepare(device, name, payload=None):
+    """Validate; return ``(Command, payload)`` or raise ValidationError naming the problem."""
+    device_type = _device_type_of(device)
+    command = device_type._commands.get(name)
+    if command is None:
+        known = ", ".join(device_type._commands) or "none"
+        raise ValidationError(f"{device_type.__name__} has no command {name!r}; its commands: {known}")
+    return command, command.validate(payload)
+
+
+def send_command(device, name, payload=None):
+    """Queue command ``name`` for ``device`` and return its outbound Message (``command_status`` pending).
+
+    The hub publishes it on ``{prefix}/{type}/{id}/cmd`` as ``{"command", "payload", "correlation_id"}``
+    at the Command's QoS, at once if the device is connected, otherwise when it connects; it expires after
+    the Command's ``timeout`` seconds without a reply. Works from any process that shares the database.
+    """
+    from ..conf import hub_settings
+
+    command, payload = prepare(device, name, payload)
+    device_type = _device_type_of(device)
+    message_model = device_type._message_model
+    correlation_id = uuid.uuid4().hex
+    now = timezone.now()
+    message = message_model.objects.create(
+        device=device,
+        direction=message_model.Direction.OUTBOUND,
+        topic=device_topic_base(device_type.type_name(), device.device_id, hub_settings.TOPIC_PREFIX) + "cmd",
+        payload_json={"command": name, "payload": payload, "correlation_id": correlation_id},
+        correlation_id=correlation_id,
+        command=name,
+        command_status=message_model.CommandStatus.PENDING,
+        expires_at=now + timedelta(seconds=command.timeout),
+        received_at=now,
+    )
+    from ..brokers import get_engine
+
+    engine = get_engine()
+    if engine is not None and getattr(engine, "commands", None) is not None:
+        engine.commands.notify(device_type, message.pk)
+    return message
+
+
+async def asend_command(device, name, payload=None):
+    """``send_command`` for async code: the database work runs off the event loop."""
+    return await sync_to_async(send_command)(device, name, payload)
