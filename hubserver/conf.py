@@ -50,6 +50,10 @@ DEFAULTS = {
     "ANONYMOUS_DENY": (STR_LIST, []),
     "MAX_PAYLOAD_SIZE": (int, 256 * 1024),
     "MAX_CONNECTIONS": (int, 10_000),
+    # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...").
+    "BROKER_AUTH_TOKEN": (str, ""),
+    # /metrics for anyone (not only this machine and staff users).
+    "METRICS_PUBLIC": (bool, False),
     # Seconds without any message after which a connected device is marked offline (0: never).
     "HEARTBEAT_TIMEOUT": (NUMBER, 300),
     # Group-commit writer: rows per transaction at most, and queued messages before back-pressure.

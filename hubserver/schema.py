@@ -77,19 +77,24 @@ def command_schemas(device_type):
             "description": command.description,
             "qos": command.qos,
             "timeout": command.timeout,
-            "command": {
-                "$schema": DRAFT,
-                "type": "object",
-                "properties": {
-                    "command": {"const": name},
-                    "payload": command.json_schema(),
-                    "correlation_id": {"type": "string"},
-                },
-                "required": ["command", "payload", "correlation_id"],
-            },
+            "command": _envelope(name, command.json_schema()),
             "reply": {"$schema": DRAFT, **reply},
         }
         for name, command in device_type._commands.items()
+    }
+
+
+def _envelope(name, params):
+    """The ``cmd`` message around a command's params schema. Local ``#/$defs/...`` references in the params
+    are written against the params' own root, so its ``$defs`` move to the envelope's root with them."""
+    params = dict(params)
+    definitions = {key: params.pop(key) for key in ("$defs", "definitions") if key in params}
+    return {
+        "$schema": DRAFT,
+        "type": "object",
+        "properties": {"command": {"const": name}, "payload": params, "correlation_id": {"type": "string"}},
+        "required": ["command", "payload", "correlation_id"],
+        **definitions,
     }
 
 

@@ -1,9 +1,35 @@
-"""Root URLs of the ``hubserver`` binary: admin, the hub's ``iot/`` URLs, the REST API and its schema."""
+"""Root URLs of the ``hubserver`` binary: admin, the hub's ``iot/`` URLs, the REST API and its schema.
+
+| URL | what |
+|---|---|
+| ``admin/`` | the Django admin |
+| ``iot/`` | the hub's own URLs (``hubserver.urls``) |
+| ``api/{type}/...`` | the REST API of every device type (when ``HUBSERVER["AUTO_API"]``) |
+| ``api/schema/`` | its OpenAPI 3.1 schema, with each type's MQTT payload schemas (``?format=json`` for JSON) |
+| ``api/docs/`` | a browsable UI of the schema (Swagger UI, served by this process: no CDN) |
+| ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
+"""
 
 from django.contrib import admin
 from django.urls import include, path
 
+from .api.docs import ASSET_URL_NAME, DOCS_URL_NAME, SCHEMA_URL_NAME, HubDocsView, HubSchemaView, docs_asset
+from .conf import hub_settings
+from .views.metrics import metrics_view
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("iot/", include("hubserver.urls")),
+    path("metrics", metrics_view, name="metrics"),
+]
+
+if hub_settings.AUTO_API:
+    from .generators.urls import get_iot_urlpatterns
+
+    urlpatterns += get_iot_urlpatterns("api")
+
+urlpatterns += [
+    path("api/schema/", HubSchemaView.as_view(), name=SCHEMA_URL_NAME),
+    path("api/docs/", HubDocsView.as_view(), name=DOCS_URL_NAME),
+    path("api/docs/assets/<str:name>", docs_asset, name=ASSET_URL_NAME),
 ]

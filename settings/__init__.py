@@ -15,6 +15,8 @@
 | HUBSERVER_ANONYMOUS_DENY | (none) | comma-separated topic patterns anonymous clients may not use |
 | HUBSERVER_MQTT_TLS_PORT | 0 (off) | port of an MQTT-over-TLS listener |
 | HUBSERVER_MQTT_TLS_CERTFILE, HUBSERVER_MQTT_TLS_KEYFILE | (none) | its certificate (chain) and private key, PEM |
+| HUBSERVER_BROKER_AUTH_TOKEN | (none) | bearer token an external broker must send to /iot/broker/auth/ and /acl/ |
+| HUBSERVER_METRICS_PUBLIC | 0 | serve /metrics to anyone, not only to this machine and staff users |
 | HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
 """
 
@@ -109,6 +111,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Devices, readings and commands of every device type this hub knows.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "hubserver.api.openapi.add_payload_schemas",
+    ],
 }
 
 LANGUAGE_CODE = "en-us"
@@ -131,6 +138,8 @@ HUBSERVER = {
     "TOPIC_PREFIX": os.environ.get("HUBSERVER_TOPIC_PREFIX", "things"),
     "ALLOW_ANONYMOUS": env_bool("HUBSERVER_ALLOW_ANONYMOUS", False),
     "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
+    "BROKER_AUTH_TOKEN": os.environ.get("HUBSERVER_BROKER_AUTH_TOKEN", ""),
+    "METRICS_PUBLIC": env_bool("HUBSERVER_METRICS_PUBLIC", False),
     "MQTT_TLS_PORT": env_int("HUBSERVER_MQTT_TLS_PORT", 0),
     "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),

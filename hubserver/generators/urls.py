@@ -1,0 +1,42 @@
+"""``get_iot_urlpatterns()``: the REST API URLs of every registered device type (seed 001).
+
+    urlpatterns = [..., *get_iot_urlpatterns("api")]
+
+gives, per type (``{type}`` is ``DeviceType.type_name()``, e.g. ``weatherstation``):
+
+| URL | view |
+|---|---|
+| ``api/{type}/devices/`` | ``{Type}DeviceViewSet``: list, create |
+| ``api/{type}/devices/{device_id}/`` | retrieve, update, partial update, delete |
+| ``api/{type}/devices/{device_id}/readings/`` | GET: the latest readings (``?limit=``, default 100, max 1000) |
+| ``api/{type}/devices/{device_id}/provision/`` | POST: new credentials, shown once |
+| ``api/{type}/devices/{device_id}/commands/`` | GET: command history; POST: send a command |
+| ``api/{type}/readings/`` | ``{Type}ReadingViewSet``: read-only, filters, ordering, CSV |
+| ``api/{type}/readings/{id}/`` | one reading |
+
+URL names are ``{type}-device-list``, ``{type}-device-detail``, ``{type}-device-readings``,
+``{type}-device-provision``, ``{type}-device-commands``, ``{type}-reading-list`` and ``{type}-reading-detail``.
+"""
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from ..registry import registry
+from .viewsets import create_viewsets
+
+
+def get_iot_urlpatterns(prefix="api"):
+    """URL patterns of the REST API of every type that has models, under ``prefix`` (``""`` for none)."""
+    router = SimpleRouter()
+    for device_type, *_ in sorted(registry.all_with_models(), key=lambda entry: entry[0].type_name()):
+        name = device_type.type_name()
+        device_viewset, reading_viewset = create_viewsets(device_type)
+        router.register(f"{name}/devices", device_viewset, basename=f"{name}-device")
+        router.register(f"{name}/readings", reading_viewset, basename=f"{name}-reading")
+    prefix = prefix.strip("/")
+    if not prefix:
+        return list(router.urls)
+    return [path(f"{prefix}/", include(router.urls))]
+
+
+__all__ = ["get_iot_urlpatterns"]
