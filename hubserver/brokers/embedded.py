@@ -36,7 +36,7 @@ class EmbeddedBroker:
         self.broker = None
         self.bridge = None
         self.commands = None
-        self._loop = None
+        self.loop = None
 
     def config(self):
         listeners = {
@@ -61,7 +61,7 @@ class EmbeddedBroker:
         from hubserver.plugins.bridge import RouterBridge
         from hubserver.plugins.broker import HubBroker
 
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if self.tls_port and not (self.certfile and self.keyfile):
             raise HubserverError("MQTT_TLS_PORT is set but MQTT_TLS_CERTFILE / MQTT_TLS_KEYFILE are not")
         await self.router.start()
@@ -155,13 +155,14 @@ class EmbeddedBroker:
 
     def _on_revoked(self, sender, mqtt_username=None, **kwargs):
         # May be sent from any thread (an admin save, the router's writer thread).
-        if mqtt_username and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.kick_username(mqtt_username)))
+        if mqtt_username and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.kick_username(mqtt_username)))
 
     def stats(self):
         broker = self.broker
         return {
             "connected": sum(broker._live.values()) if broker else 0,
+            "devices": sum(isinstance(p, DevicePrincipal) for p in broker._live) if broker else 0,
             "refused": dict(broker.refused) if broker else {},
             "dropped": dict(self.bridge.refused) if self.bridge else {},
         }

@@ -39,6 +39,8 @@ class MessageRouter:
         self._refusal_log = ThrottledLog(logger)
         self._counts = Counter()
         self._refused = Counter()
+        self._by_type = {}  # type name -> Counter(received, stored, failed)
+        self._refused_by_type = Counter()  # (type name, reason) -> count
         self._running = False
         self._started = False
 
@@ -226,6 +228,8 @@ class MessageRouter:
     def _refuse(self, reason, error, *, topic="", client_id=None, kind=None, key=None):
         """Count, log (throttled) and answer a message or event the hub does not store."""
         self._refused[reason] += 1
+        if key:
+            self._refused_by_type[(key[0], reason)] += 1
         where = topic or (f"{kind} of {key[0]}/{key[1]}" if key else kind)
         self._refusal_log.warning(reason, where, "refused %s from client %s: %s", where, client_id or "?", error)
         future = asyncio.get_running_loop().create_future()
@@ -244,16 +248,21 @@ class MessageRouter:
             if work.error is not None or result is None:
                 self._counts["errors"] += 1
                 continue
+            type_counts = self._by_type.setdefault(work.key[0], Counter())
+            type_counts["received"] += work.message is not None or not result.stored
             if not result.stored:
                 self._refused[result.reason] += 1
+                self._refused_by_type[(work.key[0], result.reason)] += 1
                 where = work.topic or f"{work.kind} of {work.key[0]}/{work.key[1]}"
                 self._refusal_log.warning(result.reason, where, "refused %s: %s", where, result.error)
                 continue
             results.append(result)
             if work.message is not None:
                 self._counts["stored"] += 1
+                type_counts["stored"] += 1
                 if result.processing_status == "failed":
                     self._counts["failed"] += 1
+                    type_counts["failed"] += 1
             self._track(work)
             if self._dispatcher.wants(work):
                 to_dispatch.append(work)
@@ -283,6 +292,10 @@ class MessageRouter:
             "uncommitted": writer.uncommitted if writer else 0,
             "queued": writer.queued if writer else 0,
             "tracked_devices": len(self._heartbeat) if self._heartbeat is not None else 0,
+            "by_type": {name: dict(counts) for name, counts in self._by_type.items()},
+            "refused_by_type": {f"{name}:{reason}": n for (name, reason), n in self._refused_by_type.items()},
+            "commit_seconds": writer.commit_seconds.snapshot() if writer else None,
+            "batch_sizes": writer.batch_sizes.snapshot() if writer else None,
         }
 
 

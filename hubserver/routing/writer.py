@@ -10,8 +10,10 @@ Futures are resolved only after the commit: a broker engine acknowledges QoS 1 f
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .histogram import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 from .results import BatchCommitError, RouterNotRunning
 
 logger = logging.getLogger("hubserver.routing")
@@ -35,6 +37,8 @@ class GroupCommitWriter:
         self._accepting = False
         self._finished = False
         self.batches = 0
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
+        self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.last_batch_size = 0
         self.max_batch_size = 0
         self.commit_errors = 0
@@ -100,6 +104,7 @@ class GroupCommitWriter:
                 return
 
     async def _commit(self, batch):
+        started = time.perf_counter()
         try:
             await self.run_sync(self._write_batch, batch)
         except Exception as exc:
@@ -115,6 +120,8 @@ class GroupCommitWriter:
         self.batches += 1
         self.last_batch_size = len(batch)
         self.max_batch_size = max(self.max_batch_size, len(batch))
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.batch_sizes.observe(len(batch))
         for item in batch:
             if item.future.done():  # the caller gave up waiting
                 continue

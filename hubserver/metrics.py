@@ -1,0 +1,254 @@
+"""Prometheus metrics, read at scrape time: nothing is counted per message for them.
+
+The hub already keeps plain counters where the work happens (the router's ``stats()``, the embedded
+broker's ``stats()``, the verifiers' ``stats``, the HTTP views' counters); ``HubCollector`` turns them into
+metric families when ``/metrics`` is scraped. The metrics live in their own ``REGISTRY`` (not
+prometheus-client's global one), together with the process collector (``process_*``: memory, CPU, fds).
+
+Names (all prefixed ``hubserver_``):
+
+| metric | type | from |
+|---|---|---|
+| ``engine_running`` | gauge | 1 if a hub engine runs in this process |
+| ``connected_clients`` / ``connected_devices`` | gauge | broker: live MQTT principals / device ones |
+| ``messages_received_total`` / ``_stored_total`` / ``_failed_total`` | counter | router |
+| ``messages_refused_total{reason}`` | counter | router refusals, plus the broker bridge's ``acl`` drops |
+| ``router_errors_total`` | counter | messages whose processing raised (not stored) |
+| ``batches_total``, ``batch_size{stat="last"\\|"max"}`` | counter, gauge | group-commit writer |
+| ``commit_errors_total``, ``uncommitted_messages_total`` | counter | batches that failed to commit, their messages |
+| ``writer_queue_depth``, ``heartbeat_tracked_devices`` | gauge | writer queue, heartbeat monitor |
+| ``connections_refused_total{reason}`` | counter | broker: ``not_authorized``, ``max_connections`` |
+| ``auth_failures_total{source}`` | counter | ``mqtt`` (broker CONNECTs refused), ``http`` (``/iot/broker/auth/``) |
+| ``verifier_cache_hits_total``, ``_misses_total``, ``verifier_checks_total`` ``{verifier}`` | counter | verifiers |
+| ``verifier_cache_entries{verifier}`` | gauge | secret verifiers |
+| ``http_broker_requests_total{endpoint,outcome}`` | counter | ``/iot/broker/auth/`` and ``acl/`` |
+| ``http_ingest_requests_total{kind,outcome}`` | counter | ``/iot/devices/.../data/`` and ``status/`` |
+
+Router counters restart with the engine; Prometheus' ``rate()`` handles such resets.
+"""
+
+import logging
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from .routing.results import Refusal
+
+logger = logging.getLogger("hubserver.metrics")
+
+NAMESPACE = "hubserver"
+MESSAGE_REFUSALS = (
+    Refusal.BAD_TOPIC,
+    Refusal.UNKNOWN_TYPE,
+    Refusal.UNKNOWN_DEVICE,
+    Refusal.INACTIVE_DEVICE,
+    Refusal.PAYLOAD_TOO_LARGE,
+    "acl",
+)
+CONNECTION_REFUSALS = ("not_authorized", "max_connections")
+
+
+def _name(name):
+    return f"{NAMESPACE}_{name}"
+
+
+def _counter(name, documentation, value=None, labels=None, samples=()):
+    family = CounterMetricFamily(_name(name), documentation, value=value, labels=labels)
+    for label_values, sample in samples:
+        family.add_metric(label_values, sample)
+    return family
+
+
+def _gauge(name, documentation, value=None, labels=None, samples=()):
+    family = GaugeMetricFamily(_name(name), documentation, value=value, labels=labels)
+    for label_values, sample in samples:
+        family.add_metric(label_values, sample)
+    return family
+
+
+def _histogram(name, documentation, snapshot):
+    """A histogram family from the router's ``{"count", "sum", "buckets": {bound: cumulative}}``."""
+    buckets = [
+        ("+Inf" if bound == float("inf") else repr(float(bound)), count)
+        for bound, count in (snapshot or {}).get("buckets", {}).items()
+    ] or [("+Inf", 0)]
+    return HistogramMetricFamily(
+        _name(name), documentation, buckets=buckets, sum_value=(snapshot or {}).get("sum", 0.0)
+    )
+
+
+def _connected_devices(engine):
+    return engine.stats().get("devices", 0) if engine is not None else 0
+
+
+class HubCollector(Collector):
+    """Reads the hub's counters at scrape time from the running engine, the verifiers and the views."""
+
+    def describe(self):
+        return []  # names are fixed, but their values need a live engine: no collect() at registration
+
+    def collect(self):
+        from .brokers import get_engine
+
+        engine = get_engine()
+        try:
+            yield from self._engine_metrics(engine)
+        except Exception:  # a scrape must never fail because one source is half-started
+            logger.exception("collecting the engine's metrics failed")
+        yield from self._verifier_metrics()
+        yield from self._http_metrics()
+
+    def _engine_metrics(self, engine):
+        router = getattr(engine, "router", None)
+        broker_stats = engine.stats() if engine is not None and hasattr(engine, "stats") else {}
+        router_stats = router.stats() if router is not None else {}
+        yield _gauge("engine_running", "1 if a hub engine (broker and router) runs in this process.", int(bool(router)))
+        yield _gauge(
+            "connected_clients",
+            "MQTT clients (devices, service and anonymous clients) connected to the embedded broker.",
+            broker_stats.get("connected", 0),
+        )
+        yield _gauge("connected_devices", "Devices with a live MQTT connection.", _connected_devices(engine))
+        yield _counter("messages_received", "Device messages submitted to the router.", router_stats.get("received", 0))
+        yield _counter("messages_stored", "Device messages committed as Message rows.", router_stats.get("stored", 0))
+        yield _counter(
+            "messages_failed",
+            "Device messages stored with processing_status=failed (unusable payload).",
+            router_stats.get("failed", 0),
+        )
+        refused = dict.fromkeys(MESSAGE_REFUSALS, 0)  # every known reason, so the series exist from the start
+        refused.update(router_stats.get("refused", {}))
+        for reason, count in broker_stats.get("dropped", {}).items():
+            refused[reason] = refused.get(reason, 0) + count
+        yield _counter(
+            "messages_refused",
+            "Device messages not stored, by reason (router refusals; 'acl': publishes the broker's ACL dropped).",
+            labels=["reason"],
+            samples=[([reason], count) for reason, count in sorted(refused.items())],
+        )
+        yield _counter(
+            "router_errors", "Messages whose processing raised an error (not stored).", router_stats.get("errors", 0)
+        )
+        yield _counter("batches", "Batches committed by the group-commit writer.", router_stats.get("batches", 0))
+        yield _histogram("commit_seconds", "Time to write and commit one batch.", router_stats.get("commit_seconds"))
+        yield _histogram("batch_messages", "Messages per committed batch.", router_stats.get("batch_sizes"))
+        by_type = router_stats.get("by_type", {})
+        for stat in ("received", "stored", "failed"):
+            yield _counter(
+                f"type_messages_{stat}",
+                f"Device messages {stat}, by device type.",
+                labels=["device_type"],
+                samples=[([name], counts.get(stat, 0)) for name, counts in sorted(by_type.items())],
+            )
+        yield _counter(
+            "type_messages_refused",
+            "Device messages refused, by device type and reason.",
+            labels=["device_type", "reason"],
+            samples=[(key.split(":", 1), n) for key, n in sorted(router_stats.get("refused_by_type", {}).items())],
+        )
+        yield _gauge(
+            "batch_size",
+            "Messages in the last committed batch and in the largest one so far.",
+            labels=["stat"],
+            samples=[
+                (["last"], router_stats.get("last_batch_size", 0)),
+                (["max"], router_stats.get("max_batch_size", 0)),
+            ],
+        )
+        yield _counter("commit_errors", "Batches whose commit failed.", router_stats.get("commit_errors", 0))
+        yield _counter(
+            "uncommitted_messages", "Messages in batches whose commit failed.", router_stats.get("uncommitted", 0)
+        )
+        yield _gauge("writer_queue_depth", "Messages queued for the writer.", router_stats.get("queued", 0))
+        yield _gauge(
+            "heartbeat_tracked_devices",
+            "Online devices the heartbeat monitor tracks.",
+            router_stats.get("tracked_devices", 0),
+        )
+        broker_refused = dict.fromkeys(CONNECTION_REFUSALS, 0)
+        broker_refused.update(broker_stats.get("refused", {}))
+        yield _counter(
+            "connections_refused",
+            "MQTT connections the embedded broker refused, by reason.",
+            labels=["reason"],
+            samples=[([reason], count) for reason, count in sorted(broker_refused.items())],
+        )
+        from .views.broker_auth import stats as broker_http_stats
+
+        http_failures = broker_http_stats.snapshot()
+        yield _counter(
+            "auth_failures",
+            "Refused authentications: MQTT CONNECTs to the embedded broker, and /iot/broker/auth/ requests.",
+            labels=["source"],
+            samples=[
+                (["mqtt"], broker_refused.get("not_authorized", 0)),
+                (
+                    ["http"],
+                    sum(http_failures.get(key, 0) for key in ("auth_deny", "auth_bad_token", "auth_malformed")),
+                ),
+            ],
+        )
+
+    def _verifier_metrics(self):
+        from .access.verifier import device_verifier, service_verifier
+
+        verifiers = {"device": device_verifier, "service": service_verifier}
+        values = {name: (dict(verifier.stats), len(verifier)) for name, verifier in verifiers.items()}
+        for stat, documentation in (
+            ("hits", "Secret verifications answered from the cache of successes."),
+            ("misses", "Secret verifications not in the cache."),
+        ):
+            yield _counter(
+                f"verifier_cache_{stat}",
+                documentation,
+                labels=["verifier"],
+                samples=[([name], stats.get(stat, 0)) for name, (stats, _) in values.items()],
+            )
+        yield _counter(
+            "verifier_checks",
+            "Secret hashes actually computed (argon2 for devices, Django hashers for service users).",
+            labels=["verifier"],
+            samples=[([name], stats.get("checks", 0)) for name, (stats, _) in values.items()],
+        )
+        yield _gauge(
+            "verifier_cache_entries",
+            "Successful verifications remembered.",
+            labels=["verifier"],
+            samples=[([name], size) for name, (_, size) in values.items()],
+        )
+
+    def _http_metrics(self):
+        from .views.broker_auth import stats as broker_http_stats
+        from .views.ingest import stats as ingest_stats
+
+        broker = []
+        for key, count in sorted(broker_http_stats.snapshot().items()):
+            endpoint, _, outcome = key.partition("_")
+            broker.append(([endpoint, outcome], count))
+        yield _counter(
+            "http_broker_requests",
+            "Requests to /iot/broker/auth/ and /iot/broker/acl/, by outcome (allow, deny, bad_token, malformed).",
+            labels=["endpoint", "outcome"],
+            samples=broker,
+        )
+        ingest = []
+        for key, count in sorted(ingest_stats.snapshot().items()):
+            kind, _, outcome = key.partition(":")
+            ingest.append(([kind, outcome], count))
+        yield _counter(
+            "http_ingest_requests",
+            "Device messages posted over HTTP, by kind and outcome (completed, failed, unauthorized, ...).",
+            labels=["kind", "outcome"],
+            samples=ingest,
+        )
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(HubCollector())
+ProcessCollector(registry=REGISTRY)
+
+
+def render():
+    """The text exposition of ``REGISTRY`` (bytes)."""
+    return generate_latest(REGISTRY)

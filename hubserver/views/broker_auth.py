@@ -1,0 +1,291 @@
+"""``POST /iot/broker/auth/`` and ``POST /iot/broker/acl/``: the HTTP adapter of the access layer, for an
+external broker (EMQX's HTTP authenticator and authorizer, seed 002).
+
+One implementation, two adapters: the embedded amqtt plugins and these views both decide with
+``hubserver.access`` (``authenticate_mqtt*`` for CONNECT, ``can_publish``/``can_subscribe`` for topics).
+
+Requests (JSON, or form-encoded):
+
+- auth: ``{"username": ..., "password": ..., "clientid": ...}``; ``clientid`` (or ``client_id``) is optional,
+  and when present the client-id rule of ``authenticate_mqtt`` applies (a device must use its username as
+  client id; nobody else may use an id shaped like a device username). Configure EMQX to send it.
+- acl: ``{"username": ..., "topic": ..., "action": "pub"|"sub"|"publish"|"subscribe"}``.
+
+Answers are always ``200 {"result": "allow"}`` or ``200 {"result": "deny"}`` (a refused auth also says
+``"is_superuser": false``), including for a malformed body or a missing/wrong broker token. That is
+deliberate: EMQX 5 treats any non-2xx answer as "ignore" and moves on to its next source, and for
+authorization an all-"ignore" chain falls back to ``no_match``, which defaults to *allow*. A 4xx here would
+therefore open the broker. Only a wrong method gets a 405 (EMQX never sends one).
+
+Protection: these endpoints are meant for the broker only. When ``HUBSERVER["BROKER_AUTH_TOKEN"]``
+(binary: ``HUBSERVER_BROKER_AUTH_TOKEN``) is a non-empty string, every request must carry
+``Authorization: Bearer <token>`` (add it to the EMQX ``headers`` block), otherwise it is denied.
+
+ACL principals are derived from the username without a query for devices (EMQX only asks about clients
+it authenticated, through the auth endpoint): ``{type}.{id}`` is that device, ``token`` is a service
+client that authenticated with a valid API token, any other name is a service client if that user is
+active and holds ``hubserver.mqtt_service`` (one query, cached for ``SERVICE_CACHE_SECONDS``), and an
+empty username is the anonymous client (only when ``ALLOW_ANONYMOUS`` is on).
+
+An external broker never asks the hub about *deliveries* (there is no ``can_receive`` hook over HTTP), so
+for anonymous clients a subscription is allowed only when ``can_subscribe`` allows it *and* every topic
+the filter can match would pass ``can_receive``: ``#`` is refused here although the embedded broker
+accepts it (and then withholds namespace topics at delivery). Devices and service clients get exactly the
+answers of ``can_subscribe``.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from ..access.acl import can_publish, can_subscribe
+from ..access.authenticate import SERVICE_PERMISSION, TOKEN_USERNAME, authenticate_mqtt_sync, parse_device_username
+from ..access.principals import ANONYMOUS, AnonymousPrincipal, DevicePrincipal, ServicePrincipal
+from ..brokers import get_engine
+from ..conf import hub_settings
+from ..registry import registry
+from ._common import ViewStats
+
+logger = logging.getLogger("hubserver.access.http")
+
+SERVICE_CACHE_SECONDS = 5.0
+SERVICE_CACHE_SIZE = 1_000
+
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
+ACTIONS = {"pub": PUBLISH, "publish": PUBLISH, "sub": SUBSCRIBE, "subscribe": SUBSCRIBE}
+
+# Keys: auth_allow, auth_deny, auth_bad_token, auth_malformed, acl_allow, acl_deny, acl_bad_token,
+# acl_malformed. Read by hubserver.metrics at scrape time.
+stats = ViewStats()
+
+
+def _allow(**extra):
+    return JsonResponse({"result": "allow", **extra})
+
+
+def _deny(**extra):
+    return JsonResponse({"result": "deny", **extra})
+
+
+# -- request parsing ------------------------------------------------------------------------------------
+
+
+def _token_ok(request):
+    """True when no broker token is configured, or the request carries ``Authorization: Bearer <token>``."""
+    expected = hub_settings.BROKER_AUTH_TOKEN
+    if not expected:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode("utf-8", "surrogatepass"), str(expected).encode())
+
+
+def _fields(request, names):
+    """``{name: str | None}`` from a JSON object or a form body; None if the body is malformed (not an
+    object, undecodable, or a field that is not a string/null)."""
+    try:
+        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            data = {name: request.POST.get(name) for name in names}
+        else:  # JSON, whatever the declared type (EMQX sends application/json; curl users forget it)
+            data = json.loads(request.body or b"null")
+            if not isinstance(data, dict):
+                return None
+    except Exception:  # invalid JSON or UTF-8, RequestDataTooBig, a broken multipart body
+        return None
+    values = {}
+    for name in names:
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            return None
+        values[name] = value
+    return values
+
+
+# -- auth ------------------------------------------------------------------------------------------------
+
+
+@csrf_exempt
+@require_POST
+def broker_auth(request):
+    """Authenticate a CONNECT for an external broker: ``{"result": "allow"|"deny"}``."""
+    if not _token_ok(request):
+        stats.incr("auth_bad_token")
+        logger.warning("broker auth request from %s without the broker token; denied", request.META.get("REMOTE_ADDR"))
+        return _deny()
+    data = _fields(request, ("username", "password", "clientid", "client_id"))
+    if data is None:
+        stats.incr("auth_malformed")
+        return _deny()
+    username = data["username"] or ""
+    client_id = data["clientid"] if data["clientid"] is not None else data["client_id"]
+    principal = authenticate_mqtt_sync(username, data["password"] or "", client_id=client_id)
+    if principal is None:
+        stats.incr("auth_deny")
+        logger.info("HTTP broker auth refused %r (client id %r)", username, client_id)
+        return _deny()
+    stats.incr("auth_allow")
+    if isinstance(principal, DevicePrincipal):
+        _mark_online(principal)
+    return _allow(is_superuser=False)
+
+
+def _engine_loop(engine):
+    loop = engine.loop
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return None
+    return loop
+
+
+def _mark_online(principal):
+    """The seed's "on success, the device is marked online", without a write on the request when a hub
+    engine runs in this process: the router's ``device_connected`` (status, ``device_connected`` signal,
+    heartbeat tracking) is scheduled on the engine's loop and the view does not wait for it. Without an
+    engine: one UPDATE of status and last_seen (no signal: nothing here could dispatch it after commit)."""
+    engine = get_engine()
+    router = getattr(engine, "router", None)
+    loop = _engine_loop(engine) if router is not None else None
+    if loop is not None and getattr(router, "running", False):
+        coroutine = router.device_connected(principal.type_name, principal.device_id)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            future = asyncio.ensure_future(coroutine)
+        else:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        future.add_done_callback(_log_mark_failure)
+        return
+    models = registry.get_models(principal.type_name)
+    if models is None or principal.device_pk is None:
+        return
+    try:
+        models[0]._default_manager.filter(pk=principal.device_pk).update(status="online", last_seen=timezone.now())
+    except Exception:
+        logger.exception("could not mark %s online", principal.mqtt_username)
+
+
+def _log_mark_failure(future):
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("marking a device online after HTTP auth failed: %s", future.exception())
+
+
+# -- acl -------------------------------------------------------------------------------------------------
+
+_service_cache = {}  # username -> (monotonic expiry, ServicePrincipal | None), oldest first
+_service_lock = threading.Lock()
+
+
+def _lookup_service_user(username):
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    try:
+        user = user_model._default_manager.get_by_natural_key(username)
+    except user_model.DoesNotExist:
+        return None
+    if not user.is_active or not user.has_perm(SERVICE_PERMISSION):
+        return None
+    return ServicePrincipal(username=user.get_username(), user_id=user.pk)
+
+
+def _service_principal(username):
+    now = time.monotonic()
+    cached = _service_cache.get(username)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    principal = _lookup_service_user(username)
+    with _service_lock:
+        _service_cache.pop(username, None)
+        _service_cache[username] = (now + SERVICE_CACHE_SECONDS, principal)
+        while len(_service_cache) > SERVICE_CACHE_SIZE:
+            del _service_cache[next(iter(_service_cache))]
+    return principal
+
+
+def clear_service_cache():
+    with _service_lock:
+        _service_cache.clear()
+
+
+def principal_for_username(username):
+    """The principal an external broker's client with ``username`` has, or None (deny everything).
+
+    Devices are built exactly as ``authenticate_mqtt`` builds them (its ``device_pk`` is unknown here
+    and unused by the ACL), without a query."""
+    if not username:
+        return ANONYMOUS if hub_settings.ALLOW_ANONYMOUS else None
+    device_name = parse_device_username(username)
+    if device_name is not None:
+        type_name, device_id = device_name
+        return DevicePrincipal(type_name=type_name, device_id=device_id, device_pk=None, mqtt_username=username)
+    if username == TOKEN_USERNAME:
+        return ServicePrincipal(username=TOKEN_USERNAME, user_id=None)
+    return _service_principal(username)
+
+
+def _levels_overlap(first, second):
+    """True if some topic matches both filters (conservative about ``$`` topics: it says True)."""
+    a, b = first.split("/"), second.split("/")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == "#" or y == "#":
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and x != "+" and y != "+":
+            return False
+    return True
+
+
+def _anonymous_may_receive_all(topic_filter):
+    """Every topic ``topic_filter`` can match passes ``can_receive(ANONYMOUS, ...)``."""
+    prefix = hub_settings.TOPIC_PREFIX
+    if _levels_overlap(topic_filter, prefix) or _levels_overlap(topic_filter, prefix + "/#"):
+        return False
+    return not any(_levels_overlap(topic_filter, pattern) for pattern in hub_settings.ANONYMOUS_DENY)
+
+
+def acl_decision(principal, action, topic):
+    """The HTTP ACL's answer (see the module docstring for the one difference with ``can_subscribe``)."""
+    if principal is None:
+        return False
+    if action == PUBLISH:
+        return can_publish(principal, topic)
+    allowed = can_subscribe(principal, topic)
+    if allowed and isinstance(principal, AnonymousPrincipal):
+        return _anonymous_may_receive_all(topic)
+    return allowed
+
+
+@csrf_exempt
+@require_POST
+def broker_acl(request):
+    """Authorize a PUBLISH or SUBSCRIBE for an external broker: ``{"result": "allow"|"deny"}``."""
+    if not _token_ok(request):
+        stats.incr("acl_bad_token")
+        logger.warning("broker ACL request from %s without the broker token; denied", request.META.get("REMOTE_ADDR"))
+        return _deny()
+    data = _fields(request, ("username", "topic", "action"))
+    action = ACTIONS.get((data or {}).get("action") or "")
+    if data is None or action is None or not data["topic"]:
+        stats.incr("acl_malformed")
+        return _deny()
+    try:
+        allowed = acl_decision(principal_for_username(data["username"] or ""), action, data["topic"])
+    except Exception:
+        logger.exception("HTTP ACL check of %r failed with an internal error; denying", data["username"])
+        allowed = False
+    stats.incr("acl_allow" if allowed else "acl_deny")
+    return _allow() if allowed else _deny()
