@@ -1,4 +1,5 @@
-"""The hub's ASGI application: Django over HTTP, and on WebSocket the MQTT endpoint (subprotocol ``mqtt``)."""
+"""The hub's ASGI application: Django over HTTP; on WebSocket the MQTT endpoint (subprotocol ``mqtt``, no
+session lookup) and the live-view protocol at ``/ws/hub/`` (session or token auth, applied per route)."""
 
 import os
 
@@ -13,9 +14,11 @@ from django.urls import path  # noqa: E402
 from hubserver.brokers import get_engine  # noqa: E402
 from hubserver.conf import hub_settings  # noqa: E402
 from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
+from hubserver.realtime.routing import hub_websocket_urlpatterns  # noqa: E402
 
 websocket_urlpatterns = [
     path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(get_engine)),
+    *hub_websocket_urlpatterns,
 ]
 
 application = ProtocolTypeRouter(

@@ -13,7 +13,7 @@ ingestion, and (with the realtime layer) SSE streams and polling.
 ``/metrics`` (``views.metrics.metrics_view``) belongs at the site root, not here.
 """
 
-from django.urls import path
+from django.urls import include, path
 
 from .views import broker_auth, ingest
 
@@ -24,4 +24,5 @@ urlpatterns = [
     path("broker/acl/", broker_auth.broker_acl, name="broker-acl"),
     path("devices/<str:type_name>/<str:device_id>/data/", ingest.device_data, name="device-data"),
     path("devices/<str:type_name>/<str:device_id>/status/", ingest.device_status, name="device-status"),
+    path("", include("hubserver.realtime.urls")),
 ]

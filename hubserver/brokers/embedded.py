@@ -10,6 +10,7 @@ from ..access.principals import DevicePrincipal
 from ..access.revocation import credentials_revoked
 from ..conf import hub_settings
 from ..exceptions import HubserverError
+from ..realtime.fanout import on_commit as realtime_on_commit
 
 logger = logging.getLogger("hubserver.mqtt")
 
@@ -64,6 +65,7 @@ class EmbeddedBroker:
         self.loop = asyncio.get_running_loop()
         if self.tls_port and not (self.certfile and self.keyfile):
             raise HubserverError("MQTT_TLS_PORT is set but MQTT_TLS_CERTFILE / MQTT_TLS_KEYFILE are not")
+        self.router.add_commit_listener(realtime_on_commit)  # live views: one event per batch and group
         await self.router.start()
         self.bridge = RouterBridge(self.router)
         self.broker = HubBroker(self.config(), bridge=self.bridge, lifecycle=self, max_connections=self.max_connections)
@@ -90,6 +92,7 @@ class EmbeddedBroker:
         for server in getattr(self.broker, "_servers", {}).values():
             await server.close_instance()
         await self.router.stop()
+        self.router.remove_commit_listener(realtime_on_commit)
 
     async def stop(self):
         """Stop accepting, commit everything queued (releasing its acknowledgements), then close the clients."""
@@ -108,6 +111,7 @@ class EmbeddedBroker:
             if isinstance(principal, DevicePrincipal):
                 await self.router.device_disconnected(principal.type_name, principal.device_id, "hub stopping")
         await self.router.stop()
+        self.router.remove_commit_listener(realtime_on_commit)
         await self.broker.shutdown()
         logger.info("MQTT stopped")
 

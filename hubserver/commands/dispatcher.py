@@ -9,8 +9,10 @@ import logging
 
 import orjson
 from channels.db import database_sync_to_async
+from django.db import transaction
 from django.utils import timezone
 
+from ..realtime.fanout import publish_command_event
 from ..registry import registry
 from ..signals import device_command_sent
 
@@ -91,14 +93,17 @@ class CommandDispatcher:
             if not self._engine.is_connected(client_id, topic):
                 return  # stays pending until the device connects and subscribes to its cmd topic
             await _set_status(message_model, pk, "sent", only=("pending",))
+            await publish_command_event(message_model, pk)
             try:
                 await self._engine.publish_to(client_id, topic, orjson.dumps(envelope), qos)
             except (Exception, asyncio.CancelledError):
                 # The connection went before the PUBACK: send it again on the next connection (devices
                 # recognise repeats by correlation_id).
                 await _set_status(message_model, pk, "pending", only=("sent",))
+                await publish_command_event(message_model, pk)
                 raise
             await _set_status(message_model, pk, "delivered", only=("sent",))
+            await publish_command_event(message_model, pk)
             await _command_sent(device_type, message_model, pk, envelope)
         except asyncio.CancelledError:
             pass
@@ -108,12 +113,14 @@ class CommandDispatcher:
             self._in_flight.discard(key)
 
     async def _expire(self):
-        expired = await _expire_overdue()
-        for label, count in expired:
-            logger.info("%d command(s) of %s expired without a reply", count, label)
+        for device_type, pks in await _expire_overdue():
+            logger.info("%d command(s) of %s expired without a reply", len(pks), device_type.__name__)
+            for pk in pks:
+                await publish_command_event(device_type._message_model, pk)
 
     async def _on_reply(self, device_type, device, message, reply):
         await _record_reply(device_type._message_model, device, reply)
+        await publish_command_event(device_type._message_model, device=device, correlation_id=reply.correlation_id)
 
 
 @database_sync_to_async
@@ -157,14 +164,18 @@ async def _command_sent(device_type, message_model, pk, envelope):
 
 @database_sync_to_async
 def _expire_overdue():
+    """Mark overdue open commands expired; returns ``[(DeviceType, [pk, ...])]`` of those it changed."""
     now = timezone.now()
-    counts = []
+    expired = []
     for device_type, _, _, message_model in registry.all_with_models():
-        count = message_model.objects.filter(command_status__in=OPEN, expires_at__lte=now).update(
-            command_status="expired", processed_at=now)
-        if count:
-            counts.append((device_type.__name__, count))
-    return counts
+        with transaction.atomic():
+            overdue = message_model.objects.filter(command_status__in=OPEN, expires_at__lte=now)
+            pks = list(overdue.values_list("pk", flat=True)[:1000])
+            if pks:
+                message_model.objects.filter(pk__in=pks, command_status__in=OPEN).update(
+                    command_status="expired", processed_at=now)
+                expired.append((device_type, pks))
+    return expired
 
 
 @database_sync_to_async

@@ -1,0 +1,178 @@
+"""Fan-out: committed batches and command state changes to the channel layer, cheaply.
+
+``on_commit(results)`` is the router's commit listener (``router.add_commit_listener(on_commit)``). Per
+committed batch it builds the events and sends ONE channel-layer message per group that has events: one per
+device type (``hub.<type>``) and one per device (``hub.<type>.d<hash>``), each
+``{"type": "hub.events", "scope": "type" | "device", "device_type", "device_id", "events": [...],
+"batch", "origin", "seq"}``. Consumers never get one message per reading per viewer, and nothing here waits
+for a viewer: consumers only enqueue into their own bounded buffers.
+
+``batch`` is the same in the type message and the device messages of one batch, so a viewer in both groups
+delivers each event once. ``seq`` counts the messages sent to one group by one process (``origin``): a jump
+tells an SSE stream that the channel layer dropped a message (a full channel) and it should catch up from
+the database.
+
+``publish_command_event(message_model, pk)`` / ``(message_model, device=..., correlation_id=...)`` publishes
+a command's current state (read from its row) to its type and device groups; the command dispatcher calls it
+after every state change.
+"""
+
+import itertools
+import logging
+import secrets
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from ..registry import registry
+from .conf import realtime_settings
+from .events import command_event, device_group, events_from_result, status_payloads, type_group
+
+logger = logging.getLogger("hubserver.realtime")
+
+MESSAGE_TYPE = "hub.events"
+ORIGIN = secrets.token_hex(6)
+_batches = itertools.count(1)
+_seq = {}  # group -> the last seq this process sent to it
+
+
+def get_layer():
+    return get_channel_layer(realtime_settings.CHANNEL_LAYER)
+
+
+def _has_members(layer, group):
+    """False only when we know nobody listens (the in-memory layer): a send to an empty group then costs
+    nothing, instead of a full expiry scan of every channel per group."""
+    if isinstance(layer, InMemoryChannelLayer):
+        return bool(layer.groups.get(group))
+    return True
+
+
+def last_seq(group):
+    """``(ORIGIN, seq)``: the last seq this process sent to ``group``; a new listener's baseline."""
+    return ORIGIN, _seq.get(group, 0)
+
+
+async def _group_send(layer, group, message):
+    if not _has_members(layer, group):
+        return False
+    seq = _seq[group] = _seq.get(group, 0) + 1
+    try:
+        await layer.group_send(group, {**message, "origin": ORIGIN, "seq": seq})
+    except Exception:  # one group's failure (e.g. a Redis hiccup) must not cost the others their events
+        logger.exception("sending %d realtime event(s) to %s failed", len(message["events"]), group)
+        return False
+    return True
+
+
+async def publish(by_type, by_device, layer=None):
+    """Send ``{type name: [events]}`` and ``{(type name, device id): [events]}`` as ONE batch: one message
+    per group. The type messages go first (viewers in both groups rely on that order to de-duplicate)."""
+    layer = layer or get_layer()
+    if layer is None:
+        return
+    batch = f"{ORIGIN}:{next(_batches)}"
+    for type_name, events in by_type.items():
+        message = {"type": MESSAGE_TYPE, "scope": "type", "device_type": type_name, "device_id": None}
+        await _group_send(layer, type_group(type_name), {**message, "events": events, "batch": batch})
+    for (type_name, device_id), events in by_device.items():
+        message = {"type": MESSAGE_TYPE, "scope": "device", "device_type": type_name, "device_id": device_id}
+        await _group_send(layer, device_group(type_name, device_id), {**message, "events": events, "batch": batch})
+
+
+async def publish_events(type_name, device_id, events, layer=None):
+    """Publish events of one device (to its type's group and its own group)."""
+    if events:
+        await publish({type_name: list(events)}, {(type_name, device_id): list(events)}, layer)
+
+
+async def on_commit(results):
+    """The router's commit listener: one channel-layer message per batch and group."""
+    layer = get_layer()
+    if layer is None or not results:
+        return
+    status_ids = {}
+    for result in results:
+        if result.kind == "status" and result.message_id is not None:
+            status_ids.setdefault(result.type_name, []).append(result.message_id)
+    status_rows = {}
+    for type_name, ids in status_ids.items():  # status messages are rare: one query per type and batch
+        try:
+            status_rows.update(await database_sync_to_async(status_payloads)(type_name, ids))
+        except Exception:
+            logger.exception("could not load the status messages of a batch; their events lack details")
+    by_type, by_device = {}, {}
+    for result in results:
+        if not result.type_name or not result.device_id:
+            continue
+        try:
+            events = events_from_result(result, status_rows)
+        except Exception:
+            logger.exception("could not build the realtime events of %s/%s", result.type_name, result.device_id)
+            continue
+        if events:
+            by_type.setdefault(result.type_name, []).extend(events)
+            by_device.setdefault((result.type_name, result.device_id), []).extend(events)
+    if by_type:
+        await publish(by_type, by_device, layer)
+
+
+# Commands ----------------------------------------------------------------------------------------------
+
+_COMMAND_FIELDS = (
+    "pk",
+    "device__device_id",
+    "correlation_id",
+    "command",
+    "command_status",
+    "command_result",
+    "processed_at",
+    "received_at",
+)
+
+
+def _type_of(message_model):
+    device_model = message_model._meta.get_field("device").related_model
+    device_type = registry.get_by_device_model(device_model)
+    if device_type is None:
+        raise LookupError(f"{message_model.__name__} is not the Message model of a registered DeviceType")
+    return device_type.type_name()
+
+
+def load_command_events(message_model, pk=None, *, device=None, correlation_id=None):
+    """(sync) The command events of outbound rows, by pk or by (device, correlation id)."""
+    type_name = _type_of(message_model)
+    rows = message_model._default_manager.filter(direction="outbound").exclude(command="")
+    if pk is not None:
+        rows = rows.filter(pk=pk)
+    elif device is not None and correlation_id:
+        rows = rows.filter(device=device, correlation_id=correlation_id)
+    else:
+        raise ValueError("give a pk, or a device and a correlation_id")
+    return [
+        (row["device__device_id"], command_event(type_name, row["device__device_id"], row))
+        for row in rows.values(*_COMMAND_FIELDS)
+    ], type_name
+
+
+async def publish_command_event(message_model, pk=None, *, device=None, correlation_id=None, layer=None):
+    """Publish the current state of a command (its outbound Message row) to its type and device groups.
+
+    Call it after each ``command_status`` change. Never raises (a failure is logged); returns the events.
+    """
+    try:
+        found, type_name = await database_sync_to_async(load_command_events)(
+            message_model, pk, device=device, correlation_id=correlation_id
+        )
+        for device_id, event in found:
+            await publish_events(type_name, device_id, [event], layer)
+        return [event for _, event in found]
+    except Exception:
+        logger.exception("publishing a command event failed")
+        return []
+
+
+def publish_command_event_sync(message_model, pk=None, **kwargs):
+    """``publish_command_event`` for sync code (e.g. a DRF view that just called ``send_command``)."""
+    return async_to_sync(publish_command_event)(message_model, pk, **kwargs)
