@@ -7,6 +7,7 @@
 | ``api/{type}/...`` | the REST API of every device type (when ``HUBSERVER["AUTO_API"]``) |
 | ``api/schema/`` | its OpenAPI 3.1 schema, with each type's MQTT payload schemas (``?format=json`` for JSON) |
 | ``api/docs/`` | a browsable UI of the schema (Swagger UI, served by this process: no CDN) |
+| ``""`` | the live dashboard (login required) |
 | ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
 """
 
@@ -32,4 +33,5 @@ urlpatterns += [
     path("api/schema/", HubSchemaView.as_view(), name=SCHEMA_URL_NAME),
     path("api/docs/", HubDocsView.as_view(), name=DOCS_URL_NAME),
     path("api/docs/assets/<str:name>", docs_asset, name=ASSET_URL_NAME),
+    path("", include("hubserver.dashboard.urls")),
 ]

@@ -66,6 +66,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "hubserver.site_urls"
+LOGIN_URL = "dashboard:login"
 ASGI_APPLICATION = "hubserver.asgi.application"
 WSGI_APPLICATION = None
 

@@ -1,0 +1,619 @@
+/* hubserver dashboard: keeps the server-rendered pages live over the realtime WebSocket (/ws/hub/).
+ *
+ * Protocol (see the realtime protocol note): the page subscribes to each device type it shows (overview) or
+ * to one device (device page) and applies "reading", "status", "connection" and "command" events. Commands
+ * are sent as {"type": "command", request_id, device_type, device_id, command, payload}. The socket
+ * reconnects with exponential backoff; after a reconnect the page re-reads its own HTML to catch up.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var PAGE = body.dataset.page;
+  if (!PAGE) return;
+
+  var STATUS_LABELS = {
+    online: "Online", offline: "Offline", error: "Error", maintenance: "Maintenance",
+    low_battery: "Low battery", provisioning: "Provisioning"
+  };
+  var COMMAND_RANK = { pending: 0, sent: 1, delivered: 2, replied: 3, failed: 3, expired: 3 };
+
+  /* ---------- small helpers ---------- */
+
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (key) {
+      if (key === "text") node.textContent = attrs[key];
+      else if (key === "className") node.className = attrs[key];
+      else node.setAttribute(key, attrs[key]);
+    });
+    (children || []).forEach(function (child) { if (child) node.appendChild(child); });
+    return node;
+  }
+
+  function key(type, id) { return type + "\u0000" + id; }
+
+  function relative(date) {
+    var seconds = Math.round((Date.now() - date.getTime()) / 1000);
+    if (seconds < 10) return "just now";
+    if (seconds < 60) return seconds + " s ago";
+    var minutes = Math.round(seconds / 60);
+    if (minutes < 60) return minutes + " min ago";
+    var hours = Math.round(minutes / 60);
+    if (hours < 24) return hours + " h ago";
+    var days = Math.round(hours / 24);
+    if (days < 60) return days + (days === 1 ? " day ago" : " days ago");
+    return date.toLocaleDateString();
+  }
+
+  function refreshTimes(root) {
+    (root || document).querySelectorAll("time[data-ts]").forEach(function (node) {
+      var date = new Date(node.dataset.ts);
+      if (!isNaN(date)) {
+        node.textContent = relative(date);
+        node.title = date.toLocaleString();
+      }
+    });
+  }
+
+  function setSeen(node, date) {
+    if (!node) return;
+    var iso = date.toISOString();
+    node.dataset.ts = iso;
+    node.setAttribute("datetime", iso);
+    node.classList.remove("muted");
+    node.textContent = relative(date);
+    node.title = date.toLocaleString();
+  }
+
+  function setStatus(badge, status) {
+    if (!badge || !status) return;
+    badge.className = "badge status-" + status;
+    badge.textContent = STATUS_LABELS[status] || status;
+  }
+
+  function batteryNode(level) {
+    if (level === null || level === undefined || isNaN(Number(level))) return el("span", { className: "muted", text: "—" });
+    var pct = Math.round(Number(level));
+    var cls = "battery" + (pct < 20 ? " battery-low" : pct < 50 ? " battery-mid" : "");
+    var fill = el("span", { style: "width: " + Math.max(0, Math.min(100, pct)) + "%" });
+    return el("span", { className: cls }, [
+      el("span", { className: "battery-bar", "aria-hidden": "true" }, [fill]),
+      el("span", { className: "battery-text", text: pct + "%" })
+    ]);
+  }
+
+  function setBattery(cell, level) {
+    if (!cell || level === null || level === undefined) return;
+    cell.replaceChildren(batteryNode(level));
+  }
+
+  function flash(node) {
+    if (!node) return;
+    node.classList.add("flash");
+    window.setTimeout(function () { node.classList.remove("flash"); }, 80);
+  }
+
+  function formatValue(value, valueType) {
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    if (typeof value === "number" && valueType === "float") return String(Number(value.toPrecision(6)));
+    return String(value);
+  }
+
+  function jsonText(value) {
+    if (value === null || value === undefined) return "";
+    if (typeof value === "object" && Object.keys(value).length === 0) return "";
+    return JSON.stringify(value).replace(/,"/g, ', "').replace(/":/g, '": ');
+  }
+
+  var requestCounter = 0;
+  function requestId() {
+    requestCounter += 1;
+    return "r" + Date.now().toString(36) + "-" + requestCounter;
+  }
+
+  /* ---------- the socket ---------- */
+
+  var indicator = document.getElementById("live-indicator");
+  function showState(state, text) {
+    if (!indicator) return;
+    indicator.dataset.state = state;
+    indicator.querySelector(".live-text").textContent = text;
+  }
+
+  function HubSocket(handlers) {
+    this.handlers = handlers;
+    this.socket = null;
+    this.attempt = 0;
+    this.everOpened = false;
+    this.stopped = false;
+    this.pingTimer = null;
+    this.waiting = new Set();
+    this.connect();
+  }
+
+  HubSocket.prototype.url = function () {
+    var scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + window.location.host + (body.dataset.wsPath || "/ws/hub/");
+  };
+
+  HubSocket.prototype.connect = function () {
+    var self = this;
+    showState("connecting", self.attempt ? "Reconnecting…" : "Connecting…");
+    var socket;
+    try {
+      socket = new WebSocket(self.url());
+    } catch (error) {
+      self.retry();
+      return;
+    }
+    self.socket = socket;
+    socket.onopen = function () {
+      var reconnected = self.everOpened;
+      self.attempt = 0;
+      self.everOpened = true;
+      showState("open", "Live");
+      self.handlers.open(reconnected);
+      window.clearInterval(self.pingTimer);
+      self.pingTimer = window.setInterval(function () { self.send({ type: "ping" }); }, 30000);
+    };
+    socket.onmessage = function (message) {
+      var event;
+      try { event = JSON.parse(message.data); } catch (error) { return; }
+      if (!event || typeof event !== "object") return;
+      if ((event.type === "subscribed" || event.type === "error") && self.waiting.delete(event.request_id)) {
+        if (!self.waiting.size && indicator) indicator.dataset.subscribed = "true";
+        if (event.type === "subscribed") return;
+      }
+      self.handlers.event(event);
+    };
+    socket.onclose = function (close) {
+      window.clearInterval(self.pingTimer);
+      if (indicator) indicator.dataset.subscribed = "false";
+      if (self.socket !== socket) return;
+      self.socket = null;
+      if (close.code === 4401 || close.code === 4403) {
+        self.stopped = true;
+        showState("denied", close.code === 4401 ? "Signed out" : "Not allowed");
+        return;
+      }
+      self.retry();
+    };
+  };
+
+  HubSocket.prototype.retry = function () {
+    var self = this;
+    if (self.stopped) return;
+    var delay = Math.min(30000, 1000 * Math.pow(2, self.attempt)) * (0.75 + Math.random() * 0.5);
+    self.attempt += 1;
+    var seconds = Math.max(1, Math.round(delay / 1000));
+    showState("closed", "Offline · retrying in " + seconds + " s");
+    window.setTimeout(function () { self.connect(); }, delay);
+  };
+
+  /* Subscribe to each {device_type, device_id?}; the indicator gets data-subscribed="true" once all are
+   * answered (so a viewer, or a test, knows that no later event can be missed). */
+  HubSocket.prototype.subscribe = function (targets) {
+    var self = this;
+    self.waiting = new Set();
+    targets.forEach(function (target) {
+      var id = requestId();
+      self.waiting.add(id);
+      self.send(Object.assign({ type: "subscribe", request_id: id }, target));
+    });
+    if (!self.waiting.size && indicator) indicator.dataset.subscribed = "true";
+  };
+
+  HubSocket.prototype.send = function (event) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(JSON.stringify(event));
+    return true;
+  };
+
+  /* Re-read this page's HTML (after a reconnect, events may have been missed). */
+  function fetchPage() {
+    return fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (!response.ok || response.redirected) throw new Error("page unavailable");
+        return response.text();
+      })
+      .then(function (html) { return new DOMParser().parseFromString(html, "text/html"); });
+  }
+
+  /* ---------- overview ---------- */
+
+  function startOverview() {
+    var rows = new Map();
+    var sections = new Map();
+    document.querySelectorAll(".type-section").forEach(function (section) {
+      sections.set(section.dataset.deviceType, section);
+    });
+    function indexRows(root) {
+      root.querySelectorAll("tr.device-row").forEach(function (row) {
+        rows.set(key(row.dataset.deviceType, row.dataset.deviceId), row);
+      });
+    }
+    indexRows(document);
+
+    function changeStatus(row, status) {
+      var old = row.dataset.status;
+      if (!status || status === old) return;
+      row.dataset.status = status;
+      setStatus(row.querySelector("[data-field=status]"), status);
+      var section = sections.get(row.dataset.deviceType);
+      if (section && (old === "online") !== (status === "online")) {
+        var online = Number(section.dataset.online || 0) + (status === "online" ? 1 : -1);
+        section.dataset.online = String(Math.max(0, online));
+        section.querySelector("[data-count-online]").textContent = section.dataset.online;
+      }
+    }
+
+    function apply(event) {
+      var row = rows.get(key(event.device_type, event.device_id));
+      if (!row) return;
+      var now = new Date();
+      if (event.type === "connection") {
+        changeStatus(row, event.state);
+        if (event.state === "online") setSeen(row.querySelector("[data-field=seen]"), now);
+      } else if (event.type === "status") {
+        changeStatus(row, event.status);
+        setBattery(row.querySelector("[data-field=battery]"), event.battery_level);
+        setSeen(row.querySelector("[data-field=seen]"), now);
+      } else if (event.type === "reading") {
+        setSeen(row.querySelector("[data-field=seen]"), now);
+      } else {
+        return;
+      }
+      flash(row);
+    }
+
+    function resync() {
+      fetchPage().then(function (doc) {
+        doc.querySelectorAll("tr.device-row").forEach(function (fresh) {
+          var row = rows.get(key(fresh.dataset.deviceType, fresh.dataset.deviceId));
+          if (!row) return;
+          row.dataset.status = fresh.dataset.status;
+          row.replaceChildren.apply(row, Array.prototype.slice.call(fresh.childNodes));
+        });
+        doc.querySelectorAll(".type-section").forEach(function (fresh) {
+          var section = sections.get(fresh.dataset.deviceType);
+          if (!section) return;
+          section.dataset.online = fresh.dataset.online;
+          section.querySelector("[data-count-online]").textContent = fresh.dataset.online;
+        });
+        refreshTimes();
+      }).catch(function () {});
+    }
+
+    var socket = new HubSocket({
+      open: function (reconnected) {
+        socket.subscribe(Array.from(sections.keys()).map(function (type) { return { device_type: type }; }));
+        if (reconnected) resync();
+      },
+      event: apply
+    });
+  }
+
+  /* ---------- device page ---------- */
+
+  function startDevice() {
+    var head = document.getElementById("device");
+    var TYPE = head.dataset.deviceType;
+    var DEVICE = head.dataset.deviceId;
+    var seriesData = JSON.parse(document.getElementById("dashboard-series").textContent);
+    var LIMIT = seriesData.limit || 100;
+    var charts = new Map();
+
+    function makeChart(card, points) {
+      var holder = card.querySelector(".chart");
+      var unit = card.dataset.unit || "";
+      var valueType = card.dataset.valueType;
+      var foot = card.querySelector("[data-foot]");
+      var data = [points.map(function (p) { return p[0]; }), points.map(function (p) { return p[1]; })];
+      var chart = { card: card, data: data, plot: null, holder: holder, foot: foot, footHtml: null };
+      if (typeof window.uPlot !== "function") return chart;
+      var axis = {
+        stroke: "#667085",
+        grid: { stroke: "#eef0f3", width: 1 },
+        ticks: { stroke: "#e4e7ec", width: 1, size: 4 },
+        font: "11px system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+      };
+      var options = {
+        width: Math.max(200, holder.clientWidth || 320),
+        height: 170,
+        legend: { show: false },
+        cursor: { drag: { x: false, y: false }, points: { size: 7 } },
+        scales: {
+          x: {
+            time: true,
+            // One point (or several at one instant) would give an empty range: show ten minutes around it.
+            range: function (u, min, max) {
+              var xs = u.data && u.data[0];
+              if (xs && xs.length === 1) return [xs[0] - 300, xs[0] + 300];
+              return min === max ? [min - 300, max + 300] : [min, max];
+            }
+          }
+        },
+        axes: [
+          Object.assign({}, axis, { space: 60 }),
+          Object.assign({}, axis, { size: 50, space: 28, values: function (u, values) { return values.map(function (v) { return formatValue(v, "float"); }); } })
+        ],
+        series: [
+          {},
+          {
+            label: card.querySelector("h3").firstChild.textContent.trim(),
+            stroke: "#2f5bd3",
+            width: 2,
+            fill: "rgba(47, 91, 211, 0.07)",
+            paths: valueType === "bool" && window.uPlot.paths && window.uPlot.paths.stepped
+              ? window.uPlot.paths.stepped({ align: 1 }) : undefined,
+            points: { size: 5, fill: "#2f5bd3" }
+          }
+        ],
+        hooks: {
+          setCursor: [function (u) {
+            var index = u.cursor.idx;
+            if (index === null || index === undefined) {
+              if (chart.footHtml !== null) { foot.innerHTML = chart.footHtml; chart.footHtml = null; refreshTimes(foot); }
+              return;
+            }
+            if (chart.footHtml === null) chart.footHtml = foot.innerHTML;
+            var when = new Date(u.data[0][index] * 1000);
+            foot.textContent = formatValue(u.data[1][index], valueType) + (unit ? " " + unit : "") + " at " + when.toLocaleString();
+          }]
+        }
+      };
+      chart.plot = new window.uPlot(options, data, holder);
+      if (window.ResizeObserver) {
+        new ResizeObserver(function () {
+          var width = holder.clientWidth;
+          if (width && chart.plot && Math.abs(width - chart.plot.width) > 1) chart.plot.setSize({ width: width, height: 170 });
+        }).observe(holder);
+      }
+      return chart;
+    }
+
+    document.querySelectorAll(".chart-card").forEach(function (card) {
+      var name = card.dataset.reading;
+      if (card.querySelector(".chart")) charts.set(name, makeChart(card, seriesData.points[name] || []));
+    });
+
+    function showLatest(card, value, date) {
+      var valueNode = card.querySelector("[data-latest]");
+      valueNode.textContent = formatValue(value, card.dataset.valueType);
+      var foot = card.querySelector("[data-foot]");
+      var time = el("time", {});
+      foot.replaceChildren(document.createTextNode("Updated "), time);
+      setSeen(time, date);
+      card.classList.add("pulse");
+      window.setTimeout(function () { card.classList.remove("pulse"); }, 600);
+    }
+
+    function addReading(event) {
+      var date = event.timestamp ? new Date(event.timestamp) : new Date();
+      if (isNaN(date)) date = new Date();
+      var x = date.getTime() / 1000;
+      Object.keys(event.readings || {}).forEach(function (name) {
+        var value = event.readings[name];
+        if (value === null || value === undefined) return;
+        var card = document.querySelector('.chart-card[data-reading="' + CSS.escape(name) + '"]');
+        if (!card) return;
+        var chart = charts.get(name);
+        if (chart) {
+          var xs = chart.data[0];
+          var ys = chart.data[1];
+          var y = typeof value === "boolean" ? (value ? 1 : 0) : value;
+          // Keep the series ordered by time: readings may arrive out of order (device-side timestamps).
+          var at = xs.length;
+          while (at > 0 && xs[at - 1] > x) at -= 1;
+          xs.splice(at, 0, x);
+          ys.splice(at, 0, y);
+          while (xs.length > LIMIT) { xs.shift(); ys.shift(); }
+          card.classList.remove("is-empty");
+          if (chart.plot) {
+            chart.plot.setData([xs, ys]);
+            if (chart.plot.width < 50) chart.plot.setSize({ width: chart.holder.clientWidth, height: 170 });
+          }
+          card.dataset.count = String(xs.length);
+          if (at === xs.length - 1 || xs.length === 1) showLatest(card, value, date);
+        } else {
+          card.classList.remove("is-empty");
+          showLatest(card, value, date);
+        }
+      });
+    }
+
+    var statusBadge = head.querySelector("[data-field=status]");
+    function applyStatus(status) {
+      if (!status) return;
+      head.dataset.status = status;
+      setStatus(statusBadge, status);
+    }
+
+    /* Recent commands */
+    var commandRows = document.getElementById("command-rows");
+    var commandsEmpty = document.getElementById("commands-empty");
+    var pending = new Map(); // request_id -> {form, payload}
+
+    function findCommandRow(id) {
+      return commandRows.querySelector('tr[data-command-id="' + CSS.escape(String(id)) + '"]');
+    }
+
+    function upsertCommand(event, payload) {
+      if (event.id === undefined || event.id === null) return null;
+      var status = event.command_status || "pending";
+      var row = findCommandRow(event.id);
+      if (!row) {
+        var nameCell = el("td", {}, [el("span", { className: "mono", text: event.command || "" })]);
+        var payloadText = jsonText(payload);
+        if (payloadText) nameCell.appendChild(el("span", { className: "payload mono small", text: payloadText }));
+        var time = el("time", {});
+        setSeen(time, new Date());
+        row = el("tr", { "data-command-id": String(event.id), "data-status": status }, [
+          nameCell,
+          el("td", {}, [el("span", { className: "badge cmd-" + status, "data-field": "command-status", text: status })]),
+          el("td", {}, [time]),
+          el("td", { className: "mono small", "data-field": "result" }, [el("span", { className: "muted", text: "—" })])
+        ]);
+        commandRows.insertBefore(row, commandRows.firstChild);
+        while (commandRows.children.length > 15) commandRows.removeChild(commandRows.lastChild);
+        commandsEmpty.hidden = true;
+      } else if ((COMMAND_RANK[status] || 0) >= (COMMAND_RANK[row.dataset.status] || 0)) {
+        row.dataset.status = status;
+        var badge = row.querySelector("[data-field=command-status]");
+        badge.className = "badge cmd-" + status;
+        badge.textContent = status;
+      }
+      var resultText = jsonText(event.result);
+      if (resultText) row.querySelector("[data-field=result]").textContent = resultText;
+      flash(row);
+      return row;
+    }
+
+    function formStatus(form, text, kind) {
+      var node = form.querySelector("[data-form-status]");
+      node.textContent = text;
+      node.className = "form-status small" + (kind ? " is-" + kind : "");
+    }
+
+    function readPayload(form) {
+      if (form.dataset.raw === "1") {
+        var text = form.querySelector("textarea[name=__raw__]").value.trim();
+        if (!text) return {};
+        var parsed = JSON.parse(text); // throws SyntaxError, reported to the user
+        return parsed;
+      }
+      var payload = {};
+      form.querySelectorAll("[data-kind]").forEach(function (input) {
+        var kind = input.dataset.kind;
+        var name = input.name;
+        if (kind === "boolean") { payload[name] = input.checked; return; }
+        var raw = input.value;
+        if (raw === "") return; // optional and left empty: omitted (required fields are enforced by the browser)
+        if (kind === "integer") payload[name] = parseInt(raw, 10);
+        else if (kind === "number") payload[name] = Number(raw);
+        else if (kind === "enum" && input.dataset.jsonType === "number") payload[name] = Number(raw);
+        else payload[name] = raw;
+      });
+      return payload;
+    }
+
+    var socket;
+    document.querySelectorAll("form.command-form").forEach(function (form) {
+      form.addEventListener("submit", function (submit) {
+        submit.preventDefault();
+        var payload;
+        try {
+          payload = readPayload(form);
+        } catch (error) {
+          formStatus(form, "The payload is not valid JSON: " + error.message, "error");
+          return;
+        }
+        var id = requestId();
+        var sent = socket.send({
+          type: "command", request_id: id, device_type: TYPE, device_id: DEVICE,
+          command: form.dataset.command, payload: payload
+        });
+        if (!sent) {
+          formStatus(form, "Not connected to the hub; try again in a moment.", "error");
+          return;
+        }
+        pending.set(id, { form: form, payload: payload });
+        form.querySelector("button[type=submit]").disabled = true;
+        formStatus(form, "Sending…");
+        window.setTimeout(function () {
+          if (pending.delete(id)) {
+            form.querySelector("button[type=submit]").disabled = false;
+            formStatus(form, "No answer from the hub.", "error");
+          }
+        }, 15000);
+      });
+    });
+
+    function settle(requestIdValue, text, kind) {
+      var entry = pending.get(requestIdValue);
+      if (!entry) return null;
+      pending.delete(requestIdValue);
+      entry.form.querySelector("button[type=submit]").disabled = false;
+      formStatus(entry.form, text, kind);
+      return entry;
+    }
+
+    function apply(event) {
+      if (event.type === "error") {
+        if (event.request_id) settle(event.request_id, event.message || event.code || "Refused", "error");
+        return;
+      }
+      if (event.device_type !== TYPE || event.device_id !== DEVICE) return;
+      if (event.type === "reading") {
+        addReading(event);
+        setSeen(head.querySelector("[data-field=seen]"), new Date());
+      } else if (event.type === "status") {
+        applyStatus(event.status);
+        setBattery(head.querySelector("[data-field=battery]"), event.battery_level);
+        if (event.firmware_version) head.querySelector("[data-field=firmware]").textContent = event.firmware_version;
+        setSeen(head.querySelector("[data-field=seen]"), new Date());
+      } else if (event.type === "connection") {
+        applyStatus(event.state);
+        if (event.state === "online") setSeen(head.querySelector("[data-field=seen]"), new Date());
+      } else if (event.type === "command") {
+        var entry = event.request_id ? pending.get(event.request_id) : null;
+        upsertCommand(event, entry ? entry.payload : undefined);
+        if (entry) settle(event.request_id, "Queued · watch its progress under Recent commands", "ok");
+      }
+    }
+
+    function resync() {
+      fetchPage().then(function (doc) {
+        var fresh = doc.getElementById("device");
+        if (fresh) {
+          applyStatus(fresh.dataset.status);
+          ["battery", "firmware"].forEach(function (field) {
+            var node = fresh.querySelector("[data-field=" + field + "]");
+            if (node) head.querySelector("[data-field=" + field + "]").replaceChildren.apply(
+              head.querySelector("[data-field=" + field + "]"), Array.prototype.slice.call(node.childNodes));
+          });
+          var seen = fresh.querySelector("[data-field=seen]");
+          var mine = head.querySelector("[data-field=seen]");
+          if (seen && mine) mine.replaceWith(seen);
+        }
+        var series = doc.getElementById("dashboard-series");
+        if (series) {
+          var points = JSON.parse(series.textContent).points || {};
+          charts.forEach(function (chart, name) {
+            var list = points[name] || [];
+            chart.data = [list.map(function (p) { return p[0]; }), list.map(function (p) { return p[1]; })];
+            if (chart.plot) chart.plot.setData(chart.data);
+            chart.card.dataset.count = String(list.length);
+          });
+        }
+        doc.querySelectorAll(".chart-card").forEach(function (freshCard) {
+          var card = document.querySelector('.chart-card[data-reading="' + CSS.escape(freshCard.dataset.reading) + '"]');
+          if (!card) return;
+          card.classList.toggle("is-empty", freshCard.classList.contains("is-empty"));
+          card.querySelector("[data-latest]").textContent = freshCard.querySelector("[data-latest]").textContent;
+          card.querySelector("[data-foot]").innerHTML = freshCard.querySelector("[data-foot]").innerHTML;
+        });
+        var freshRows = doc.getElementById("command-rows");
+        if (freshRows) {
+          commandRows.replaceChildren.apply(commandRows, Array.prototype.slice.call(freshRows.childNodes));
+          commandsEmpty.hidden = commandRows.children.length > 0;
+        }
+        refreshTimes();
+      }).catch(function () {});
+    }
+
+    socket = new HubSocket({
+      open: function (reconnected) {
+        socket.subscribe([{ device_type: TYPE, device_id: DEVICE }]);
+        if (reconnected) resync();
+      },
+      event: apply
+    });
+  }
+
+  refreshTimes();
+  window.setInterval(function () { refreshTimes(); }, 10000);
+  if (PAGE === "overview") startOverview();
+  else if (PAGE === "device") startDevice();
+})();

@@ -1,0 +1,247 @@
+"""The live dashboard in a real browser: Debian's chromium driven by Playwright against ``hubserver run``.
+
+A person signs in, watches a weather station come online on the overview, opens its page, sees a reading
+arrive live, and sends a command from the form that the device receives on its ``cmd`` topic.
+"""
+
+import json
+import os
+import queue
+import re
+import subprocess
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.test_run import BINARY, RunningHub, environment
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+USERNAME = "watcher"
+PASSWORD = "a-browser-test-password"
+LIVE = 20_000  # ms: how long a live update may take to show
+
+
+@pytest.fixture
+def hub(tmp_path):
+    hub = RunningHub(tmp_path / "data").start()
+    yield hub
+    if hub.process.poll() is None:
+        hub.process.kill()
+        hub.process.wait()
+
+
+def hubserver(hub, *args, **env):
+    """Run ``hubserver ARGS`` on the running hub's data directory."""
+    return subprocess.run(
+        [BINARY, *args],
+        env=environment(hub.data_dir, **env),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+
+class Device:
+    """A paho client standing in for the station: it records what arrives on its ``cmd`` topic."""
+
+    def __init__(self, credentials, port):
+        self.credentials = credentials
+        self.commands = queue.Queue()
+        self.subscribed = queue.Queue()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"])
+        self.client.username_pw_set(credentials["mqtt_username"], credentials["mqtt_password"])
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.subscribed.put(True)
+        self.client.on_message = lambda client, userdata, message: self.commands.put(json.loads(message.payload))
+        self.port = port
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            client.subscribe(self.credentials["topics"]["cmd"], qos=1)
+
+    def connect(self):
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        self.subscribed.get(timeout=20)
+
+    def publish(self, kind, payload):
+        info = self.client.publish(self.credentials["topics"][kind], json.dumps(payload), qos=1)
+        info.wait_for_publish(20)
+        assert info.is_published()
+
+    def stop(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_dashboard_shows_devices_readings_and_sends_commands_live(hub, tmp_path):
+    hubserver(
+        hub,
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        USERNAME,
+        "--email",
+        "watcher@example.com",
+        DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+    )
+    provisioned = hubserver(hub, "provision", "weatherstation", "ws-browser", "--name", "Roof", "--format", "json")
+    credentials = json.loads(provisioned.stdout)
+    credentials = credentials[0] if isinstance(credentials, list) else credentials
+    device = Device(credentials, hub.mqtt_port)
+    base = f"http://127.0.0.1:{hub.http_port}"
+    shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(LIVE)
+            expect.set_options(timeout=LIVE)
+
+            # Signing in: the overview asks for it first.
+            page.goto(base + "/")
+            expect(page).to_have_url(re.compile(r"/login/"))
+            page.fill("input[name=username]", USERNAME)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            expect(page.locator("h1")).to_have_text("Devices")
+
+            # The overview: the station is offline until it connects, then online without a reload.
+            indicator = page.locator("#live-indicator")
+            expect(indicator).to_have_attribute("data-subscribed", "true")
+            row = page.locator('tr.device-row[data-device-id="ws-browser"]')
+            expect(row).to_contain_text("Roof")
+            expect(row.locator("[data-field=status]")).to_have_text("Offline")
+            expect(row.locator("[data-field=seen]")).to_have_text("never")
+            device.connect()
+            try:
+                expect(row.locator("[data-field=status]")).to_have_text("Online")
+                expect(row.locator("[data-field=seen]")).to_have_text("just now")
+                section = page.locator('.type-section[data-device-type="weatherstation"]')
+                expect(section.locator("[data-count-online]")).to_have_text("1")
+                page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+
+                # The device page: a reading appears live, in its chart and as the latest value.
+                row.get_by_role("link", name="Roof").click()
+                expect(page.locator("h1")).to_have_text("Roof")
+                expect(indicator).to_have_attribute("data-subscribed", "true")
+                temperature = page.locator('.chart-card[data-reading="temperature"]')
+                expect(temperature).to_have_attribute("data-count", "0")
+                device.publish("data", {"temperature": 21.5, "humidity": 40})
+                expect(temperature.locator("[data-latest]")).to_have_text("21.5")
+                expect(temperature).to_have_attribute("data-count", "1")
+                humidity = page.locator('.chart-card[data-reading="humidity"]')
+                expect(humidity.locator("[data-latest]")).to_have_text("40")
+                device.publish("status", {"status": "low_battery", "battery_level": 15, "firmware_version": "2.1.0"})
+                expect(page.locator("#device [data-field=status]")).to_have_text("Low battery")
+                expect(page.locator("#device [data-field=battery]")).to_have_text("15%")
+                expect(page.locator("#device [data-field=firmware]")).to_have_text("2.1.0")
+
+                # A command from the form reaches the device; its reply shows up in the list.
+                form = page.locator('form.command-form[data-command="set_interval"]')
+                form.locator("input[name=seconds]").fill("120")
+                form.get_by_role("button").click()
+                command = device.commands.get(timeout=LIVE / 1000)
+                assert command["command"] == "set_interval"
+                assert command["payload"] == {"seconds": 120}
+                latest = page.locator("#command-rows tr").first
+                expect(latest).to_contain_text("set_interval")
+                device.publish("reply", {"correlation_id": command["correlation_id"], "status": "ok", "result": {}})
+                expect(latest.locator("[data-field=command-status]")).to_have_text("replied")
+                time.sleep(0.3)  # let the chart settle for the screenshot
+                page.screenshot(path=os.path.join(shots, "device.png"), full_page=True)
+            finally:
+                device.stop()
+        finally:
+            browser.close()
+
+
+# The pages without a browser: permissions and what the server renders (Django's test client).
+
+with_dashboard_urls = pytest.mark.urls("tests.dashboard_urls")
+
+
+@with_dashboard_urls
+def test_pages_need_a_login(client, db):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/?next=/")
+
+
+@with_dashboard_urls
+def test_only_viewable_types_are_shown_and_the_device_page_renders_charts_and_forms(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from hubserver import registry
+
+    station_model, reading_model, _ = registry.get_models("weatherstation")
+    plug_model = registry.get_models("smartplug")[0]
+    station = station_model.objects.create(device_id="ws-1", name="Roof", battery_level=64)
+    reading_model.objects.create(device=station, temperature=19.5)
+    plug_model.objects.create(device_id="plug-1")
+    user = django_user_model.objects.create_user("viewer", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="view_weatherstationdevice"))
+    client.force_login(user)
+
+    overview = client.get("/").content.decode()
+    assert "Weather stations" in overview and 'data-device-id="ws-1"' in overview and "64%" in overview
+    assert "Smart plugs" not in overview
+    assert client.get("/devices/smartplug/plug-1/").status_code == 403
+    assert client.get("/devices/weatherstation/nope/").status_code == 404
+
+    page = client.get("/devices/weatherstation/ws-1/")
+    assert page.context["series"]["points"]["temperature"][0][1] == 19.5
+    assert "not command it" in page.content.decode()  # view only: no command forms
+    user.user_permissions.add(Permission.objects.get(codename="change_weatherstationdevice"))
+    user = django_user_model.objects.get(pk=user.pk)
+    client.force_login(user)
+    html = client.get("/devices/weatherstation/ws-1/").content.decode()
+    assert 'data-command="set_interval"' in html and 'data-command="reboot"' in html
+    assert re.search(r'<input type="number" name="seconds" data-kind="integer" step="1" min="10" max="86400"', html)
+
+
+def test_command_forms_follow_the_params_schema():
+    from hubserver import Command
+    from hubserver.dashboard.views import command_form
+
+    def form(params):
+        command = Command(params=params)
+        command.name = "configure"
+        return command_form(command)
+
+    simple = form(
+        {
+            "type": "object",
+            "properties": {
+                "mode": {"enum": ["eco", "boost"]},
+                "level": {"type": "number", "minimum": 0},
+                "label": {"type": "string", "maxLength": 20},
+                "enabled": {"type": "boolean"},
+            },
+            "required": ["mode"],
+        }
+    )
+    assert not simple["raw"]
+    kinds = {field["name"]: (field["kind"], field["required"]) for field in simple["fields"]}
+    assert kinds == {
+        "mode": ("enum", True),
+        "level": ("number", False),
+        "label": ("string", False),
+        "enabled": ("boolean", False),
+    }
+    assert form({"type": "object"})["fields"] == [] and not form({"type": "object"})["raw"]
+    assert form({"type": "object", "properties": {"at": {"type": "object"}}})["raw"]
+    assert form({"type": "array"})["raw"]
+    assert form({"oneOf": [{"type": "object"}, {"type": "null"}]})["raw"]
