@@ -56,6 +56,18 @@ DEFAULTS = {
     "METRICS_PUBLIC": (bool, False),
     # Seconds without any message after which a connected device is marked offline (0: never).
     "HEARTBEAT_TIMEOUT": (NUMBER, 300),
+    # Live views: events buffered per WebSocket before a viewer is dropped as too slow, the seconds it then
+    # gets to take its error, and subscriptions per WebSocket; SSE keep-alive seconds, reconnect delay (ms)
+    # and rows per replay page; polling's default and largest ?limit=; the channel layer alias for fan-out.
+    "REALTIME_QUEUE_SIZE": (int, 1000),
+    "REALTIME_SLOW_CLOSE_TIMEOUT": (NUMBER, 5.0),
+    "REALTIME_MAX_SUBSCRIPTIONS": (int, 200),
+    "SSE_HEARTBEAT": (NUMBER, 15.0),
+    "SSE_RETRY": (int, 3000),
+    "SSE_REPLAY_PAGE": (int, 500),
+    "POLL_LIMIT": (int, 100),
+    "POLL_MAX_LIMIT": (int, 1000),
+    "CHANNEL_LAYER": (str, "default"),
     # Group-commit writer: rows per transaction at most, and queued messages before back-pressure.
     "WRITER_BATCH_SIZE": (int, 2000),
     "WRITER_QUEUE_SIZE": (int, 50_000),
@@ -121,7 +133,19 @@ def validate(user):
         raise ConfigurationError(
             f"{SETTINGS_NAME}['TOPIC_PREFIX'] must be a topic without wildcards or leading/trailing '/', got {prefix!r}"
         )
-    for key in ("MAX_PAYLOAD_SIZE", "WRITER_BATCH_SIZE", "WRITER_QUEUE_SIZE"):
+    for key in (
+        "MAX_PAYLOAD_SIZE",
+        "WRITER_BATCH_SIZE",
+        "WRITER_QUEUE_SIZE",
+        "REALTIME_QUEUE_SIZE",
+        "REALTIME_SLOW_CLOSE_TIMEOUT",
+        "REALTIME_MAX_SUBSCRIPTIONS",
+        "SSE_HEARTBEAT",
+        "SSE_RETRY",
+        "SSE_REPLAY_PAGE",
+        "POLL_LIMIT",
+        "POLL_MAX_LIMIT",
+    ):
         if resolved[key] <= 0:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be positive, got {resolved[key]}")
     return resolved

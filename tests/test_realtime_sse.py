@@ -103,7 +103,7 @@ async def test_a_device_stream_with_an_api_token_and_heartbeats(hub):
     await provision_device("thermometer", "t-2")
     user = await make_user("script", VIEW)
     key = await api_token(user)
-    with override_settings(HUBSERVER_REALTIME={"SSE_HEARTBEAT": 0.1}):
+    with override_settings(HUBSERVER={"SSE_HEARTBEAT": 0.1}):
         async with fanout_on(hub.router):
             stream = SSEClient("/iot/stream/thermometer/t-2/", [(b"authorization", f"Token {key}".encode())])
             assert await stream.start() == 200

@@ -211,7 +211,7 @@ async def test_a_stalled_viewer_is_dropped_as_too_slow_and_never_slows_ingest(hu
     StalledConsumer.instances = []
     app = HubAuthMiddlewareStack(URLRouter([path("ws/hub/", StalledConsumer.as_asgi())]))
     caplog.set_level(logging.WARNING, logger="hubserver.realtime")
-    with override_settings(HUBSERVER_REALTIME={"QUEUE_SIZE": 3, "SLOW_CLOSE_TIMEOUT": 30}):
+    with override_settings(HUBSERVER={"REALTIME_QUEUE_SIZE": 3, "REALTIME_SLOW_CLOSE_TIMEOUT": 30}):
         try:
             await _stall_one_viewer(hub, clients, app, caplog)
         finally:
@@ -258,7 +258,7 @@ async def test_a_viewer_that_never_drains_is_closed_after_the_timeout(caplog):
     StalledConsumer.gate = asyncio.Event()  # never opened
     StalledConsumer.instances = []
     app = HubAuthMiddlewareStack(URLRouter([path("ws/hub/", StalledConsumer.as_asgi())]))
-    with override_settings(HUBSERVER_REALTIME={"QUEUE_SIZE": 2, "SLOW_CLOSE_TIMEOUT": 0.2}):
+    with override_settings(HUBSERVER={"REALTIME_QUEUE_SIZE": 2, "REALTIME_SLOW_CLOSE_TIMEOUT": 0.2}):
         try:
             ws = await viewer(app=app)
             await ws.send_json_to({"type": "subscribe", "device_type": "thermometer", "request_id": 1})

@@ -36,9 +36,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 
+from ..conf import hub_settings
 from ..exceptions import ValidationError as HubValidationError
 from .auth import TOKEN, origin_allowed
-from .conf import realtime_settings
 from .errors import (
     BAD_JSON,
     BAD_REQUEST,
@@ -122,7 +122,7 @@ class HubConsumer(AsyncWebsocketConsumer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.channel_layer_alias = realtime_settings.CHANNEL_LAYER
+        self.channel_layer_alias = hub_settings.CHANNEL_LAYER
         self._queue = None
         self._sender = None
         self._watchdog = None
@@ -168,7 +168,7 @@ class HubConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN_ORIGIN)
             return
-        self._queue = asyncio.Queue(maxsize=realtime_settings.QUEUE_SIZE)
+        self._queue = asyncio.Queue(maxsize=hub_settings.REALTIME_QUEUE_SIZE)
         await self.accept()
         self._sender = asyncio.create_task(self._send_loop(), name=f"realtime-sender {self.describe()}")
 
@@ -227,7 +227,9 @@ class HubConsumer(AsyncWebsocketConsumer):
             self.describe(),
             dropped,
         )
-        self._watchdog = asyncio.get_running_loop().call_later(realtime_settings.SLOW_CLOSE_TIMEOUT, self._force_close)
+        self._watchdog = asyncio.get_running_loop().call_later(
+            hub_settings.REALTIME_SLOW_CLOSE_TIMEOUT, self._force_close
+        )
         self._spawn(self._leave_all())
 
     def _force_close(self):
@@ -310,8 +312,8 @@ class HubConsumer(AsyncWebsocketConsumer):
         type_name, device_id = target.type_name, target.device_id
         key = type_name if device_id is None else (type_name, device_id)
         table = self._types if device_id is None else self._devices
-        if key not in table and len(self._types) + len(self._devices) >= realtime_settings.MAX_SUBSCRIPTIONS:
-            raise EventError(LIMIT_EXCEEDED, f"at most {realtime_settings.MAX_SUBSCRIPTIONS} subscriptions")
+        if key not in table and len(self._types) + len(self._devices) >= hub_settings.REALTIME_MAX_SUBSCRIPTIONS:
+            raise EventError(LIMIT_EXCEEDED, f"at most {hub_settings.REALTIME_MAX_SUBSCRIPTIONS} subscriptions")
         if self._closing:
             return
         table[key] = Subscription(target.can_view_commands)

@@ -25,8 +25,8 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from ..conf import hub_settings
 from ..registry import registry
-from .conf import realtime_settings
 from .events import command_event, device_group, events_from_result, status_payloads, type_group
 
 logger = logging.getLogger("hubserver.realtime")
@@ -38,7 +38,7 @@ _seq = {}  # group -> the last seq this process sent to it
 
 
 def get_layer():
-    return get_channel_layer(realtime_settings.CHANNEL_LAYER)
+    return get_channel_layer(hub_settings.CHANNEL_LAYER)
 
 
 def _has_members(layer, group):

@@ -20,7 +20,7 @@ import orjson
 from channels.db import database_sync_to_async
 from django.http import StreamingHttpResponse
 
-from .conf import realtime_settings
+from ..conf import hub_settings
 from .errors import BAD_REQUEST, INTERNAL_ERROR, EventError
 from .events import COMMAND, CURSOR_EVENTS, device_group, latest_cursor, stored_events, type_group
 from .fanout import get_layer, last_seq
@@ -52,7 +52,7 @@ class EventStream:
 
     async def replay(self):
         """Every stored event after ``self.cursor``, as SSE text, page by page."""
-        page = realtime_settings.REPLAY_PAGE
+        page = hub_settings.SSE_REPLAY_PAGE
         while True:
             events, cursor = await database_sync_to_async(stored_events)(
                 self.target.type_name, self.target.device_id, after=self.cursor, limit=page
@@ -103,14 +103,14 @@ class EventStream:
         self.last_seq[origin] = seq
         receiving = None
         try:
-            yield f"retry: {realtime_settings.SSE_RETRY}\n\n"
+            yield f"retry: {hub_settings.SSE_RETRY}\n\n"
             if self.resume is not None:
                 async for chunk in self.replay():
                     yield chunk
             else:
                 self.cursor = await database_sync_to_async(latest_cursor)(self.target.type_name)
                 yield f"id: {self.cursor}\n\n"
-            heartbeat = realtime_settings.SSE_HEARTBEAT
+            heartbeat = hub_settings.SSE_HEARTBEAT
             while True:
                 if receiving is None:
                     receiving = asyncio.ensure_future(layer.receive(channel))

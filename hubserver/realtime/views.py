@@ -13,8 +13,8 @@ are live only (WebSocket, SSE); their current state is in the API. Errors are
 from channels.db import database_sync_to_async
 from django.http import JsonResponse
 
+from ..conf import hub_settings
 from .auth import authenticate_request
-from .conf import realtime_settings
 from .errors import BAD_REQUEST, HTTP_STATUS, NOT_AUTHENTICATED, EventError, error_event
 from .events import stored_events
 from .permissions import VIEW, acheck_access
@@ -61,8 +61,8 @@ def parse_cursor(value, name):
 
 def parse_limit(value):
     if value in (None, ""):
-        return realtime_settings.POLL_LIMIT
-    top = realtime_settings.POLL_MAX_LIMIT
+        return hub_settings.POLL_LIMIT
+    top = hub_settings.POLL_MAX_LIMIT
     try:
         limit = int(value)
     except (TypeError, ValueError):
