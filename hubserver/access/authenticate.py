@@ -74,8 +74,8 @@ def _find_device(type_name, username):
     )
 
 
-def _find_service_user(username):
-    """``(user_id, username, password_hash)`` of an active user allowed to connect, else None."""
+def permitted_service_user(username):
+    """The active Django user with this username holding ``hubserver.mqtt_service``, else None (one query)."""
     from django.contrib.auth import get_user_model
 
     user_model = get_user_model()
@@ -83,7 +83,13 @@ def _find_service_user(username):
         user = user_model._default_manager.get_by_natural_key(username)
     except user_model.DoesNotExist:
         return None
-    if not user.is_active or not user.has_usable_password() or not user.has_perm(SERVICE_PERMISSION):
+    return user if user.is_active and user.has_perm(SERVICE_PERMISSION) else None
+
+
+def _find_service_user(username):
+    """``(user_id, username, password_hash)`` of an active user allowed to connect, else None."""
+    user = permitted_service_user(username)
+    if user is None or not user.has_usable_password():
         return None
     return user.pk, user.get_username(), user.password
 

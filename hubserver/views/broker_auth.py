@@ -47,7 +47,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ..access.acl import can_publish, can_subscribe
-from ..access.authenticate import SERVICE_PERMISSION, TOKEN_USERNAME, authenticate_mqtt_sync, parse_device_username
+from ..access.authenticate import TOKEN_USERNAME, authenticate_mqtt_sync, parse_device_username, permitted_service_user
 from ..access.principals import ANONYMOUS, AnonymousPrincipal, DevicePrincipal, ServicePrincipal
 from ..brokers import get_engine
 from ..conf import hub_settings
@@ -187,16 +187,8 @@ _service_lock = threading.Lock()
 
 
 def _lookup_service_user(username):
-    from django.contrib.auth import get_user_model
-
-    user_model = get_user_model()
-    try:
-        user = user_model._default_manager.get_by_natural_key(username)
-    except user_model.DoesNotExist:
-        return None
-    if not user.is_active or not user.has_perm(SERVICE_PERMISSION):
-        return None
-    return ServicePrincipal(username=user.get_username(), user_id=user.pk)
+    user = permitted_service_user(username)
+    return None if user is None else ServicePrincipal(username=user.get_username(), user_id=user.pk)
 
 
 def _service_principal(username):
