@@ -112,7 +112,8 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"hubserver is running (data in {settings.DATA_DIR})\n"
-                f"  admin, API, live views   http://{shown}:{http_port}/admin/\n"
+                f"  dashboard                http://{shown}:{http_port}/\n"
+            f"  admin, API               http://{shown}:{http_port}/admin/  http://{shown}:{http_port}/api/docs/\n"
                 f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
                 f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
                 "Press Ctrl+C to stop."
