@@ -1,0 +1,474 @@
+"""Peers benchmark: the same QoS 1 load against the hub, the classic pipeline and bare amqtt, in one run.
+
+1. the hub: ``hubserver run`` on free ports with a fresh data directory, devices provisioned as
+   ``bench/ingest.py`` does; figure = messages committed per second (rows in its database);
+2. the classic pipeline of seed 000: Debian's Mosquitto on a free port (anonymous, 127.0.0.1 only) plus
+   ``bench/classic_listener.py``, a separate paho process that saves each message through the ORM, one at
+   a time, into its own fresh data directory; figure = rows committed per second. Mosquitto acknowledges
+   before anything is stored, so the clock runs until the last row is in the database;
+3. bare amqtt (``bench/bare_amqtt.py``): the stock broker, no storage; figure = messages the broker
+   processed per second (it counts them); the PUBACK rate at the generator is printed too.
+
+Each peer gets the same devices and the same load from ``bench/mqttload.py`` (N devices, one connection
+each, M messages each, QoS 1, up to W unacknowledged per device, P generator processes), one peer at a
+time. The last line is
+
+    peers hub=R classic=R bare=R hub/classic=X hub/bare=Y
+
+Needs Debian's ``mosquitto`` (``apt-get install -y mosquitto``); it installs nothing itself. Traffic goes to
+127.0.0.1 only. Ctrl+C or SIGTERM stops everything it started.
+"""
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import ingest  # noqa: E402
+import mqttload  # noqa: E402
+
+START_TIMEOUT = 90
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def find_mosquitto():
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), None
+    )
+    if not found:
+        raise ingest.BenchError(
+            "Debian's mosquitto is not installed, and the classic pipeline needs it: "
+            "run 'apt-get install -y mosquitto' (as root), then this benchmark again"
+        )
+    return found
+
+
+class Process:
+    """A helper process of ours (broker or listener): its output kept, stopped with SIGTERM."""
+
+    def __init__(self, name, command, env=None):
+        self.name = name
+        self.command = command
+        self.env = env
+        self.process = None
+        self.output = []
+
+    def start(self):
+        # A session of its own: Ctrl+C reaches only the benchmark, which then stops this process.
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.on_line(line)
+
+    def on_line(self, line):
+        pass
+
+    def text(self, last=30):
+        return "".join(self.output[-last:]).rstrip()
+
+    def wait_for(self, marker, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not any(marker in line for line in self.output):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise ingest.BenchError(f"{self.name} did not start within {timeout:.0f}s:\n{self.text()}")
+            time.sleep(0.05)
+
+    def check_alive(self):
+        if self.process is not None and self.process.poll() is not None:
+            raise ingest.BenchError(f"{self.name} exited (status {self.process.returncode}):\n{self.text()}")
+
+    def cpu_seconds(self):
+        return None if self.process is None else cpu_seconds(self.process.pid)
+
+    def stop(self, timeout=30):
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def wait_for_port(port, process, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        process.check_alive()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ingest.BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s") from None
+            time.sleep(0.05)
+
+
+class Classic:
+    """Mosquitto + the classic listener, shaped like ``ingest.Hub`` for ``ingest.run_load``."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.data_dir = self.directory / "data"
+        self.mqtt_port = None
+        self.broker = None
+        self.listener = None
+
+    def start(self, devices, topic_prefix):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.mqtt_port = ingest.free_port()
+        config = self.directory / "mosquitto.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "per_listener_settings false",
+                    f"listener {self.mqtt_port} 127.0.0.1",
+                    "allow_anonymous true",
+                    "persistence false",
+                    # The listener lags far behind the publishers: keep every QoS 1 message queued for it
+                    # (the default of 1,000 would drop the rest).
+                    "max_queued_messages 0",
+                    "max_queued_bytes 0",
+                    "log_dest stdout",
+                    "log_type error",
+                    "log_type warning",
+                    "",
+                ]
+            )
+        )
+        os.chmod(self.directory, 0o755)
+        os.chmod(config, 0o644)
+        self.broker = Process("mosquitto", [find_mosquitto(), "-c", str(config)]).start()
+        wait_for_port(self.mqtt_port, self.broker)
+        devices_file = self.directory / "devices.json"
+        devices_file.write_text(json.dumps([d["device_id"] for d in devices]))
+        self.listener = Process(
+            "classic listener",
+            [
+                sys.executable,
+                str(HERE / "classic_listener.py"),
+                "--port",
+                str(self.mqtt_port),
+                "--data-dir",
+                str(self.data_dir),
+                "--devices-file",
+                str(devices_file),
+                "--topic-prefix",
+                topic_prefix.split("/", 1)[0],
+            ],
+            env=ingest.hub_environment(self.data_dir),
+        ).start()
+        self.listener.wait_for("classic_listener ready")
+        return self
+
+    @property
+    def db_path(self):
+        return self.data_dir / ingest.DB_NAME
+
+    def check_alive(self):
+        self.broker.check_alive()
+        self.listener.check_alive()
+
+    def cpu_seconds(self):
+        values = [self.broker.cpu_seconds(), self.listener.cpu_seconds()]
+        return None if None in values else sum(values)
+
+    def stop(self):
+        for process in (self.listener, self.broker):
+            if process is not None:
+                process.stop()
+
+
+class BareBroker(Process):
+    """bench/bare_amqtt.py; follows its ``received=N last=T`` lines."""
+
+    def __init__(self, port):
+        super().__init__(
+            "bare amqtt",
+            [sys.executable, str(HERE / "bare_amqtt.py"), "--port", str(port), "--report", "0.05"],
+        )
+        self.port = port
+        self.received = 0
+        self.last = None
+
+    def on_line(self, line):
+        if line.startswith("bare_amqtt received="):
+            fields = dict(part.split("=", 1) for part in line.split()[1:])
+            self.received = int(fields["received"])
+            self.last = float(fields["last"])
+
+
+def run_bare(broker, devices, args):
+    """The load against bare amqtt: like ``ingest.run_load``, counting at the broker instead of a database."""
+    total = len(devices) * args.messages_per_device
+    context = multiprocessing.get_context("spawn")
+    go, stop = context.Event(), context.Event()
+    results = context.Queue()
+    shares = [devices[i :: args.processes] for i in range(args.processes)]
+    workers = [
+        context.Process(
+            target=mqttload.run_worker,
+            args=(
+                index,
+                "127.0.0.1",
+                broker.port,
+                share,
+                args.messages_per_device,
+                1,
+                args.window,
+                args.timeout,
+                (None, go, stop),
+                results,
+            ),
+            name=f"mqttload-{index}",
+            daemon=True,
+        )
+        for index, share in enumerate(shares)
+        if share
+    ]
+    done = {}
+    try:
+        for worker in workers:
+            worker.start()
+        ready = 0
+        deadline = time.monotonic() + args.timeout
+        while ready < len(workers):
+            report = mqttload.drain(results, 0.2)
+            if report is not None:
+                if report.get("error"):
+                    raise ingest.BenchError(f"generator {report['index']} could not connect: {report['error']}")
+                ready += 1
+            broker.check_alive()
+            if time.monotonic() > deadline:
+                raise ingest.BenchError(f"the devices did not all connect within {args.timeout:.0f}s")
+        received_before = broker.received
+        cpu_before = broker.cpu_seconds()
+        go.set()
+        deadline = time.monotonic() + args.timeout
+        while len(done) < len(workers) and time.monotonic() < deadline:
+            report = mqttload.drain(results, 0.1)
+            if report is not None:
+                if report["phase"] == "crash":
+                    raise ingest.BenchError(f"generator {report['index']} crashed: {report['error']}")
+                done[report["index"]] = report
+            broker.check_alive()
+        last_progress, last_count = time.monotonic(), broker.received
+        while broker.received - received_before < total and time.monotonic() < deadline:
+            if broker.received != last_count:
+                last_progress, last_count = time.monotonic(), broker.received
+            elif time.monotonic() - last_progress > args.settle:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)  # the broker reports every 50 ms: take its line for the last message
+        cpu = broker.cpu_seconds()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(5)
+        results.close()
+    errors = [r["error"] for r in done.values() if r.get("error")]
+    firsts = [r["first_publish"] for r in done.values() if r.get("first_publish") is not None]
+    lasts = [r["last_ack"] for r in done.values() if r.get("last_ack") is not None]
+    if not firsts:
+        raise ingest.BenchError("no generator reported publishing: " + "; ".join(errors or ["no report"]))
+    first = min(firsts)
+    acked = sum(r.get("acked", 0) for r in done.values())
+    received = broker.received - received_before
+    elapsed = (broker.last - first) if broker.last else 0.0
+    latencies = sorted(x for r in done.values() for x in r.get("latencies", ()))
+    return {
+        "messages": total,
+        "received": received,
+        "complete": received >= total,
+        "elapsed": elapsed,
+        "rate": received / elapsed if elapsed > 0 else 0.0,
+        "acked": acked,
+        "publish_rate": acked / (max(lasts) - first) if lasts and max(lasts) > first else 0.0,
+        "p50": ingest.percentile(latencies, 0.50),
+        "p99": ingest.percentile(latencies, 0.99),
+        "errors": errors,
+        "generator_cpu": sum(r.get("cpu", 0.0) for r in done.values()),
+        "cpu": None if cpu is None or cpu_before is None else cpu - cpu_before,
+    }
+
+
+def load_args(args):
+    return argparse.Namespace(
+        messages_per_device=args.messages_per_device,
+        qos=1,
+        window=args.window,
+        timeout=args.timeout,
+        settle=args.settle,
+        processes=args.processes,
+    )
+
+
+def ms(value):
+    return "-" if value is None else f"{value * 1000:.1f}ms"
+
+
+def secs(value):
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def stored_line(name, f):
+    return (
+        f"peers-run peer={name} messages={f['messages']} committed={f['committed']} elapsed={f['elapsed']:.2f}s "
+        f"rate={f['rate']:.0f} msg/s puback_rate={f['publish_rate']:.0f} msg/s puback_p50={ms(f['p50'])} "
+        f"puback_p99={ms(f['p99'])} generator_cpu={secs(f['generator_cpu'])} server_cpu={secs(f['hub_cpu'])}"
+    )
+
+
+def bare_line(f):
+    return (
+        f"peers-run peer=bare messages={f['messages']} delivered={f['received']} elapsed={f['elapsed']:.2f}s "
+        f"rate={f['rate']:.0f} msg/s puback_rate={f['publish_rate']:.0f} msg/s puback_p50={ms(f['p50'])} "
+        f"puback_p99={ms(f['p99'])} generator_cpu={secs(f['generator_cpu'])} server_cpu={secs(f['cpu'])}"
+    )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="The same QoS 1 load against the hub, the classic pipeline and bare amqtt (bench/README.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=100, help="publishing devices, one connection each")
+    parser.add_argument("--messages-per-device", type=int, default=300, help="messages each device publishes")
+    parser.add_argument("--window", type=int, default=20, help="unacknowledged QoS 1 messages per device")
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for connecting, and per peer")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="after the last PUBACK, seconds without progress before giving up"
+    )
+    parser.add_argument("--keep-data", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if min(args.devices, args.messages_per_device, args.window, args.processes) < 1:
+        parser.error("--devices, --messages-per-device, --window and --processes must be at least 1")
+    if args.window > 65535:
+        parser.error("--window must be at most 65535")
+    return args
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    temporary = None
+    running = []
+    try:
+        find_mosquitto()  # before anything else: say clearly that it is missing
+        temporary = Path(tempfile.mkdtemp(prefix="hubserver-peers-"))
+        load = load_args(args)
+        print(
+            f"load: qos=1 devices={args.devices} messages/device={args.messages_per_device} window={args.window} "
+            f"generator_processes={args.processes} (data in {temporary})",
+            flush=True,
+        )
+
+        # 1. the hub
+        hub = ingest.Hub(temporary / "hub").start()
+        running.append(hub)
+        prefix = f"bench-{secrets.token_hex(3)}-"
+        devices = hub.provision(args.devices, prefix)
+        topic_prefix = devices[0]["topics"]["data"].rsplit("/", 2)[0] + "/" + prefix
+        print(f"hub: provisioned {len(devices)} devices; running the load", flush=True)
+        hub_figures = ingest.run_load(hub, devices, topic_prefix, load, args.processes)
+        hub.stop()
+        running.remove(hub)
+        print(stored_line("hub", hub_figures), flush=True)
+
+        # 2. the classic pipeline
+        classic = Classic(temporary / "classic")
+        running.append(classic)
+        classic.start(devices, topic_prefix)
+        print("classic: mosquitto and the listener are up; running the load", flush=True)
+        classic_figures = ingest.run_load(classic, devices, topic_prefix, load, args.processes)
+        classic.stop()
+        running.remove(classic)
+        print(stored_line("classic", classic_figures), flush=True)
+
+        # 3. bare amqtt
+        bare = BareBroker(ingest.free_port()).start()
+        running.append(bare)
+        bare.wait_for("bare_amqtt listening")
+        print("bare: amqtt is up; running the load", flush=True)
+        bare_figures = run_bare(bare, devices, load)
+        bare.stop()
+        running.remove(bare)
+        print(bare_line(bare_figures), flush=True)
+
+        for name, figures in (("hub", hub_figures), ("classic", classic_figures), ("bare", bare_figures)):
+            for error in figures["errors"]:
+                print(f"warning: {name}: {error}", file=sys.stderr, flush=True)
+            if not figures["complete"]:
+                print(f"warning: {name}: not every message arrived", file=sys.stderr, flush=True)
+        hub_rate, classic_rate, bare_rate = hub_figures["rate"], classic_figures["rate"], bare_figures["rate"]
+        print(
+            f"peers hub={hub_rate:.0f} classic={classic_rate:.0f} bare={bare_rate:.0f} msg/s "
+            f"hub/classic={hub_rate / classic_rate if classic_rate else 0:.2f} "
+            f"hub/bare={hub_rate / bare_rate if bare_rate else 0:.2f}",
+            flush=True,
+        )
+        return 0 if all(f["complete"] for f in (hub_figures, classic_figures, bare_figures)) else 1
+    except ingest.BenchError as exc:
+        print(f"peers: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("peers: interrupted; stopping", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for thing in reversed(running):
+            with contextlib.suppress(Exception):
+                thing.stop()
+        if temporary and not args.keep_data:
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary:
+            print(f"data kept in {temporary}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
