@@ -9,9 +9,10 @@ import contextvars
 import logging
 import math
 from collections import Counter
+from functools import partial
 
 from amqtt.broker import Broker
-from amqtt.contexts import Action
+from amqtt.contexts import Action, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
@@ -46,6 +47,22 @@ class HubBroker(Broker):
         self._live = {}  # client_id -> number of open connections (a take-over briefly makes it 2)
 
     # --- connections -------------------------------------------------------------------------------
+
+    # Upstream (_create_server_instance): TCP listeners use asyncio's default backlog of 100, so when 1,000
+    # devices reconnect at once the kernel drops most SYNs and the clients wait seconds to retry.
+    LISTEN_BACKLOG = 4096
+
+    async def _create_server_instance(self, listener_name, listener_type, address, port, ssl_context):
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
+        return await asyncio.start_server(
+            partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            backlog=self.LISTEN_BACKLOG,
+        )
 
     # Upstream (_client_connected): max_connections makes extra clients wait on a semaphore, silently.
     # Here the connection over the limit is refused at once, logged and counted.

@@ -218,3 +218,21 @@ async def test_a_refused_subscription_gets_0x80_and_the_connection_stays_usable(
         assert (topic, payload) == ("lab/fine", b"ok")
     finally:
         raw.close()
+
+
+async def test_a_reconnect_storm_is_queued_by_the_kernel_not_dropped(broker):
+    """With the event loop busy, the kernel still completes handshakes up to the listen backlog: 300 devices
+    connecting at once must all get through (stock amqtt listens with asyncio's default backlog of 100)."""
+    import socket
+
+    with open("/proc/sys/net/core/somaxconn") as limit:
+        assert int(limit.read()) >= 300, "net.core.somaxconn caps every listen backlog below this test's storm"
+    opened = []
+    try:
+        for _ in range(300):  # deliberately blocking: the broker's loop cannot accept meanwhile
+            opened.append(socket.create_connection(("127.0.0.1", broker.port), timeout=0.5))
+    except OSError as exc:
+        raise AssertionError(f"connection {len(opened) + 1} of 300 failed: {exc}") from exc
+    finally:
+        for sock in opened:
+            sock.close()

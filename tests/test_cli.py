@@ -126,3 +126,8 @@ def test_catalogue_can_be_left_out(tmp_path):
     assert "weatherstation" not in out
     out = hubserver("types", data_dir=tmp_path).stdout
     assert "weatherstation" in out and "smartplug" in out
+
+
+def test_provision_works_as_the_first_command_on_a_new_data_directory(tmp_path):
+    out = hubserver("provision", "smartplug", "plug-1", "--format", "json", data_dir=tmp_path).stdout
+    assert json.loads(out)["mqtt_username"] == "smartplug.plug-1"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -26,8 +27,9 @@ def environment(data_dir, **extra):
 
 
 class RunningHub:
-    def __init__(self, data_dir, http_port=None, mqtt_port=None):
+    def __init__(self, data_dir, http_port=None, mqtt_port=None, open_files=None):
         self.data_dir = data_dir
+        self.open_files = open_files  # start the process with this soft RLIMIT_NOFILE
         self.http_port = http_port or free_port()
         self.mqtt_port = mqtt_port or free_port()
         self.output = []
@@ -49,6 +51,7 @@ class RunningHub:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if wait:
@@ -58,6 +61,10 @@ class RunningHub:
                     raise AssertionError("the hub did not start:\n" + "".join(self.output))
                 time.sleep(0.05)
         return self
+
+    def _limit_open_files(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def _read(self):
         for line in self.process.stdout:
@@ -102,12 +109,16 @@ def running(tmp_path):
 
 
 def test_first_run_creates_the_admin_once_and_serves_http(running):
-    hub = running()
+    hub = running(open_files=256)
     first = hub.text()
     assert "Created the admin account" in first and "admin" in first
     with socket.create_connection(("127.0.0.1", hub.http_port)) as sock:
         sock.sendall(b"GET /admin/login/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    # Every connection is a file descriptor: started with a soft limit of 256, the hub lifts it to the hard one.
+    limits = Path(f"/proc/{hub.process.pid}/limits").read_text()
+    soft, hard = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5]
+    assert int(hard) > 256 and soft == hard
     assert hub.stop(signal.SIGINT) == 0
     again = RunningHub(hub.data_dir).start()
     try:

@@ -58,7 +58,9 @@ class CommandDispatcher:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def device_connected(self, type_name, device_id):
-        self._spawn(self._send_pending(type_name, device_id))
+        """A device connected or subscribed: look for its pending commands now. One wake-up serves every
+        device that connected meanwhile (a query per type, not per device: a reconnect storm stays cheap)."""
+        self._wake.set()
 
     def _spawn(self, coroutine):
         task = asyncio.ensure_future(coroutine)
@@ -135,7 +137,8 @@ def _pending(type_name=None, device_id=None):
         if device_id is not None:
             rows = rows.filter(device__device_id=device_id)
         rows = rows.order_by("received_at", "pk").values_list(
-            "pk", "device__mqtt_username", "topic", "payload_json", "command")
+            "pk", "device__mqtt_username", "topic", "payload_json", "command"
+        )
         batch = []
         for pk, username, topic, envelope, name in rows[:1000]:
             command = device_type._commands.get(name)
@@ -158,8 +161,9 @@ def _load(message_model, pk):
 
 async def _command_sent(device_type, message_model, pk, envelope):
     message = await _load(message_model, pk)
-    await device_command_sent.asend_robust(sender=device_type, device=message.device,
-                                           command=envelope["command"], payload=envelope.get("payload") or {})
+    await device_command_sent.asend_robust(
+        sender=device_type, device=message.device, command=envelope["command"], payload=envelope.get("payload") or {}
+    )
 
 
 @database_sync_to_async
@@ -173,7 +177,8 @@ def _expire_overdue():
             pks = list(overdue.values_list("pk", flat=True)[:1000])
             if pks:
                 message_model.objects.filter(pk__in=pks, command_status__in=OPEN).update(
-                    command_status="expired", processed_at=now)
+                    command_status="expired", processed_at=now
+                )
                 expired.append((device_type, pks))
     return expired
 
@@ -184,7 +189,10 @@ def _record_reply(message_model, device, reply):
         return
     ok = reply.status in (None, "ok", "success", True)
     updated = message_model.objects.filter(
-        device=device, direction="outbound", correlation_id=reply.correlation_id, command_status__in=OPEN,
+        device=device,
+        direction="outbound",
+        correlation_id=reply.correlation_id,
+        command_status__in=OPEN,
     ).update(command_status="replied" if ok else "failed", command_result=reply.result, processed_at=timezone.now())
     if not updated:
         logger.info("reply %s from %s matches no open command", reply.correlation_id, device.device_id)

@@ -18,6 +18,7 @@ from django.db import transaction
 from ...access.provisioning import connection_info, device_username, provision, provision_many
 from ...exceptions import ValidationError
 from ...registry import registry
+from ..database import ensure_database
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = (
@@ -60,6 +61,7 @@ class Command(BaseCommand):
         if device_type is None:
             known = ", ".join(sorted(t.type_name() for t in registry.all())) or "none"
             raise CommandError(f"unknown device type {type!r}; known types: {known}")
+        ensure_database()
         if device_type._device_model is None:
             raise CommandError(f"device type {device_type.type_name()!r} has no models (no create_models() call)")
         if (device_id is None) == (count is None):

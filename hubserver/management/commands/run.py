@@ -12,13 +12,13 @@ import socket
 import sys
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from ...brokers import set_engine
 from ...brokers.embedded import EmbeddedBroker, PortInUse
 from ...conf import hub_settings
 from ...routing import MessageRouter
+from ..database import migrate_quietly
 
 logger = logging.getLogger("hubserver")
 
@@ -40,6 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--devices", help="a devices.py of your own (HUBSERVER_DEVICES; read before start-up)")
 
     def handle(self, *args, host, http_port, mqtt_port, **options):
+        self.raise_open_files_limit()
         self.prepare_database()
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
         self.check_http_port(host, http_port)
@@ -80,9 +81,30 @@ class Command(BaseCommand):
             raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
         self.stdout.write("Stopped.")
 
+    def raise_open_files_limit(self):
+        """Each connection is a file descriptor: lift the soft limit (often 1,024) to the hard limit."""
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (ValueError, OSError):
+                pass
+        needed = hub_settings.MAX_CONNECTIONS + 256
+        if soft != resource.RLIM_INFINITY and hub_settings.MAX_CONNECTIONS and soft < needed:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"The open-files limit is {soft}: fewer than MAX_CONNECTIONS ({hub_settings.MAX_CONNECTIONS}) "
+                    f"devices can connect. Raise it (ulimit -n {needed}) or lower MAX_CONNECTIONS."
+                )
+            )
+
     def prepare_database(self):
         """Migrate, and on first start create an admin account and print its login once."""
-        call_command("migrate", interactive=False, verbosity=0)
+        migrate_quietly()
         from django.contrib.auth import get_user_model
 
         User = get_user_model()
@@ -113,7 +135,7 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"hubserver is running (data in {settings.DATA_DIR})\n"
                 f"  dashboard                http://{shown}:{http_port}/\n"
-            f"  admin, API               http://{shown}:{http_port}/admin/  http://{shown}:{http_port}/api/docs/\n"
+                f"  admin, API               http://{shown}:{http_port}/admin/  http://{shown}:{http_port}/api/docs/\n"
                 f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
                 f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
                 "Press Ctrl+C to stop."

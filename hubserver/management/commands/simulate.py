@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ...exceptions import ConfigurationError, ValidationError
 from ...registry import registry
+from ..database import ensure_database
 
 
 def _seconds(text, allow_zero):
@@ -72,6 +73,7 @@ class Command(BaseCommand):
         from ...simulator import Simulator, resolve_target
         from ...simulator.display import Display
 
+        ensure_database()
         kind = registry.get(device_type)
         if kind is None:
             known = ", ".join(sorted(t.type_name() for t in registry.all())) or "none"
