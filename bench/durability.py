@@ -28,21 +28,18 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import random
 import secrets
-import shutil
 import signal
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ingest
+import common
 import mqttload
 
 MAX_PER_DEVICE = 65_000  # packet id n % 65535 + 1 then names message n of its device unambiguously
@@ -84,7 +81,7 @@ async def _generate(index, port, devices, window, events, results):
     try:
         publishers = await asyncio.gather(*(connect(d) for d in devices))
     except Exception as exc:
-        results.put({"index": index, "phase": "ready", "error": f"connect: {type(exc).__name__}: {exc}"})
+        results.put({"index": index, "phase": "ready", "error": f"{type(exc).__name__}: {exc}"})
         return
     results.put({"index": index, "phase": "ready", "error": None})
     while not go.is_set():
@@ -145,7 +142,7 @@ def stored_seqs(db_path, topic_prefix):
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         rows = db.execute(
-            f"SELECT json_extract(payload_json, '$.seq') FROM {ingest.MESSAGE_TABLE} WHERE topic LIKE ?",
+            f"SELECT json_extract(payload_json, '$.seq') FROM {common.MESSAGE_TABLE} WHERE topic LIKE ?",
             (topic_prefix + "%/data",),
         ).fetchall()
     finally:
@@ -154,41 +151,23 @@ def stored_seqs(db_path, topic_prefix):
 
 
 def one_run(number, args, directory):
-    hub = ingest.Hub(directory).start()
+    hub = common.Hub(directory).start()
     restarted = None
-    context = multiprocessing.get_context("spawn")
-    go, stop = context.Event(), context.Event()
-    results = context.Queue()
-    workers = []
+    generators = None
     try:
         prefix = f"dur-{secrets.token_hex(3)}-"
         devices = hub.provision(args.devices, prefix)
         topic_prefix = devices[0]["topics"]["data"].rsplit("/", 2)[0] + "/" + prefix
-        shares = [devices[i :: args.processes] for i in range(args.processes)]
-        workers = [
-            context.Process(
-                target=generator,
-                args=(i, hub.mqtt_port, share, args.window, (go, stop), results),
-                name=f"durability-load-{i}",
-                daemon=True,
-            )
-            for i, share in enumerate(shares)
-            if share
-        ]
-        for worker in workers:
-            worker.start()
-        ready = 0
-        deadline = time.monotonic() + 120
-        while ready < len(workers):
-            report = mqttload.drain(results, 0.2)
-            if report is not None:
-                if report.get("error"):
-                    raise ingest.BenchError(f"generator {report['index']}: {report['error']}")
-                ready += 1
-            hub.check_alive()
-            if time.monotonic() > deadline:
-                raise ingest.BenchError("the devices did not all connect within 120s")
-        go.set()
+        generators = common.Generators(
+            generator,
+            devices,
+            args.processes,
+            lambda i, share, events, results: (i, hub.mqtt_port, share, args.window, events, results),
+            "durability-load",
+        )
+        workers, results = generators.workers, generators.results
+        generators.start(120, hub.check_alive)
+        generators.go.set()
         time.sleep(args.kill_after)
         hub.check_alive()
         kill_hub(hub)
@@ -196,24 +175,24 @@ def one_run(number, args, directory):
         print(f"run {number}: SIGKILL sent to the hub after {args.kill_after:.1f}s of load; restarting", flush=True)
 
         started = time.monotonic()
-        restarted = ingest.Hub(directory).start()
+        restarted = common.Hub(directory).start()
         restart_seconds = time.monotonic() - started
         asyncio.run(_one_message(restarted.mqtt_port, devices[0]))
 
         # Stop the load (the connections died with the hub) and collect what each device had acknowledged.
-        stop.set()
+        generators.stop.set()
         reports = {}
         deadline = time.monotonic() + 60
         while len(reports) < len(workers) and time.monotonic() < deadline:
-            report = mqttload.drain(results, 0.2)
+            report = common.drain(results, 0.2)
             if report is None:
                 continue
             if report["phase"] == "crash":
-                raise ingest.BenchError(f"generator {report['index']} crashed: {report['error']}")
+                raise common.BenchError(f"generator {report['index']} crashed: {report['error']}")
             if report["phase"] == "done":
                 reports[report["index"]] = report
         if len(reports) < len(workers):
-            raise ingest.BenchError("a generator did not report what was acknowledged")
+            raise common.BenchError("a generator did not report what was acknowledged")
         code = restarted.stop()
         if code not in (0, None):
             print(f"warning: the restarted hub exited with status {code}", file=sys.stderr, flush=True)
@@ -242,13 +221,8 @@ def one_run(number, args, directory):
             print(f"warning: acknowledged but missing, e.g. {figures['examples']}", file=sys.stderr, flush=True)
         return figures
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(10)
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(5)
-        results.close()
+        if generators is not None:
+            generators.close()
         for h in (restarted, hub):
             if h is not None and h.process is not None and h.process.poll() is None:
                 with contextlib.suppress(Exception):
@@ -272,17 +246,11 @@ def parse_args(argv=None):
     return args
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    temporary = tempfile.mkdtemp(prefix="hubserver-durability-")
     runs = []
-    try:
+    with common.Main("durability") as run:
+        temporary = run.temporary("hubserver-durability-", keep=args.keep_data)
         print(f"data in {temporary}", flush=True)
         for number in range(1, args.runs + 1):
             runs.append(one_run(number, args, Path(temporary) / f"run{number}"))
@@ -293,17 +261,7 @@ def main(argv=None):
             flush=True,
         )
         return 0 if all(r["missing"] == 0 for r in runs) else 1
-    except ingest.BenchError as exc:
-        print(f"durability: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("durability: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if args.keep_data:
-            print(f"data kept in {temporary}", file=sys.stderr)
-        else:
-            shutil.rmtree(temporary, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

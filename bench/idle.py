@@ -16,8 +16,6 @@ Traffic goes to 127.0.0.1 only.
 """
 
 import argparse
-import shutil
-import signal
 import statistics
 import sys
 import time
@@ -25,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import ingest
-from idle_clients import Fleet, FleetError, describe_failures, open_fds, rss_kb, start_hub
+from common import open_fds, rss_kb
+from idle_clients import Fleet, add_fleet_options, describe_failures
 
 
 def parse_args(argv=None):
@@ -39,8 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--messages-per-device", type=int, default=300, help="ingest.py --messages-per-device")
     parser.add_argument("--processes", type=int, default=2, help="ingest load-generator processes")
     parser.add_argument("--window", type=int, default=20, help="ingest.py --window")
-    parser.add_argument("--per-process", type=int, default=1000, help="idle devices per idle-client process")
-    parser.add_argument("--keepalive", type=int, default=60, help="keepalive of the idle devices (seconds)")
+    add_fleet_options(parser)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds between connecting and measuring")
     parser.add_argument("--repeat", type=int, default=1, help="measure the 0 / N pair this many times")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per phase")
@@ -50,18 +49,11 @@ def parse_args(argv=None):
     return args
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    hub = fleet = None
-    try:
-        hub, data_dir = start_hub(args.idle + args.devices + 1000)
-        print(f"started hubserver run (pid {hub.process.pid}, data in {data_dir})", flush=True)
+    with common.Main("idle") as run:
+        hub = common.start_hub(run, args.idle + args.devices + 1000)
+        print(f"started hubserver run (pid {hub.process.pid}, data in {hub.data_dir})", flush=True)
         started = time.monotonic()
         idle_devices = hub.provision(args.idle, "idle-")
         prefix = "load-"
@@ -82,13 +74,15 @@ def main(argv=None):
                 str(args.timeout),
             ]
         )
-        fleet = Fleet(
-            hub.host,
-            hub.mqtt_port,
-            idle_devices,
-            per_process=args.per_process,
-            keepalive=args.keepalive,
-            timeout=args.timeout,
+        fleet = run.stop(
+            Fleet(
+                hub.host,
+                hub.mqtt_port,
+                idle_devices,
+                per_process=args.per_process,
+                keepalive=args.keepalive,
+                timeout=args.timeout,
+            )
         ).start()
         lines, rates = [], {0: [], args.idle: []}
         for round_ in range(args.repeat):
@@ -102,7 +96,7 @@ def main(argv=None):
             connected = fleet.connect(check=hub.check_alive)
             if connected["accepted"] < args.idle:
                 hub.check_alive()
-                raise ingest.BenchError(
+                raise common.BenchError(
                     f"only {connected['accepted']} of {args.idle} idle devices connected and subscribed: "
                     f"{describe_failures(connected['failures'])}\nhub output:\n{hub.text(20)}"
                 )
@@ -142,7 +136,6 @@ def main(argv=None):
                 fleet.disconnect()
                 time.sleep(2)
         fleet.close()
-        fleet = None
         code = hub.stop()
         if code not in (0, None):
             print(f"warning: the hub exited with status {code}:\n{hub.text()}", file=sys.stderr, flush=True)
@@ -155,18 +148,7 @@ def main(argv=None):
             flush=True,
         )
         return 0
-    except (ingest.BenchError, FleetError) as exc:
-        print(f"idle: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("idle: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if fleet is not None:
-            fleet.close()
-        if hub is not None:
-            hub.stop()
-            shutil.rmtree(hub.data_dir, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

@@ -25,19 +25,29 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
-import resource
 import secrets
 import signal
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mqttload import CONNACK, LOCAL_HOSTS, PINGRESP, PUBACK, PUBLISH, MqttError, _length, _string, connect_packet
+import common
+from mqttload import (
+    CONNACK,
+    LOCAL_HOSTS,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    MqttError,
+    _length,
+    _string,
+    connect_packet,
+    read_packets,
+)
 
 SUBSCRIBE, SUBACK = 8, 9
 PINGREQ_PACKET = bytes([0xC0, 0])
@@ -45,73 +55,8 @@ DISCONNECT_PACKET = bytes([0xE0, 0])
 FD_MARGIN = 200  # descriptors a process needs besides its sockets (files, pipes, the loop's self-pipe, ...)
 
 
-class FleetError(Exception):
-    """A failure to report in one clear line."""
-
-
-def raise_nofile_limit(needed):
-    """Raise this process's soft RLIMIT_NOFILE to at least ``needed`` (up to the hard limit).
-
-    Child processes (the hub, spawned workers) inherit the raised limit. Raises FleetError, naming the fix,
-    when the hard limit is too low. Returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise FleetError(
-            f"this needs {needed} open files per process but the hard limit (ulimit -Hn) is {hard}: "
-            f"raise it (e.g. 'ulimit -Hn {needed * 2}' as root, or LimitNOFILE= in a systemd unit) and retry"
-        )
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = hard if hard != resource.RLIM_INFINITY else needed
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
-
-def process_nofile_limit(pid):
-    """The soft 'Max open files' of process ``pid`` (Linux /proc), or None."""
-    try:
-        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-            if line.startswith("Max open files"):
-                value = line.split()[3]
-                return None if value == "unlimited" else int(value)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def open_fds(pid):
-    """How many file descriptors process ``pid`` has open (Linux /proc), or None."""
-    try:
-        return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-    except OSError:
-        return None
-
-
-def rss_kb(pid):
-    """Resident memory of process ``pid`` in KB (VmRSS of /proc/<pid>/status), or None."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def start_hub(needed_fds, prefix="hubserver-bench-"):
-    """``bench/ingest.py``'s Hub (``hubserver run`` on free local ports, fresh temporary data directory)
-    with room for ``needed_fds`` open files: the raised RLIMIT_NOFILE of this process is inherited by the
-    hub, and checked in its /proc/<pid>/limits. Returns ``(hub, data_dir)``; stop it with ``hub.stop()``."""
-    import ingest
-
-    raise_nofile_limit(needed_fds)
-    data_dir = tempfile.mkdtemp(prefix=prefix)
-    hub = ingest.Hub(data_dir).start()
-    limit = process_nofile_limit(hub.process.pid)
-    if limit is not None and limit < needed_fds:
-        hub.stop()
-        raise FleetError(f"the hub runs with an open-files limit of {limit}, below the {needed_fds} needed")
-    return hub, data_dir
+class FleetError(common.BenchError):
+    """A failure of the idle clients, reported like any other benchmark failure."""
 
 
 def subscribe_packet(topic, packet_id=1, qos=1):
@@ -137,24 +82,8 @@ class IdleDevice(asyncio.Protocol):
 
     def data_received(self, data):
         self.buffer += data
-        buf = self.buffer
-        pos, end = 0, len(buf)
-        while end - pos >= 2:
-            length, multiplier, index, complete = 0, 1, pos + 1, False
-            while index < end:
-                byte = buf[index]
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                index += 1
-                if not byte & 0x80:
-                    complete = True
-                    break
-            if not complete or index + length > end:
-                break
-            first = buf[pos]
+        for first, body in read_packets(self.buffer):
             kind = first >> 4
-            body = bytes(buf[index : index + length])
-            pos = index + length
             if kind == PINGRESP:
                 self.state["pingresps"] += 1
             elif kind == CONNACK:
@@ -170,7 +99,6 @@ class IdleDevice(asyncio.Protocol):
                     topic_length = struct.unpack("!H", body[:2])[0]
                     packet_id = body[2 + topic_length : 4 + topic_length]
                     self.transport.write(bytes([PUBACK << 4, 2]) + packet_id)
-        del buf[:pos]
 
     def connection_lost(self, exc):
         self.lost = exc or MqttError("connection closed by the hub")
@@ -343,7 +271,7 @@ def run_worker(index, host, port, devices, options, commands, results):
     if host not in LOCAL_HOSTS:
         raise SystemExit(f"refusing to connect to {host}: only 127.0.0.1")
     try:
-        raise_nofile_limit(len(devices) + FD_MARGIN)
+        common.raise_nofile_limit(len(devices) + FD_MARGIN)
         asyncio.run(Worker(index, host, port, devices, options, results).run(commands))
     except Exception as exc:
         results.put({"index": index, "phase": "crash", "error": f"{type(exc).__name__}: {exc}"})
@@ -386,7 +314,7 @@ class Fleet:
         return len(self.devices)
 
     def start(self):
-        raise_nofile_limit(max(len(s) for s in self.shares) + FD_MARGIN)  # inherited by the workers
+        common.raise_nofile_limit(max(len(s) for s in self.shares) + FD_MARGIN)  # inherited by the workers
         for index, share in enumerate(self.shares):
             commands = self.context.Queue()
             worker = self.context.Process(
@@ -467,12 +395,7 @@ class Fleet:
     def close(self):
         with contextlib.suppress(Exception):
             self._send("stop")
-        for worker in self.workers:
-            worker.join(10)
-        for worker in self.workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(5)
+        common.stop_processes(self.workers)
         with contextlib.suppress(Exception):
             self.results.close()
         self.workers, self.commands = [], []
@@ -484,6 +407,12 @@ class Fleet:
         self.close()
 
 
+def add_fleet_options(parser):
+    """The idle-device options every script that uses a Fleet shares."""
+    parser.add_argument("--per-process", type=int, default=1000, help="idle devices per idle-client process")
+    parser.add_argument("--keepalive", type=int, default=60, help="keepalive of the idle devices (seconds)")
+
+
 def describe_failures(failures, limit=3):
     """``"12 x CONNACK return code 5; ..."`` for the most common failures."""
     common = Counter(failures).most_common(limit)
@@ -491,15 +420,13 @@ def describe_failures(failures, limit=3):
 
 
 def main(argv=None):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ingest
 
     parser = argparse.ArgumentParser(description="Hold idle, subscribed MQTT devices against a running hub.")
     parser.add_argument("--hub-url", required=True, help="mqtt://127.0.0.1:PORT of a running hub")
     parser.add_argument("--data-dir", required=True, help="that hub's data directory (to provision devices)")
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--per-process", type=int, default=1000)
-    parser.add_argument("--keepalive", type=int, default=60)
+    add_fleet_options(parser)
     parser.add_argument("--duration", type=float, default=0, help="seconds to hold them (0: until Ctrl+C)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -521,7 +448,7 @@ def main(argv=None):
                 state = fleet.status()
                 print(f"open={state['open']} lost={state['lost']} pings={state['pings']}", flush=True)
         return 0
-    except (FleetError, ingest.BenchError) as exc:
+    except common.BenchError as exc:
         print(f"idle-clients: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

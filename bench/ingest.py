@@ -16,20 +16,10 @@ Run ``python bench/ingest.py --help`` for the options. Traffic goes to 127.0.0.1
 """
 
 import argparse
-import contextlib
-import json
-import math
-import multiprocessing
-import os
 import secrets
-import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,149 +27,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttload
-
-MESSAGE_TABLE = "devicetypes_weatherstationmessage"
-DB_NAME = "hubserver.sqlite3"
-HUB_START_TIMEOUT = 90
-PROVISION_TIMEOUT = 300
-
-
-class BenchError(Exception):
-    """A failure to report in one clear line (exit status 1)."""
-
-
-def hub_binary():
-    candidate = Path(sys.executable).parent / "hubserver"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("hubserver")
-    if not found:
-        raise BenchError("cannot find the 'hubserver' command (install the hub in this Python environment)")
-    return found
-
-
-def hub_environment(data_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSERVER_", "DJANGO_", "DATABASE_URL"))}
-    env.update({"HUBSERVER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
-    return env
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Hub:
-    """The hub under test: our own ``hubserver run`` subprocess, or an already running one."""
-
-    def __init__(self, data_dir, host="127.0.0.1", mqtt_port=None, owned=True):
-        self.data_dir = Path(data_dir)
-        self.host = host
-        self.mqtt_port = mqtt_port
-        self.owned = owned
-        self.process = None
-        self.output = []
-
-    def start(self):
-        self.mqtt_port = free_port()
-        http_port = free_port()
-        command = [
-            hub_binary(),
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(http_port),
-            "--mqtt-port",
-            str(self.mqtt_port),
-        ]
-        # A session of its own: Ctrl+C reaches only this script, which then stops the hub with SIGTERM.
-        self.process = subprocess.Popen(
-            command,
-            env=hub_environment(self.data_dir),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + HUB_START_TIMEOUT
-        while not any("hubserver is running" in line for line in self.output):
-            if self.process.poll() is not None:
-                raise BenchError(f"the hub exited with status {self.process.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"the hub did not start within {HUB_START_TIMEOUT}s:\n{self.text()}")
-            time.sleep(0.05)
-        return self
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def text(self, last=40):
-        return "".join(self.output[-last:]).rstrip()
-
-    def check_alive(self):
-        if self.process is not None and self.process.poll() is not None:
-            raise BenchError(f"the hub exited during the run (status {self.process.returncode}):\n{self.text()}")
-
-    def stop(self, timeout=60):
-        if self.process is None or self.process.poll() is not None:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            return None
-
-    def cpu_seconds(self):
-        """User + system CPU time of our hub process so far (Linux /proc), or None."""
-        if self.process is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    @property
-    def db_path(self):
-        return self.data_dir / DB_NAME
-
-    def provision(self, count, prefix):
-        try:
-            out = subprocess.run(
-                [
-                    hub_binary(),
-                    "provision",
-                    "weatherstation",
-                    "--count",
-                    str(count),
-                    "--prefix",
-                    prefix,
-                    "--format",
-                    "json",
-                ],
-                env=hub_environment(self.data_dir),
-                capture_output=True,
-                text=True,
-                timeout=PROVISION_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"provisioning {count} devices took more than {PROVISION_TIMEOUT}s") from None
-        if out.returncode != 0:
-            tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-15:])
-            raise BenchError(f"hubserver provision failed (status {out.returncode}):\n{tail}")
-        try:
-            devices = json.loads(out.stdout)
-        except json.JSONDecodeError:
-            raise BenchError(f"hubserver provision printed no JSON list:\n{out.stdout[:2000]}") from None
-        if len(devices) != count:
-            raise BenchError(f"asked hubserver provision for {count} devices, got {len(devices)}")
-        return devices
+from common import DB_NAME, MESSAGE_TABLE, BenchError, Generators, Hub, Main, check_positive, drain, percentile
 
 
 class RowCounter:
@@ -205,11 +53,14 @@ class RowCounter:
         self.db.close()
 
 
-def percentile(sorted_values, fraction):
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
+def load_generators(host, port, devices, args, processes, qos):
+    """``processes`` bench/mqttload.py processes sharing ``devices``, with ``args``' messages, window, timeout."""
+
+    def worker_args(index, share, events, results):
+        messages = args.messages_per_device
+        return (index, host, port, share, messages, qos, args.window, args.timeout, (None, *events), results)
+
+    return Generators(mqttload.run_worker, devices, processes, worker_args, "mqttload")
 
 
 def run_load(hub, devices, topic_prefix, args, processes):
@@ -217,52 +68,14 @@ def run_load(hub, devices, topic_prefix, args, processes):
     total = len(devices) * args.messages_per_device
     counter = RowCounter(hub.db_path, topic_prefix)
     rows_before = counter.total()
-    context = multiprocessing.get_context("spawn")
-    go, stop = context.Event(), context.Event()
-    results = context.Queue()
-    shares = [devices[i::processes] for i in range(processes)]
-    workers = [
-        context.Process(
-            target=mqttload.run_worker,
-            args=(
-                index,
-                hub.host,
-                hub.mqtt_port,
-                share,
-                args.messages_per_device,
-                args.qos,
-                args.window,
-                args.timeout,
-                (None, go, stop),
-                results,
-            ),
-            name=f"mqttload-{index}",
-            daemon=True,
-        )
-        for index, share in enumerate(shares)
-        if share
-    ]
+    generators = load_generators(hub.host, hub.mqtt_port, devices, args, processes, args.qos)
+    workers, results = generators.workers, generators.results
     try:
-        for worker in workers:
-            worker.start()
-        ready = {}
-        deadline = time.monotonic() + args.timeout
-        while len(ready) < len(workers):
-            report = mqttload.drain(results, 0.2)
-            if report is not None:
-                if report.get("error"):
-                    raise BenchError(f"generator {report['index']} could not connect: {report['error']}")
-                ready[report["index"]] = report
-            hub.check_alive()
-            dead = [w.name for w in workers if w.exitcode is not None]
-            if dead and len(ready) < len(workers) and report is None:
-                raise BenchError(f"generator process(es) {', '.join(dead)} exited before connecting")
-            if time.monotonic() > deadline:
-                raise BenchError(f"the devices did not all connect within {args.timeout:.0f}s")
+        generators.start(args.timeout, hub.check_alive)
 
         # Everything is connected: go, and watch the table fill up.
         hub_cpu_before = hub.cpu_seconds()
-        go.set()
+        generators.go.set()
         done = {}
         committed = counter.new()
         committed_at = None
@@ -278,7 +91,7 @@ def run_load(hub, devices, topic_prefix, args, processes):
                 break
             if committed != last_count:
                 last_progress, last_count = now, committed
-            while (report := mqttload.drain(results, 0)) is not None:
+            while (report := drain(results, 0)) is not None:
                 if report["phase"] == "crash":
                     raise BenchError(f"generator {report['index']} crashed: {report['error']}")
                 done[report["index"]] = report
@@ -290,19 +103,12 @@ def run_load(hub, devices, topic_prefix, args, processes):
             hub.check_alive()
             time.sleep(0.005)
         while len(done) < len(workers) and time.monotonic() < deadline + 10:
-            report = mqttload.drain(results, 0.2)
+            report = drain(results, 0.2)
             if report is not None:
                 done[report["index"]] = report
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(10)
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(5)
+        generators.close()
         counter.close()
-        results.close()
 
     errors = [r["error"] for r in done.values() if r.get("error")]
     firsts = [r["first_publish"] for r in done.values() if r.get("first_publish") is not None]
@@ -386,8 +192,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data directory of our own hub")
     args = parser.parse_args(argv)
-    if args.devices < 1 or args.messages_per_device < 1 or args.processes < 1 or args.window < 1:
-        parser.error("--devices, --messages-per-device, --processes and --window must be at least 1")
+    check_positive(
+        parser,
+        args,
+        "devices",
+        "messages_per_device",
+        "processes",
+        "window",
+        message="--devices, --messages-per-device, --processes and --window must be at least 1",
+    )
     if args.window > 65535:
         parser.error("--window must be at most 65535 (MQTT packet identifiers)")
     if args.hub_url and not args.data_dir:
@@ -415,24 +228,15 @@ def external_hub(url, data_dir):
     return Hub(data_dir, host=host, mqtt_port=parts.port, owned=False)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    # Ctrl+C (even if our parent ignored SIGINT) and SIGTERM both stop everything we started.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    hub = None
-    temporary = None
-    try:
+    with Main("ingest") as run:
         if args.hub_url:
             hub = external_hub(args.hub_url, args.data_dir)
         else:
-            temporary = tempfile.mkdtemp(prefix="hubserver-bench-")
+            temporary = run.temporary("hubserver-bench-", keep=args.keep_data)
             print(f"starting hubserver run (data in {temporary})", flush=True)
-            hub = Hub(temporary).start()
+            hub = run.stop(Hub(temporary)).start()
         prefix = f"bench-{secrets.token_hex(3)}-"
         started = time.monotonic()
         devices = hub.provision(args.devices, prefix)
@@ -471,20 +275,7 @@ def main(argv=None):
                 flush=True,
             )
         return 0 if all(r["complete"] for r in runs) or args.qos == 0 else 1
-    except BenchError as exc:
-        print(f"ingest: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("ingest: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if hub is not None and hub.owned:
-            with contextlib.suppress(Exception):
-                hub.stop()
-        if temporary and not args.keep_data:
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary:
-            print(f"data kept in {temporary}", file=sys.stderr)
+    return run.code
 
 
 if __name__ == "__main__":

@@ -23,18 +23,15 @@ import json
 import random
 import re
 import secrets
-import shutil
-import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ingest
+import common
 import mqttload
 from websockets.asyncio.client import connect as ws_connect
 
@@ -51,21 +48,21 @@ print("TOKEN", Token.objects.get_or_create(user=user)[0].key)
 def http_port_of(hub):
     match = re.search(r"http://[^\s:]+:(\d+)/admin/", "".join(hub.output))
     if not match:
-        raise ingest.BenchError(f"cannot find the HTTP port in the hub's output:\n{hub.text()}")
+        raise common.BenchError(f"cannot find the HTTP port in the hub's output:\n{hub.text()}")
     return int(match.group(1))
 
 
 def create_token(hub):
     out = subprocess.run(
-        [ingest.hub_binary(), "shell", "-c", TOKEN_SCRIPT],
-        env=ingest.hub_environment(hub.data_dir),
+        [common.hub_binary(), "shell", "-c", TOKEN_SCRIPT],
+        env=common.hub_environment(hub.data_dir),
         capture_output=True,
         text=True,
         timeout=120,
     )
     match = re.search(r"^TOKEN (\w+)$", out.stdout, re.MULTILINE)
     if out.returncode != 0 or not match:
-        raise ingest.BenchError(f"could not create an API token (status {out.returncode}):\n{out.stderr[-2000:]}")
+        raise common.BenchError(f"could not create an API token (status {out.returncode}):\n{out.stderr[-2000:]}")
     return match.group(1)
 
 
@@ -104,7 +101,7 @@ async def measure(hub, http_port, token, devices, args):
         await ws.send(json.dumps({"type": "subscribe", "device_type": "weatherstation", "request_id": "bench"}))
         answer = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if answer.get("type") != "subscribed":
-            raise ingest.BenchError(f"the hub refused the subscription: {answer}")
+            raise common.BenchError(f"the hub refused the subscription: {answer}")
         sent = {}
         receiver = Receiver(ws, sent)
         reader = asyncio.create_task(receiver.run())
@@ -129,8 +126,8 @@ async def measure(hub, http_port, token, devices, args):
             received=receiver.matched,
             unmatched=receiver.other,
             errors=receiver.errors,
-            puback_p50=ingest.percentile(pubacks, 0.50),
-            puback_p99=ingest.percentile(pubacks, 0.99),
+            puback_p50=common.percentile(pubacks, 0.50),
+            puback_p99=common.percentile(pubacks, 0.99),
         )
         return figures
 
@@ -195,19 +192,12 @@ def parse_args(argv=None):
     return args
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    hub = None
-    temporary = tempfile.mkdtemp(prefix="hubserver-latency-")
-    try:
+    with common.Main("latency") as run:
+        temporary = run.temporary("hubserver-latency-", keep=args.keep_data)
         print(f"starting hubserver run (data in {temporary})", flush=True)
-        hub = ingest.Hub(temporary).start()
+        hub = run.stop(common.Hub(temporary)).start()
         http_port = http_port_of(hub)
         devices = hub.provision(args.devices, f"lat-{secrets.token_hex(3)}-")
         token = create_token(hub)
@@ -225,7 +215,7 @@ def main(argv=None):
             print(f"warning: the hub sent an error event: {error}", file=sys.stderr, flush=True)
         lat = figures["latencies"]
         if not lat:
-            raise ingest.BenchError("no reading event arrived on the WebSocket")
+            raise common.BenchError("no reading event arrived on the WebSocket")
         actual = figures["published"] / figures["publish_elapsed"] if figures["publish_elapsed"] > 0 else 0.0
         busy = (cpu - cpu_before) if cpu is not None and cpu_before is not None else None
         print(
@@ -236,26 +226,13 @@ def main(argv=None):
             flush=True,
         )
         print(
-            f"latency rate={args.rate:.0f} msg/s p50={ingest.percentile(lat, 0.5) * 1000:.1f}ms "
-            f"p99={ingest.percentile(lat, 0.99) * 1000:.1f}ms max={lat[-1] * 1000:.1f}ms "
+            f"latency rate={args.rate:.0f} msg/s p50={common.percentile(lat, 0.5) * 1000:.1f}ms "
+            f"p99={common.percentile(lat, 0.99) * 1000:.1f}ms max={lat[-1] * 1000:.1f}ms "
             f"received={figures['received']}/{figures['published']}",
             flush=True,
         )
         return 0 if figures["received"] == figures["published"] else 1
-    except ingest.BenchError as exc:
-        print(f"latency: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("latency: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if hub is not None:
-            with contextlib.suppress(Exception):
-                hub.stop()
-        if args.keep_data:
-            print(f"data kept in {temporary}", file=sys.stderr)
-        else:
-            shutil.rmtree(temporary, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

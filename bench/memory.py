@@ -16,16 +16,15 @@ pending work finish. Per-connection figure: ``(RSS_n - RSS_baseline) / n``. The 
 """
 
 import argparse
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ingest
-from idle_clients import Fleet, FleetError, describe_failures, open_fds, rss_kb, start_hub
+import common
+from common import open_fds, rss_kb
+from idle_clients import Fleet, FleetError, add_fleet_options, describe_failures
 
 
 def parse_args(argv=None):
@@ -37,8 +36,7 @@ def parse_args(argv=None):
         "--steps", default="1000,5000", help="comma-separated numbers of connected idle devices, increasing"
     )
     parser.add_argument("--warmup", type=int, default=20, help="devices that connect and leave before the baseline")
-    parser.add_argument("--per-process", type=int, default=1000, help="idle devices per idle-client process")
-    parser.add_argument("--keepalive", type=int, default=60, help="keepalive of the idle devices (seconds)")
+    add_fleet_options(parser)
     parser.add_argument("--settle", type=float, default=20.0, help="at most this many seconds for the RSS to settle")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per connection")
     args = parser.parse_args(argv)
@@ -68,21 +66,14 @@ def settled_rss(pid, most, check):
         time.sleep(0.5)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    hub = None
     fleets = []
-    try:
+    with common.Main("memory") as run:
         total = args.steps[-1]
-        hub, data_dir = start_hub(total + args.warmup + 1000)
+        hub = common.start_hub(run, total + args.warmup + 1000)
         pid = hub.process.pid
-        print(f"started hubserver run (pid {pid}, data in {data_dir})", flush=True)
+        print(f"started hubserver run (pid {pid}, data in {hub.data_dir})", flush=True)
         started = time.monotonic()
         warm = hub.provision(args.warmup, "warm-")
         devices = hub.provision(total, "idle-")
@@ -107,7 +98,7 @@ def main(argv=None):
                 keepalive=args.keepalive,
                 timeout=args.timeout,
             ).start()
-            fleets.append(fleet)
+            fleets.append(run.stop(fleet))
             result = fleet.connect(check=hub.check_alive)
             if result["accepted"] < step - done:
                 hub.check_alive()
@@ -129,25 +120,13 @@ def main(argv=None):
             )
         for fleet in fleets:
             fleet.close()
-        fleets = []
         code = hub.stop()
         if code not in (0, None):
             print(f"warning: the hub exited with status {code}:\n{hub.text()}", file=sys.stderr, flush=True)
         print(f"memory baseline={baseline}KB " + " ".join(f"rss_{n}={baseline + per * n:.0f}KB" for n, per in figures))
         print("memory " + " ".join(f"per_connection_{n}={per:.1f}KB" for n, per in figures), flush=True)
         return 0
-    except (ingest.BenchError, FleetError) as exc:
-        print(f"memory: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("memory: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for fleet in fleets:
-            fleet.close()
-        if hub is not None:
-            hub.stop()
-            shutil.rmtree(hub.data_dir, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

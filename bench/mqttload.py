@@ -14,7 +14,6 @@ compare times taken in different processes.
 
 import asyncio
 import json
-import queue
 import random
 import signal
 import struct
@@ -54,6 +53,29 @@ def publish_packet(topic, payload, qos, packet_id=0):
     """One PUBLISH packet (``packet_id`` only at QoS 1 and 2)."""
     variable = _string(topic) + (struct.pack("!H", packet_id) if qos else b"")
     return bytes([(PUBLISH << 4) | (qos << 1)]) + _length(len(variable) + len(payload)) + variable + payload
+
+
+def read_packets(buffer):
+    """The complete MQTT packets at the start of ``buffer`` (a bytearray) as ``(first byte, body)`` pairs;
+    they are removed from it, a partial packet stays for the next read."""
+    packets = []
+    pos, end = 0, len(buffer)
+    while end - pos >= 2:
+        length, multiplier, index, complete = 0, 1, pos + 1, False
+        while index < end:
+            byte = buffer[index]
+            length += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            index += 1
+            if not byte & 0x80:
+                complete = True
+                break
+        if not complete or index + length > end:
+            break
+        packets.append((buffer[pos], bytes(buffer[index : index + length])))
+        pos = index + length
+    del buffer[:pos]
+    return packets
 
 
 def weather_reading(rng):
@@ -98,24 +120,9 @@ class Publisher(asyncio.Protocol):
 
     def data_received(self, data):
         self.buffer += data
-        buf = self.buffer
-        pos, end = 0, len(buf)
         now = None
-        while end - pos >= 2:
-            length, multiplier, index, complete = 0, 1, pos + 1, False
-            while index < end:
-                byte = buf[index]
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                index += 1
-                if not byte & 0x80:
-                    complete = True
-                    break
-            if not complete or index + length > end:
-                break
-            kind = buf[pos] >> 4
-            body = bytes(buf[index : index + length])
-            pos = index + length
+        for first, body in read_packets(self.buffer):
+            kind = first >> 4
             if kind == PUBACK:
                 sent = self.sent_at.pop(struct.unpack("!H", body[:2])[0], None)
                 if sent is not None:
@@ -128,7 +135,6 @@ class Publisher(asyncio.Protocol):
                     self.connack.set_result(body[1] if len(body) > 1 else 255)
             elif kind == PINGRESP and self.pingresp is not None and not self.pingresp.done():
                 self.pingresp.set_result(time.monotonic())
-        del buf[:pos]
         if now is not None and self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
@@ -302,11 +308,3 @@ def run_worker(index, host, port, devices, messages, qos, window, timeout, event
         asyncio.run(_run(index, host, port, devices, messages, qos, window, timeout, events, results))
     except Exception as exc:
         results.put({"index": index, "phase": "crash", "error": f"{type(exc).__name__}: {exc}"})
-
-
-def drain(results, timeout):
-    """One message from a multiprocessing queue, or None after ``timeout`` seconds."""
-    try:
-        return results.get(timeout=timeout)
-    except queue.Empty:
-        return None

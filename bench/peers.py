@@ -20,37 +20,20 @@ Needs Debian's ``mosquitto`` (``apt-get install -y mosquitto``); it installs not
 """
 
 import argparse
-import contextlib
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 import ingest  # noqa: E402
-import mqttload  # noqa: E402
-
-START_TIMEOUT = 90
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds of a process so far (Linux /proc), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def find_mosquitto():
@@ -58,74 +41,14 @@ def find_mosquitto():
         (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), None
     )
     if not found:
-        raise ingest.BenchError(
+        raise common.BenchError(
             "Debian's mosquitto is not installed, and the classic pipeline needs it: "
             "run 'apt-get install -y mosquitto' (as root), then this benchmark again"
         )
     return found
 
 
-class Process:
-    """A helper process of ours (broker or listener): its output kept, stopped with SIGTERM."""
-
-    def __init__(self, name, command, env=None):
-        self.name = name
-        self.command = command
-        self.env = env
-        self.process = None
-        self.output = []
-
-    def start(self):
-        # A session of its own: Ctrl+C reaches only the benchmark, which then stops this process.
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        return self
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.output.append(line)
-            self.on_line(line)
-
-    def on_line(self, line):
-        pass
-
-    def text(self, last=30):
-        return "".join(self.output[-last:]).rstrip()
-
-    def wait_for(self, marker, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while not any(marker in line for line in self.output):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise ingest.BenchError(f"{self.name} did not start within {timeout:.0f}s:\n{self.text()}")
-            time.sleep(0.05)
-
-    def check_alive(self):
-        if self.process is not None and self.process.poll() is not None:
-            raise ingest.BenchError(f"{self.name} exited (status {self.process.returncode}):\n{self.text()}")
-
-    def cpu_seconds(self):
-        return None if self.process is None else cpu_seconds(self.process.pid)
-
-    def stop(self, timeout=30):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def wait_for_port(port, process, timeout=START_TIMEOUT):
+def wait_for_port(port, process, timeout=common.HUB_START_TIMEOUT):
     deadline = time.monotonic() + timeout
     while True:
         process.check_alive()
@@ -134,12 +57,12 @@ def wait_for_port(port, process, timeout=START_TIMEOUT):
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise ingest.BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s") from None
+                raise common.BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s") from None
             time.sleep(0.05)
 
 
 class Classic:
-    """Mosquitto + the classic listener, shaped like ``ingest.Hub`` for ``ingest.run_load``."""
+    """Mosquitto + the classic listener, shaped like ``common.Hub`` for ``ingest.run_load``."""
 
     host = "127.0.0.1"
 
@@ -152,7 +75,7 @@ class Classic:
 
     def start(self, devices, topic_prefix):
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.mqtt_port = ingest.free_port()
+        self.mqtt_port = common.free_port()
         config = self.directory / "mosquitto.conf"
         config.write_text(
             "\n".join(
@@ -174,11 +97,11 @@ class Classic:
         )
         os.chmod(self.directory, 0o755)
         os.chmod(config, 0o644)
-        self.broker = Process("mosquitto", [find_mosquitto(), "-c", str(config)]).start()
+        self.broker = common.Process("mosquitto", [find_mosquitto(), "-c", str(config)]).start()
         wait_for_port(self.mqtt_port, self.broker)
         devices_file = self.directory / "devices.json"
         devices_file.write_text(json.dumps([d["device_id"] for d in devices]))
-        self.listener = Process(
+        self.listener = common.Process(
             "classic listener",
             [
                 sys.executable,
@@ -192,14 +115,14 @@ class Classic:
                 "--topic-prefix",
                 topic_prefix.split("/", 1)[0],
             ],
-            env=ingest.hub_environment(self.data_dir),
+            env=common.hub_environment(self.data_dir),
         ).start()
         self.listener.wait_for("classic_listener ready")
         return self
 
     @property
     def db_path(self):
-        return self.data_dir / ingest.DB_NAME
+        return self.data_dir / common.DB_NAME
 
     def check_alive(self):
         self.broker.check_alive()
@@ -215,7 +138,7 @@ class Classic:
                 process.stop()
 
 
-class BareBroker(Process):
+class BareBroker(common.Process):
     """bench/bare_amqtt.py; follows its ``received=N last=T`` lines."""
 
     def __init__(self, port):
@@ -237,55 +160,20 @@ class BareBroker(Process):
 def run_bare(broker, devices, args):
     """The load against bare amqtt: like ``ingest.run_load``, counting at the broker instead of a database."""
     total = len(devices) * args.messages_per_device
-    context = multiprocessing.get_context("spawn")
-    go, stop = context.Event(), context.Event()
-    results = context.Queue()
-    shares = [devices[i :: args.processes] for i in range(args.processes)]
-    workers = [
-        context.Process(
-            target=mqttload.run_worker,
-            args=(
-                index,
-                "127.0.0.1",
-                broker.port,
-                share,
-                args.messages_per_device,
-                1,
-                args.window,
-                args.timeout,
-                (None, go, stop),
-                results,
-            ),
-            name=f"mqttload-{index}",
-            daemon=True,
-        )
-        for index, share in enumerate(shares)
-        if share
-    ]
+    generators = ingest.load_generators("127.0.0.1", broker.port, devices, args, args.processes, 1)
+    workers, results = generators.workers, generators.results
     done = {}
     try:
-        for worker in workers:
-            worker.start()
-        ready = 0
-        deadline = time.monotonic() + args.timeout
-        while ready < len(workers):
-            report = mqttload.drain(results, 0.2)
-            if report is not None:
-                if report.get("error"):
-                    raise ingest.BenchError(f"generator {report['index']} could not connect: {report['error']}")
-                ready += 1
-            broker.check_alive()
-            if time.monotonic() > deadline:
-                raise ingest.BenchError(f"the devices did not all connect within {args.timeout:.0f}s")
+        generators.start(args.timeout, broker.check_alive)
         received_before = broker.received
         cpu_before = broker.cpu_seconds()
-        go.set()
+        generators.go.set()
         deadline = time.monotonic() + args.timeout
         while len(done) < len(workers) and time.monotonic() < deadline:
-            report = mqttload.drain(results, 0.1)
+            report = common.drain(results, 0.1)
             if report is not None:
                 if report["phase"] == "crash":
-                    raise ingest.BenchError(f"generator {report['index']} crashed: {report['error']}")
+                    raise common.BenchError(f"generator {report['index']} crashed: {report['error']}")
                 done[report["index"]] = report
             broker.check_alive()
         last_progress, last_count = time.monotonic(), broker.received
@@ -298,19 +186,12 @@ def run_bare(broker, devices, args):
         time.sleep(0.1)  # the broker reports every 50 ms: take its line for the last message
         cpu = broker.cpu_seconds()
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(10)
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(5)
-        results.close()
+        generators.close()
     errors = [r["error"] for r in done.values() if r.get("error")]
     firsts = [r["first_publish"] for r in done.values() if r.get("first_publish") is not None]
     lasts = [r["last_ack"] for r in done.values() if r.get("last_ack") is not None]
     if not firsts:
-        raise ingest.BenchError("no generator reported publishing: " + "; ".join(errors or ["no report"]))
+        raise common.BenchError("no generator reported publishing: " + "; ".join(errors or ["no report"]))
     first = min(firsts)
     acked = sum(r.get("acked", 0) for r in done.values())
     received = broker.received - received_before
@@ -324,8 +205,8 @@ def run_bare(broker, devices, args):
         "rate": received / elapsed if elapsed > 0 else 0.0,
         "acked": acked,
         "publish_rate": acked / (max(lasts) - first) if lasts and max(lasts) > first else 0.0,
-        "p50": ingest.percentile(latencies, 0.50),
-        "p99": ingest.percentile(latencies, 0.99),
+        "p50": common.percentile(latencies, 0.50),
+        "p99": common.percentile(latencies, 0.99),
         "errors": errors,
         "generator_cpu": sum(r.get("cpu", 0.0) for r in done.values()),
         "cpu": None if cpu is None or cpu_before is None else cpu - cpu_before,
@@ -382,26 +263,25 @@ def parse_args(argv=None):
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    if min(args.devices, args.messages_per_device, args.window, args.processes) < 1:
-        parser.error("--devices, --messages-per-device, --window and --processes must be at least 1")
+    common.check_positive(
+        parser,
+        args,
+        "devices",
+        "messages_per_device",
+        "window",
+        "processes",
+        message="--devices, --messages-per-device, --window and --processes must be at least 1",
+    )
     if args.window > 65535:
         parser.error("--window must be at most 65535")
     return args
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    temporary = None
-    running = []
-    try:
+    with common.Main("peers") as run:
         find_mosquitto()  # before anything else: say clearly that it is missing
-        temporary = Path(tempfile.mkdtemp(prefix="hubserver-peers-"))
+        temporary = Path(run.temporary("hubserver-peers-", keep=args.keep_data))
         load = load_args(args)
         print(
             f"load: qos=1 devices={args.devices} messages/device={args.messages_per_device} window={args.window} "
@@ -410,35 +290,29 @@ def main(argv=None):
         )
 
         # 1. the hub
-        hub = ingest.Hub(temporary / "hub").start()
-        running.append(hub)
+        hub = run.stop(common.Hub(temporary / "hub")).start()
         prefix = f"bench-{secrets.token_hex(3)}-"
         devices = hub.provision(args.devices, prefix)
         topic_prefix = devices[0]["topics"]["data"].rsplit("/", 2)[0] + "/" + prefix
         print(f"hub: provisioned {len(devices)} devices; running the load", flush=True)
         hub_figures = ingest.run_load(hub, devices, topic_prefix, load, args.processes)
         hub.stop()
-        running.remove(hub)
         print(stored_line("hub", hub_figures), flush=True)
 
         # 2. the classic pipeline
-        classic = Classic(temporary / "classic")
-        running.append(classic)
+        classic = run.stop(Classic(temporary / "classic"))
         classic.start(devices, topic_prefix)
         print("classic: mosquitto and the listener are up; running the load", flush=True)
         classic_figures = ingest.run_load(classic, devices, topic_prefix, load, args.processes)
         classic.stop()
-        running.remove(classic)
         print(stored_line("classic", classic_figures), flush=True)
 
         # 3. bare amqtt
-        bare = BareBroker(ingest.free_port()).start()
-        running.append(bare)
+        bare = run.stop(BareBroker(common.free_port())).start()
         bare.wait_for("bare_amqtt listening")
         print("bare: amqtt is up; running the load", flush=True)
         bare_figures = run_bare(bare, devices, load)
         bare.stop()
-        running.remove(bare)
         print(bare_line(bare_figures), flush=True)
 
         for name, figures in (("hub", hub_figures), ("classic", classic_figures), ("bare", bare_figures)):
@@ -454,20 +328,7 @@ def main(argv=None):
             flush=True,
         )
         return 0 if all(f["complete"] for f in (hub_figures, classic_figures, bare_figures)) else 1
-    except ingest.BenchError as exc:
-        print(f"peers: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("peers: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for thing in reversed(running):
-            with contextlib.suppress(Exception):
-                thing.stop()
-        if temporary and not args.keep_data:
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary:
-            print(f"data kept in {temporary}", file=sys.stderr)
+    return run.code
 
 
 if __name__ == "__main__":

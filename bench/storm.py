@@ -20,16 +20,14 @@ each storm's own count is on the lines before). Traffic goes to 127.0.0.1 only.
 """
 
 import argparse
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ingest
-from idle_clients import Fleet, FleetError, describe_failures, start_hub
+import common
+from idle_clients import Fleet, describe_failures
 
 
 def listen_drops():
@@ -93,29 +91,24 @@ def storm_line(r):
     return " ".join(parts)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    hub = fleet = None
-    try:
-        hub, data_dir = start_hub(args.devices + 1000)
-        print(f"started hubserver run (pid {hub.process.pid}, data in {data_dir})", flush=True)
+    with common.Main("storm") as run:
+        hub = common.start_hub(run, args.devices + 1000)
+        print(f"started hubserver run (pid {hub.process.pid}, data in {hub.data_dir})", flush=True)
         started = time.monotonic()
         devices = hub.provision(args.devices, "storm-")
         print(f"provisioned {args.devices} devices in {time.monotonic() - started:.1f}s", flush=True)
-        fleet = Fleet(
-            hub.host,
-            hub.mqtt_port,
-            devices,
-            processes=args.processes,
-            keepalive=60,
-            concurrency=None,  # all at once
-            timeout=args.timeout,
+        fleet = run.stop(
+            Fleet(
+                hub.host,
+                hub.mqtt_port,
+                devices,
+                processes=args.processes,
+                keepalive=60,
+                concurrency=None,  # all at once
+                timeout=args.timeout,
+            )
         ).start()
         results = []
         for name in ("cold", "warm"):
@@ -128,7 +121,6 @@ def main(argv=None):
             results.append(storm(fleet, hub, name))
             print(storm_line(results[-1]), flush=True)
         fleet.close()
-        fleet = None
         code = hub.stop()
         if code not in (0, None):
             print(f"warning: the hub exited with status {code}:\n{hub.text()}", file=sys.stderr, flush=True)
@@ -145,18 +137,7 @@ def main(argv=None):
             flush=True,
         )
         return 0 if cold["accepted"] == warm["accepted"] == args.devices else 1
-    except (ingest.BenchError, FleetError) as exc:
-        print(f"storm: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("storm: interrupted; stopping", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if fleet is not None:
-            fleet.close()
-        if hub is not None:
-            hub.stop()
-            shutil.rmtree(hub.data_dir, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":
