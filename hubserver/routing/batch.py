@@ -1,10 +1,11 @@
 """Turning a batch of ``Work`` into rows, and committing them in one transaction (runs in the ORM thread).
 
-Per message: parse, validate, build unsaved Message/Reading instances, and apply status, battery,
-firmware and ``last_seen`` to the cached device instance. Then one transaction: ``bulk_create`` per
-model, and one ``bulk_update`` per Device model for every device the batch touched, so ``last_seen`` costs
-one statement per batch whatever the message rate. If the commit fails the in-memory device state is
-rolled back too, so the next batch computes status changes from what is really stored.
+Per message: parse, validate, build a plain row (a tuple of values, no model instance) for its Message
+and Reading, and apply status, battery, firmware and ``last_seen`` to the cached device instance. Then one
+transaction: a multi-row INSERT per model (``inserts.RowInserter``) and one ``executemany`` UPDATE per
+Device model for every device the batch touched, so ``last_seen`` costs one statement per batch whatever
+the message rate. If the commit fails the in-memory device state is rolled back too, so the next batch
+computes status changes from what is really stored.
 """
 
 import logging
@@ -15,6 +16,7 @@ from django.utils import timezone
 from ..exceptions import PayloadError
 from ..models import BaseMessage
 from . import payloads
+from .inserts import RowInserter, RowUpdater, StoredRow
 from .results import RouteResult, refused
 from .topics import DATA, REPLY, STATUS
 from .work import CONNECT, CONNECTED, DISCONNECT, DISCONNECTED, HEARTBEAT_TIMEOUT
@@ -26,6 +28,22 @@ OFFLINE = "offline"
 COMPLETED = BaseMessage.Status.COMPLETED.value
 FAILED = BaseMessage.Status.FAILED.value
 _DEVICE_FIELDS = ("status", "battery_level", "firmware_version", "last_seen")
+INBOUND = BaseMessage.Direction.INBOUND.value
+# The Message columns an inbound message sets; the others (command fields, content type...) take defaults.
+MESSAGE_COLUMNS = (
+    "device_id",
+    "topic",
+    "direction",
+    "payload_json",
+    "payload_raw",
+    "correlation_id",
+    "processing_status",
+    "processing_error",
+    "received_at",
+    "processed_at",
+)
+_inserters = {}  # (model, columns) -> RowInserter
+_updaters = {}  # Device model -> RowUpdater
 
 
 def write_batch(works, cache):
@@ -81,17 +99,13 @@ class Rows:
     """The rows of one batch, and a snapshot of every device it changed (to undo on a failed commit)."""
 
     def __init__(self):
-        self.messages = {}
-        self.readings = {}
+        self.inserts = {}  # (model, columns) -> [StoredRow]
         self.devices = {}  # id(device) -> (device, snapshot of _DEVICE_FIELDS)
         self.device_fields = {}  # Device model -> names of fields changed in this batch
 
-    def add_message(self, work, instance):
-        self.messages.setdefault(type(instance), []).append(instance)
-        work.message = instance
-
-    def add_reading(self, instance):
-        self.readings.setdefault(type(instance), []).append(instance)
+    def add(self, row):
+        self.inserts.setdefault((row.model, row.columns), []).append(row)
+        return row
 
     def update_device(self, device, **values):
         if id(device) not in self.devices:
@@ -101,17 +115,22 @@ class Rows:
         self.device_fields.setdefault(type(device), set()).update(values)
 
     def save(self):
-        for model, instances in self.messages.items():
-            model.objects.bulk_create(instances)
-        for model, instances in self.readings.items():
-            model.objects.bulk_create(instances)
+        for key, stored in self.inserts.items():
+            inserter = _inserters.get(key)
+            if inserter is None:
+                inserter = _inserters[key] = RowInserter(*key)
+            for row, pk in zip(stored, inserter.insert([row.values for row in stored]), strict=True):
+                row.pk = pk
         by_model = {}
         for device, _ in self.devices.values():
             by_model.setdefault(type(device), []).append(device)
         for model, devices in by_model.items():
             fields = sorted(self.device_fields.get(model, ()))
             if fields:
-                model.objects.bulk_update(devices, fields)
+                updater = _updaters.get(model)
+                if updater is None:
+                    updater = _updaters[model] = RowUpdater(model)
+                updater.update(devices, fields)
 
     def restore(self):
         for device, snapshot in self.devices.values():
@@ -130,16 +149,13 @@ def _handle_data(work, rows, now):
         parsed = payloads.parse_data(work.device_type, obj, work.received_at)
         errors = parsed.errors
         if parsed.readings:
-            reading = work.models[1](
-                device=work.device, timestamp=parsed.timestamp, received_at=work.received_at, **parsed.readings
-            )
+            reading = _reading(work, parsed)
             work.readings = parsed.readings
     message = _message(work, obj, errors, now)
     _record_activity(work, rows, stay=False)
-    rows.add_message(work, message)
+    work.message = rows.add(message)
     if reading is not None:
-        rows.add_reading(reading)
-        work.reading = reading
+        work.reading = rows.add(reading)
 
 
 def _handle_status(work, rows, now):
@@ -155,7 +171,7 @@ def _handle_status(work, rows, now):
     changed = {name: value for name, value in fields.items() if getattr(work.device, name) != value}
     if changed:
         rows.update_device(work.device, **changed)
-    rows.add_message(work, message)
+    work.message = rows.add(message)
 
 
 def _handle_reply(work, rows, now):
@@ -164,7 +180,7 @@ def _handle_reply(work, rows, now):
     errors = reply.errors if reply is not None else [error]
     message = _message(work, obj, errors, now, correlation_id=reply.correlation_id if reply else "")
     _record_activity(work, rows, stay=False)
-    rows.add_message(work, message)
+    work.message = rows.add(message)
     if reply is not None and not reply.errors:
         work.reply = reply  # the hook for command tracking: Dispatcher reply listeners get it after commit
 
@@ -204,18 +220,39 @@ def _decode(payload):
 
 
 def _message(work, obj, errors, now, correlation_id=""):
-    return work.models[2](
-        device=work.device,
-        topic=work.topic,
-        direction=BaseMessage.Direction.INBOUND,
-        payload_json=obj,
-        payload_raw=bytes(work.payload) if obj is None else None,
-        correlation_id=correlation_id,
-        processing_status=FAILED if errors else COMPLETED,
-        processing_error="; ".join(errors),
-        received_at=work.received_at,
-        processed_at=now,
+    values = (
+        work.device.pk,
+        work.topic,
+        INBOUND,
+        obj,
+        bytes(work.payload) if obj is None else None,
+        correlation_id,
+        FAILED if errors else COMPLETED,
+        "; ".join(errors),
+        work.received_at,
+        now,
     )
+    return StoredRow(work.models[2], MESSAGE_COLUMNS, values, related={"device": work.device})
+
+
+def _reading(work, parsed):
+    model = work.models[1]
+    names = _reading_names(work.device_type)
+    values = (work.device.pk, parsed.timestamp, work.received_at, *map(parsed.readings.get, names))
+    return StoredRow(model, _READING_HEAD + names, values, related={"device": work.device})
+
+
+_READING_HEAD = ("device_id", "timestamp", "received_at")
+
+
+def _reading_names(device_type):
+    names = _reading_columns.get(device_type)
+    if names is None:
+        names = _reading_columns[device_type] = tuple(device_type._readings)
+    return names
+
+
+_reading_columns = {}  # DeviceType -> its Reading columns, in declaration order
 
 
 def _record_activity(work, rows, stay):
@@ -242,13 +279,13 @@ def _result(work):
         kind=work.kind,
         type_name=work.key[0],
         device_id=work.device_id,
-        processing_status=message.processing_status if message is not None else None,
-        error=message.processing_error if message is not None else "",
+        processing_status=message.get("processing_status") if message is not None else None,
+        error=message.get("processing_error") if message is not None else "",
         message_id=message.pk if message is not None else None,
         reading_id=reading.pk if reading is not None else None,
         readings=work.readings,
-        timestamp=reading.timestamp if reading is not None else None,
+        timestamp=reading.get("timestamp") if reading is not None else None,
         old_status=work.old_status,
         new_status=work.new_status,
-        correlation_id=message.correlation_id if message is not None else "",
+        correlation_id=message.get("correlation_id") if message is not None else "",
     )

@@ -93,11 +93,13 @@ class Dispatcher:
             )
             await self._hook(sender, "on_status_change", device, work.old_status, work.new_status)
         if work.reading is not None:
-            await _send(device_data_received, sender, device=device, readings=work.readings, message=work.message)
+            await _send(
+                device_data_received, sender, device=device, readings=work.readings, message=_instance(work.message)
+            )
             await self._hook(sender, "on_data", device, work.readings)
         if work.reply is not None:
             for listener in list(self.reply_listeners):
-                await _call(listener, sender, device, work.message, work.reply)
+                await _call(listener, sender, device, _instance(work.message), work.reply)
 
     async def _hook(self, device_type, name, *args):
         if not overrides(device_type, name):
@@ -113,6 +115,11 @@ class Dispatcher:
                 await sync_to_async(hook)(*args)
         except Exception:
             logger.exception("%s.%s() failed", device_type.__name__, name)
+
+
+def _instance(row):
+    """The saved Message instance of a row the writer inserted (receivers get model instances)."""
+    return row.instance() if row is not None else None
 
 
 async def _send(signal, sender, **kwargs):

@@ -36,8 +36,8 @@ class Work:
     reason: str = ""  # why a device disconnected
     # Set in the ORM thread.
     device: object = None
-    message: object = None
-    reading: object = None
+    message: object = None  # inserts.StoredRow of the Message (instance() for a model instance)
+    reading: object = None  # inserts.StoredRow of the Reading
     readings: dict = field(default_factory=dict)
     reply: object = None
     old_status: str | None = None

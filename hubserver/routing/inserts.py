@@ -1,0 +1,170 @@
+"""Plain-row writes for the hot path: multi-row ``INSERT ... RETURNING`` and ``executemany`` UPDATEs.
+
+``bulk_create`` builds a model instance per row and compiles its INSERT field by field, value by value;
+on a busy hub that was most of the writer's time. Here each model's statement is prepared once (columns,
+quoting, placeholders) and a batch is a list of tuples of Python values: only the columns whose values
+need converting for the database (datetimes, JSON) go through a converter, the same one Django's field
+would use. Model instances are built only when somebody asks for one (``StoredRow.instance``).
+"""
+
+import itertools
+import json
+
+import orjson
+from django.db import connections
+from django.db.models import BigIntegerField, DateTimeField, IntegerField, JSONField
+
+
+class RowInserter:
+    """Insert tuples of ``columns`` (attnames, in order) into ``model``'s table; returns their primary keys."""
+
+    def __init__(self, model, columns, using="default"):
+        self.model = model
+        self.columns = tuple(columns)
+        self.using = using
+        meta = model._meta
+        fields = [_field(meta, name) for name in self.columns]
+        self._fields = fields
+        supplied = {field.attname for field in fields}
+        # Columns a row does not carry get their field's default, computed once per batch.
+        self._defaulted = [f for f in meta.concrete_fields if f.attname not in supplied and not f.primary_key]
+        self._prepared = None
+
+    def _prepare(self, connection):
+        quote = connection.ops.quote_name
+        all_fields = self._fields + self._defaulted
+        names = ", ".join(quote(f.column) for f in all_fields)
+        self._placeholders = "(" + ", ".join(["%s"] * len(all_fields)) + ")"
+        self._head = f"INSERT INTO {quote(self.model._meta.db_table)} ({names}) VALUES "
+        self._tail = f" RETURNING {quote(self.model._meta.pk.column)}"
+        self._converters = [
+            (index, converter)
+            for index, field in enumerate(self._fields)
+            if (converter := _converter(field, connection)) is not None
+        ]
+        self._chunk = max(1, connection.ops.bulk_batch_size(all_fields, [None] * 1000))
+        self._prepared = connection.alias
+
+    def insert(self, rows):
+        """Insert ``rows`` (sequences of values in ``columns`` order); returns the new primary keys in order."""
+        if not rows:
+            return []
+        connection = connections[self.using]
+        if self._prepared != connection.alias:
+            self._prepare(connection)
+        defaults = [f.get_db_prep_save(f.get_default(), connection) for f in self._defaulted]
+        converters = self._converters
+        prepared = []
+        for row in rows:
+            values = list(row)
+            for index, converter in converters:
+                value = values[index]
+                if value is not None:
+                    values[index] = converter(value)
+            if defaults:
+                values.extend(defaults)
+            prepared.append(values)
+        pks = []
+        with connection.cursor() as cursor:
+            for start in range(0, len(prepared), self._chunk):
+                chunk = prepared[start : start + self._chunk]
+                sql = self._head + ", ".join([self._placeholders] * len(chunk)) + self._tail
+                cursor.execute(sql, list(itertools.chain.from_iterable(chunk)))
+                pks.extend(row[0] for row in cursor.fetchall())
+        if len(pks) != len(rows):
+            raise RuntimeError(f"{self.model.__name__}: inserted {len(rows)} rows but got {len(pks)} keys back")
+        return pks
+
+
+class RowUpdater:
+    """``UPDATE table SET <fields> WHERE pk = %s`` for many rows at once (``executemany``)."""
+
+    def __init__(self, model, using="default"):
+        self.model = model
+        self.using = using
+        self._statements = {}
+
+    def update(self, instances, field_names):
+        connection = connections[self.using]
+        key = (connection.alias, tuple(field_names))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = self._prepare(connection, field_names)
+        sql, fields = statement
+        params = []
+        for instance in instances:
+            values = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+            values.append(instance.pk)
+            params.append(values)
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+    def _prepare(self, connection, field_names):
+        quote = connection.ops.quote_name
+        meta = self.model._meta
+        fields = [meta.get_field(name) for name in field_names]
+        assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s", fields
+
+
+class StoredRow:
+    """A row written by ``RowInserter``: its values and primary key, and a model instance on demand."""
+
+    __slots__ = ("_instance", "columns", "model", "pk", "related", "values")
+
+    def __init__(self, model, columns, values, related=None):
+        self.model = model
+        self.columns = columns
+        self.values = values
+        self.related = related or {}  # field name -> already loaded related instance (the device)
+        self.pk = None
+        self._instance = None
+
+    def get(self, column):
+        return self.values[self.columns.index(column)]
+
+    def instance(self):
+        """The saved model instance (built once; nothing is queried)."""
+        if self._instance is None:
+            instance = self.model(**dict(zip(self.columns, self.values, strict=True)))
+            instance.pk = self.pk
+            instance._state.adding = False
+            instance._state.db = "default"
+            for name, related in self.related.items():
+                setattr(instance, name, related)
+            self._instance = instance
+        return self._instance
+
+
+def _field(meta, attname):
+    for field in meta.concrete_fields:
+        if field.attname == attname:
+            return field
+    raise LookupError(f"{meta.label} has no column {attname!r}")
+
+
+def _converter(field, connection):
+    """What turns a Python value into the database value for ``field``; None when the value goes as is.
+
+    Same conversions as the fields' ``get_db_prep_save`` for the types the hub writes, faster; any other
+    field type uses ``get_db_prep_save`` itself.
+    """
+    if field.is_relation or field.get_internal_type() in _AS_IS:
+        return None
+    if isinstance(field, DateTimeField):
+        return connection.ops.adapt_datetimefield_value
+    if isinstance(field, (BigIntegerField, IntegerField)):
+        return int
+    if isinstance(field, JSONField) and connection.vendor == "sqlite" and field.encoder is None:
+        return _json_text
+    return lambda value: field.get_db_prep_save(value, connection)
+
+
+_AS_IS = frozenset({"CharField", "TextField", "FloatField", "BooleanField", "BinaryField"})
+
+
+def _json_text(value):
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson will not encode (integers beyond 64 bits): the stdlib will
+        return json.dumps(value)
