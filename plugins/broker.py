@@ -234,6 +234,15 @@ class HubBroker(Broker):
             {"session": session, "topic": topic, "data": data, "qos": QOS_0 if qos is None else qos}
         )
 
+    def has_subscribers(self, topic):
+        """Whether any subscription filter matches ``topic`` (an index lookup; no ACL check)."""
+        return bool(self._index.match(topic))
+
+    def deliver_nowait(self, session, topic, data, qos):
+        """Queue a message from ``session`` for delivery at ``qos`` (what _broadcast_message does, without
+        awaiting: the broadcast queue is unbounded)."""
+        self._broadcast_queue.put_nowait({"session": session, "topic": topic, "data": data, "qos": qos})
+
     async def publish(self, topic, data, qos=QOS_1, retain=False):
         """Publish as the hub itself (commands); delivery obeys each recipient's ACL like any message."""
         await self._broadcast_message(None, topic, data, force_qos=qos)
