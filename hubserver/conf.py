@@ -9,6 +9,9 @@ SETTINGS_NAME = "HUBSERVER"
 EMBEDDED_ENGINE = "hubserver.brokers.embedded.EmbeddedBroker"
 EXTERNAL_ENGINE = "hubserver.brokers.mqtt.MQTTBroker"
 
+# Event loops ``hubserver run`` can run on; the first is the default.
+EVENT_LOOPS = ("uvloop", "asyncio")
+
 NUMBER = (int, float)
 STR_LIST = "list of str"
 
@@ -71,6 +74,8 @@ DEFAULTS = {
     # Group-commit writer: rows per transaction at most, and queued messages before back-pressure.
     "WRITER_BATCH_SIZE": (int, 2000),
     "WRITER_QUEUE_SIZE": (int, 50_000),
+    # The event loop ``hubserver run`` runs on (EVENT_LOOPS): uvloop when installed, or asyncio's own.
+    "EVENT_LOOP": (str, EVENT_LOOPS[0]),
 }
 
 
@@ -132,6 +137,10 @@ def validate(user):
     if not prefix or any(c in prefix for c in "#+") or prefix.startswith("/") or prefix.endswith("/"):
         raise ConfigurationError(
             f"{SETTINGS_NAME}['TOPIC_PREFIX'] must be a topic without wildcards or leading/trailing '/', got {prefix!r}"
+        )
+    if resolved["EVENT_LOOP"] not in EVENT_LOOPS:
+        raise ConfigurationError(
+            f"{SETTINGS_NAME}['EVENT_LOOP'] must be one of {', '.join(EVENT_LOOPS)}, got {resolved['EVENT_LOOP']!r}"
         )
     for key in (
         "MAX_PAYLOAD_SIZE",

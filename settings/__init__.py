@@ -18,6 +18,7 @@
 | HUBSERVER_BROKER_AUTH_TOKEN | (none) | bearer token an external broker must send to /iot/broker/auth/ and /acl/ |
 | HUBSERVER_METRICS_PUBLIC | 0 | serve /metrics to anyone, not only to this machine and staff users |
 | HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
+| HUBSERVER_EVENT_LOOP | uvloop | loop of ``hubserver run``: uvloop (asyncio's own if uvloop is missing) or asyncio |
 """
 
 import os
@@ -144,6 +145,7 @@ HUBSERVER = {
     "MQTT_TLS_PORT": env_int("HUBSERVER_MQTT_TLS_PORT", 0),
     "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),
+    "EVENT_LOOP": os.environ.get("HUBSERVER_EVENT_LOOP", "uvloop").strip().lower(),
 }
 
 LOGGING = {

@@ -27,8 +27,10 @@ def environment(data_dir, **extra):
 
 
 class RunningHub:
-    def __init__(self, data_dir, http_port=None, mqtt_port=None, open_files=None):
+    def __init__(self, data_dir, http_port=None, mqtt_port=None, open_files=None, env=None, args=()):
         self.data_dir = data_dir
+        self.env = env or {}  # extra environment variables
+        self.args = list(args)  # extra options of ``hubserver run``
         self.open_files = open_files  # start the process with this soft RLIMIT_NOFILE
         self.http_port = http_port or free_port()
         self.mqtt_port = mqtt_port or free_port()
@@ -46,8 +48,9 @@ class RunningHub:
                 str(self.http_port),
                 "--mqtt-port",
                 str(self.mqtt_port),
+                *self.args,
             ],
-            env=environment(self.data_dir),
+            env=environment(self.data_dir, **self.env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -161,6 +164,76 @@ def test_mqtt_over_websocket_on_the_http_port(running):
     assert hub.stop() == 0
     with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
         assert db.execute("SELECT temperature FROM devicetypes_weatherstationreading").fetchall() == [(12.5,)]
+
+
+def publish_one(credentials, port, temperature, transport="tcp"):
+    """CONNECT, PUBLISH at QoS 1 and wait for the PUBACK (sent by the hub after commit), then DISCONNECT."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"], transport=transport)
+    if transport == "websockets":
+        client.ws_set_options(path="/mqtt")
+    client.username_pw_set(credentials["mqtt_username"], credentials["mqtt_password"])
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        info = client.publish(credentials["topics"]["data"], json.dumps({"temperature": temperature}), qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def mapped_uvloop(pid):
+    return "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(
+    "env, args, shown",
+    [
+        ({}, [], "Event loop: uvloop"),  # the default
+        ({"HUBSERVER_EVENT_LOOP": "asyncio"}, [], "Event loop: asyncio (_UnixSelectorEventLoop)"),
+        ({"HUBSERVER_EVENT_LOOP": "asyncio"}, ["--event-loop", "uvloop"], "Event loop: uvloop"),
+        ({}, ["--event-loop", "asyncio"], "Event loop: asyncio (_UnixSelectorEventLoop)"),
+    ],
+)
+def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, env, args, shown):
+    hub = running(env=env, args=args)
+    assert shown in hub.text()
+    assert mapped_uvloop(hub.process.pid) == ("uvloop" in shown)
+    tcp, websocket = hub.provision(2, prefix="loop-")
+    publish_one(tcp, hub.mqtt_port, 1.5)  # amqtt on asyncio streams
+    publish_one(websocket, hub.http_port, 2.5, transport="websockets")  # Twisted's reactor and daphne
+    with socket.create_connection(("127.0.0.1", hub.http_port)) as sock:
+        sock.sendall(b"GET /admin/login/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    assert hub.stop(signal.SIGINT) == 0, hub.text()
+    assert "Stopped." in hub.text()
+    with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
+        stored = db.execute("SELECT temperature FROM devicetypes_weatherstationreading ORDER BY temperature")
+        assert stored.fetchall() == [(1.5,), (2.5,)]
+
+
+def test_without_uvloop_the_hub_falls_back_to_asyncio_and_says_so(running, tmp_path):
+    missing = tmp_path / "no-uvloop" / "uvloop"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ImportError('uvloop is not installed here')\n")
+    hub = running(env={"PYTHONPATH": str(missing.parent)})
+    assert "uvloop is not installed: running on asyncio's own event loop" in hub.text()
+    assert "Event loop: asyncio (_UnixSelectorEventLoop)" in hub.text()
+    assert not mapped_uvloop(hub.process.pid)
+    publish_one(hub.provision(1, prefix="fallback-")[0], hub.mqtt_port, 3.5)
+    assert hub.stop() == 0
+
+
+def test_an_unknown_event_loop_is_refused(tmp_path):
+    out = subprocess.run(
+        [BINARY, "run", "--event-loop", "trio"], env=environment(tmp_path), capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "invalid choice: 'trio'" in out.stderr
+    out = subprocess.run(
+        [BINARY, "run"], env=environment(tmp_path, HUBSERVER_EVENT_LOOP="trio"), capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "HUBSERVER['EVENT_LOOP'] must be one of uvloop, asyncio, got 'trio'" in out.stderr
 
 
 def test_sigterm_under_load_loses_no_acknowledged_message(running):

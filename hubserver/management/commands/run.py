@@ -1,22 +1,21 @@
 """``hubserver run``: the whole hub in one process and one asyncio loop (daphne for HTTP and WebSocket, the
 embedded amqtt broker for MQTT), after migrating the database and making sure an admin account exists."""
 
-# daphne.server installs Twisted's asyncio reactor; it must be imported before anything imports a reactor.
-import daphne.server  # isort:skip  # noqa: F401
-
 import asyncio
 import errno
 import logging
+import os
 import secrets
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from ...brokers import set_engine
 from ...brokers.embedded import EmbeddedBroker, PortInUse
-from ...conf import hub_settings
+from ...conf import EVENT_LOOPS, hub_settings
 from ...routing import MessageRouter
 from ..database import migrate_quietly
 
@@ -38,8 +37,16 @@ class Command(BaseCommand):
             help="where the database, secret key and migrations live (HUBSERVER_DATA_DIR; read before start-up)",
         )
         parser.add_argument("--devices", help="a devices.py of your own (HUBSERVER_DEVICES; read before start-up)")
+        parser.add_argument(
+            "--event-loop",
+            choices=EVENT_LOOPS,
+            default=None,
+            help="uvloop (faster; falls back to asyncio's own loop when not installed) or asyncio "
+            "(HUBSERVER_EVENT_LOOP; default uvloop)",
+        )
 
-    def handle(self, *args, host, http_port, mqtt_port, **options):
+    def handle(self, *args, host, http_port, mqtt_port, event_loop=None, **options):
+        install_reactor(event_loop or hub_settings.EVENT_LOOP)  # first: before anything imports Twisted's reactor
         self.raise_open_files_limit()
         self.prepare_database()
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
@@ -142,6 +149,35 @@ class Command(BaseCommand):
             )
         )
         sys.stdout.flush()
+
+
+def install_reactor(event_loop):
+    """Install Twisted's asyncio reactor on the chosen loop, then import daphne.server (which otherwise installs
+    it on a new stock asyncio loop). Twisted's AsyncioSelectorReactor accepts any asyncio loop but a proactor
+    one: it only uses add_reader/add_writer, call_at and call_soon_threadsafe. Logs the loop that runs."""
+    if "twisted.internet.reactor" not in sys.modules and event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logger.warning("uvloop is not installed: running on asyncio's own event loop")
+        else:
+            from twisted.internet import asyncioreactor
+
+            loop = uvloop.new_event_loop()
+            if "ASGI_THREADS" in os.environ:  # as daphne.server does for its own loop
+                loop.set_default_executor(ThreadPoolExecutor(max_workers=int(os.environ["ASGI_THREADS"])))
+            asyncioreactor.install(loop)
+    import daphne.server
+    from twisted.internet import reactor
+
+    if daphne.server.twisted_loop is not reactor._asyncioEventloop:
+        daphne.server.twisted_loop.close()  # created at import, and unused: its reactor was already installed
+    loop = reactor._asyncioEventloop
+    if type(loop).__module__.startswith("uvloop"):
+        logger.info("Event loop: uvloop %s", sys.modules["uvloop"].__version__)
+    else:
+        logger.info("Event loop: asyncio (%s)", type(loop).__name__)
+    return loop
 
 
 def _twisted_interface(host):
