@@ -207,6 +207,37 @@ async def test_verifier_bounds_concurrent_checks(monkeypatch):
     assert 1 <= state["max"] <= 2
 
 
+async def test_verifier_keeps_its_threads_fed_and_cancelled_clients_cost_no_hashing(monkeypatch):
+    started = []
+    release = threading.Event()
+
+    def blocking_check(stored, secret):
+        started.append(secret)
+        release.wait(10)
+        return True
+
+    monkeypatch.setitem(verifier.CHECKS, "argon2", blocking_check)
+    v = verifier.Verifier(concurrency=1)
+    tasks = [asyncio.ensure_future(v.verify("$argon2id$x", f"pw{i}", username=f"t.{i}")) for i in range(40)]
+    await asyncio.sleep(0.1)
+    assert started == ["pw0"]  # one thread: one hash at a time
+    # More than one job per thread is already handed to the pool (the thread never waits for the loop),
+    # but not the whole storm: the rest waits on the loop.
+    assert 1 < v._pool()._work_queue.qsize() < 39
+    for task in tasks[1:20]:
+        task.cancel()  # clients gone: queued in the pool (1-15) or on the loop (16-19)
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] is True and results[20:] == [True] * 20
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[1:20])
+    assert started == ["pw0", *(f"pw{i}" for i in range(20, 40))]  # nobody hashed for a cancelled client
+    v.shutdown()
+
+
+# -- authentication --------------------------------------------------------------------------------------
+
+
 # -- authentication --------------------------------------------------------------------------------------
 
 
