@@ -341,9 +341,80 @@ def test_internal_errors_refuse_without_raising(provisioned_device, monkeypatch)
     def broken(*args):
         raise RuntimeError("database is on fire")
 
-    monkeypatch.setattr(authenticate_module, "_find_device", broken)
+    monkeypatch.setattr(authenticate_module, "_find_devices", broken)  # both paths look rows up here
     assert authenticate(credentials["mqtt_username"], credentials["mqtt_password"]) is None
     assert authenticate_mqtt_sync(credentials["mqtt_username"], credentials["mqtt_password"]) is None
+
+
+async def test_device_lookups_gather_and_never_answer_from_an_older_query(monkeypatch):
+    """Lookups arriving while a query runs share the next one; none is answered by a query that started
+    before it arrived (so it sees every rotation committed before its CONNECT)."""
+    queries = []
+    first_running = threading.Event()
+    release = threading.Event()
+    state = {"version": 1}
+
+    def fake_find_devices(keys):
+        queries.append(sorted(keys))
+        version = state["version"]  # what the database holds when the query starts
+        if len(queries) == 1:
+            first_running.set()
+            release.wait(10)
+        return {key: (key[1], version) for key in keys if key[1] != "t.ghost"}
+
+    monkeypatch.setattr(authenticate_module, "_find_devices", fake_find_devices)
+    lookups = authenticate_module.DeviceLookups()
+    first = [asyncio.ensure_future(lookups.find("t", name)) for name in ("t.a", "t.b", "t.a")]
+    await sync_to_async(first_running.wait, thread_sensitive=False)(10)
+    state["version"] = 2  # say, t.a rotated after the first query started
+    later = [asyncio.ensure_future(lookups.find("t", name)) for name in ("t.a", "t.c", "t.ghost", "t.d")]
+    await asyncio.sleep(0)
+    later[3].cancel()  # its client went away while waiting
+    release.set()
+    assert await asyncio.gather(*first) == [("t.a", 1), ("t.b", 1), ("t.a", 1)]
+    assert await asyncio.gather(*later[:3]) == [("t.a", 2), ("t.c", 2), None]
+    assert later[3].cancelled()
+    assert queries == [[("t", "t.a"), ("t", "t.b")], [("t", "t.a"), ("t", "t.c"), ("t", "t.d"), ("t", "t.ghost")]]
+    assert lookups.batches == 2
+    # Idle again: the next lookup runs its own query at once.
+    assert await lookups.find("t", "t.b") == ("t.b", 2)
+    assert lookups.batches == 3
+
+
+def test_concurrent_connects_share_one_query_per_type(db, django_assert_num_queries):
+    thermometers = [provision(ThermometerDevice(device_id=f"storm-{i}")) for i in range(6)]
+    hygrometers = [provision(HygrometerDevice(device_id=f"storm-{i}")) for i in range(3)]
+    inactive = ThermometerDevice(device_id="storm-off")
+    inactive_credentials = provision(inactive)
+    inactive.is_active = False
+    inactive.save()
+    attempts = [(c["mqtt_username"], c["mqtt_password"]) for c in thermometers + hygrometers]
+    attempts += [
+        (thermometers[0]["mqtt_username"], thermometers[1]["mqtt_password"]),  # another device's password
+        ("thermometer.storm-nobody", thermometers[0]["mqtt_password"]),
+        (inactive_credentials["mqtt_username"], inactive_credentials["mqtt_password"]),
+    ]
+
+    async def connect_all():
+        return await asyncio.gather(*(authenticate_mqtt(u, p, client_id=u) for u, p in attempts))
+
+    with django_assert_num_queries(2):  # one per device type, whatever the number of devices
+        principals = async_to_sync(connect_all)()
+    expected = [("thermometer", f"storm-{i}") for i in range(6)] + [("hygrometer", f"storm-{i}") for i in range(3)]
+    assert [(p.type_name, p.device_id) for p in principals[:9]] == expected
+    assert [p.mqtt_username for p in principals[:9]] == [u for u, _ in attempts[:9]]
+    assert principals[9:] == [None, None, None]
+
+
+def test_device_lookups_are_chunked(db, monkeypatch, django_assert_num_queries):
+    monkeypatch.setattr(authenticate_module, "LOOKUP_CHUNK", 2)
+    for i in range(5):
+        provision(ThermometerDevice(device_id=f"chunk-{i}"))
+    keys = [("thermometer", f"thermometer.chunk-{i}") for i in range(5)] + [("thermometer", "thermometer.none")]
+    with django_assert_num_queries(3):
+        found = authenticate_module._find_devices(keys)
+    assert sorted(row.device_id for row in found.values()) == [f"chunk-{i}" for i in range(5)]
+    assert all(found[key].mqtt_username == key[1] for key in found)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -18,7 +18,9 @@ with a taken client id evict the old one and resume its session, so without this
 knock a device off the hub or take over its queued commands.
 
 A service client's user must be active and hold ``hubserver.mqtt_service`` (superusers hold every
-permission). Database work runs off the loop; argon2 runs in the device verifier's pool; Django password
+permission). Database work runs off the loop; device rows are looked up in batches, so when many devices
+connect at once their CONNECTs share a few ``IN (...)`` queries instead of queueing one query each on the
+database thread (``DeviceLookups``); argon2 runs in the device verifier's pool; Django password
 checks run in their own one-thread pool (never Django's ``acheck_password``, which hashes on the loop), so
 a flood of bad service logins cannot delay devices. Unknown or unauthorised service usernames still pay
 one decoy password check, so response time does not tell which usernames exist. Device usernames get no
@@ -26,8 +28,11 @@ decoy: they are derived from device ids and not secret, and skipping the hash ke
 usernames from costing argon2 time that reconnecting devices need.
 """
 
+import asyncio
 import logging
 import secrets
+import weakref
+from typing import NamedTuple
 
 from channels.db import database_sync_to_async
 
@@ -65,13 +70,40 @@ def _as_text(value):
 # -- synchronous database steps (called directly by the sync path, via sync_to_async by the async one) --
 
 
+class DeviceRow(NamedTuple):
+    """What authentication reads of a device row."""
+
+    pk: int
+    device_id: str
+    mqtt_username: str
+    mqtt_password_hash: str | None
+    is_active: bool
+
+
+# Usernames per query: far below the bound-parameter limits of SQLite (999 in old builds) and the others.
+LOOKUP_CHUNK = 500
+
+
+def _find_devices(keys):
+    """``{(type_name, username): DeviceRow}`` for the given keys that name a row, in one indexed query per
+    type and ``LOOKUP_CHUNK`` usernames (``mqtt_username`` is unique)."""
+    by_type = {}
+    for type_name, username in keys:
+        by_type.setdefault(type_name, set()).add(username)
+    found = {}
+    for type_name, usernames in by_type.items():
+        device_model = registry.get_models(type_name)[0]
+        usernames = sorted(usernames)
+        for start in range(0, len(usernames), LOOKUP_CHUNK):
+            rows = device_model._default_manager.filter(mqtt_username__in=usernames[start : start + LOOKUP_CHUNK])
+            for row in rows.values_list(*DeviceRow._fields):
+                row = DeviceRow(*row)
+                found[(type_name, row.mqtt_username)] = row
+    return found
+
+
 def _find_device(type_name, username):
-    device_model = registry.get_models(type_name)[0]
-    return (
-        device_model._default_manager.filter(mqtt_username=username)
-        .only("pk", "device_id", "mqtt_username", "mqtt_password_hash", "is_active")
-        .first()
-    )
+    return _find_devices([(type_name, username)]).get((type_name, username))
 
 
 def permitted_service_user(username):
@@ -132,6 +164,68 @@ def _anonymous():
 # -- async (the embedded broker, on the event loop) -----------------------------------------------------
 
 
+class DeviceLookups:
+    """Device-row lookups for one event loop, shared by the CONNECTs waiting at the same time.
+
+    A lookup waits for the next query and is answered by it; while a query runs, the lookups that arrive
+    meanwhile gather for the following one. One client alone therefore costs what it did (one query), and
+    a reconnect storm costs one query per batch instead of one trip through the single database thread per
+    device. A row is never older than its lookup: every query starts after the lookups it answers arrived,
+    so a rotation or deactivation committed before a CONNECT is seen by it.
+    """
+
+    def __init__(self):
+        self._waiting = {}  # (type_name, username) -> [future, ...]
+        self._task = None
+        self.batches = 0  # for tests and curiosity
+
+    async def find(self, type_name, username):
+        """The DeviceRow of ``username`` (a device username of ``type_name``), or None."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault((type_name, username), []).append(future)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return await future
+
+    async def _run(self):
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                self.batches += 1
+                try:
+                    found, error = await database_sync_to_async(_find_devices)(list(batch)), None
+                except Exception as exc:
+                    found, error = {}, exc
+                except BaseException:  # cancelled: the loop is going away, and every lookup with it
+                    for futures in (*batch.values(), *self._waiting.values()):
+                        for future in futures:
+                            future.cancel()
+                    self._waiting = {}
+                    raise
+                for key, futures in batch.items():
+                    for future in futures:
+                        if future.done():  # its client has gone meanwhile
+                            continue
+                        if error is None:
+                            future.set_result(found.get(key))
+                        else:
+                            future.set_exception(error)
+        finally:
+            self._task = None
+
+
+_lookups = weakref.WeakKeyDictionary()  # event loop -> DeviceLookups
+
+
+def device_lookups():
+    """The running loop's DeviceLookups."""
+    loop = asyncio.get_running_loop()
+    lookups = _lookups.get(loop)
+    if lookups is None:
+        lookups = _lookups[loop] = DeviceLookups()
+    return lookups
+
+
 def client_id_allowed(principal, client_id):
     """May ``principal`` use ``client_id``? Empty ids (the broker assigns one) are always fine."""
     if not client_id:
@@ -168,7 +262,7 @@ async def _authenticate(username, password):
     device_name = parse_device_username(username)
     if device_name is not None:
         type_name, _ = device_name
-        device = await database_sync_to_async(_find_device)(type_name, username)
+        device = await device_lookups().find(type_name, username)
         if device is None or not device.is_active or not device.mqtt_password_hash:
             return None
         if not await device_verifier.verify(device.mqtt_password_hash, password, username=username):
