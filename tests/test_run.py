@@ -6,6 +6,7 @@ import resource
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from tests.mqtt import free_port
+from tests.test_tls_and_errors import certificate  # noqa: F401  (the fixture)
 
 BINARY = str(Path(sys.executable).parent / "hubserver")
 
@@ -166,11 +168,13 @@ def test_mqtt_over_websocket_on_the_http_port(running):
         assert db.execute("SELECT temperature FROM devicetypes_weatherstationreading").fetchall() == [(12.5,)]
 
 
-def publish_one(credentials, port, temperature, transport="tcp"):
+def publish_one(credentials, port, temperature, transport="tcp", ca_certs=None):
     """CONNECT, PUBLISH at QoS 1 and wait for the PUBACK (sent by the hub after commit), then DISCONNECT."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"], transport=transport)
     if transport == "websockets":
         client.ws_set_options(path="/mqtt")
+    if ca_certs:
+        client.tls_set(ca_certs=ca_certs, cert_reqs=ssl.CERT_REQUIRED)
     client.username_pw_set(credentials["mqtt_username"], credentials["mqtt_password"])
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -196,13 +200,17 @@ def mapped_uvloop(pid):
         ({}, ["--event-loop", "asyncio"], "Event loop: asyncio (_UnixSelectorEventLoop)"),
     ],
 )
-def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, env, args, shown):
-    hub = running(env=env, args=args)
+def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, certificate, env, args, shown):  # noqa: F811
+    tls_port = free_port()
+    tls = {"HUBSERVER_MQTT_TLS_PORT": str(tls_port)}
+    tls |= {"HUBSERVER_MQTT_TLS_CERTFILE": certificate[0], "HUBSERVER_MQTT_TLS_KEYFILE": certificate[1]}
+    hub = running(env=env | tls, args=args)
     assert shown in hub.text()
     assert mapped_uvloop(hub.process.pid) == ("uvloop" in shown)
-    tcp, websocket = hub.provision(2, prefix="loop-")
-    publish_one(tcp, hub.mqtt_port, 1.5)  # amqtt on asyncio streams
+    tcp, websocket, secure = hub.provision(3, prefix="loop-")
+    publish_one(tcp, hub.mqtt_port, 1.5)  # amqtt on the loop's streams
     publish_one(websocket, hub.http_port, 2.5, transport="websockets")  # Twisted's reactor and daphne
+    publish_one(secure, tls_port, 3.5, ca_certs=certificate[0])  # the loop's TLS transport
     with socket.create_connection(("127.0.0.1", hub.http_port)) as sock:
         sock.sendall(b"GET /admin/login/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
@@ -210,7 +218,7 @@ def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, env, args, sh
     assert "Stopped." in hub.text()
     with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
         stored = db.execute("SELECT temperature FROM devicetypes_weatherstationreading ORDER BY temperature")
-        assert stored.fetchall() == [(1.5,), (2.5,)]
+        assert stored.fetchall() == [(1.5,), (2.5,), (3.5,)]
 
 
 def test_without_uvloop_the_hub_falls_back_to_asyncio_and_says_so(running, tmp_path):
@@ -221,7 +229,7 @@ def test_without_uvloop_the_hub_falls_back_to_asyncio_and_says_so(running, tmp_p
     assert "uvloop is not installed: running on asyncio's own event loop" in hub.text()
     assert "Event loop: asyncio (_UnixSelectorEventLoop)" in hub.text()
     assert not mapped_uvloop(hub.process.pid)
-    publish_one(hub.provision(1, prefix="fallback-")[0], hub.mqtt_port, 3.5)
+    publish_one(hub.provision(1, prefix="fallback-")[0], hub.mqtt_port, 4.5)
     assert hub.stop() == 0
 
 
