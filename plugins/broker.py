@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import types
 from collections import Counter
 from functools import partial
 
@@ -21,7 +22,7 @@ from amqtt.utils import gen_client_id
 
 from .acl import check
 from .handler import HubProtocolHandler
-from .session import principal_of
+from .session import HubSession, LeanQueue, principal_of
 from .topic_index import FilterIndex
 
 logger = logging.getLogger("hubserver.mqtt")
@@ -30,6 +31,23 @@ logger = logging.getLogger("hubserver.mqtt")
 _publish_qos = contextvars.ContextVar("hubserver_publish_qos", default=None)
 _AUTHENTICATED = "hubserver.authenticated"
 _CONNECTING = "hubserver.connecting"
+
+
+def _read_connect_with_hub_session():
+    """Upstream (BrokerProtocolHandler.init_from_connect): reads the CONNECT into an amqtt ``Session``, whose
+    ``transitions.Machine`` costs ~16 KB per connection. The same function, unchanged, building a ``HubSession``
+    (plugins/session.py) instead: only the module global ``Session`` it looks up differs."""
+    upstream = BrokerProtocolHandler.init_from_connect.__func__
+    return types.FunctionType(
+        upstream.__code__,
+        {**upstream.__globals__, "Session": HubSession},
+        upstream.__name__,
+        upstream.__defaults__,
+        upstream.__closure__,
+    )
+
+
+_init_from_connect = _read_connect_with_hub_session()
 
 
 class HubBroker(Broker):
@@ -82,7 +100,7 @@ class HubBroker(Broker):
     # comes first, and a refused client gets its CONNACK and is gone before any session state is touched.
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            handler, session = await _init_from_connect(HubProtocolHandler, reader, writer, self.plugins_manager)
         except MQTTError:
             await writer.close()
             raise
@@ -130,8 +148,21 @@ class HubBroker(Broker):
         # Upstream: keepalive is never enforced. MQTT 3.1.1 §3.1.2.10: disconnect after 1.5x keepalive.
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
-        handler.__class__ = HubProtocolHandler
+        # Upstream (BrokerProtocolHandler.__init__): two asyncio.Queues per connection (~3.2 KB each) for
+        # SUBSCRIBE and UNSUBSCRIBE requests, which _client_message_loop below reads without a task each.
+        handler._pending_subscriptions = LeanQueue()
+        handler._pending_unsubscriptions = LeanQueue()
         handler.bridge = self.bridge
+        return handler, session
+
+    # Upstream (create_offline_session): an amqtt Session with its transitions Machine.
+    def create_offline_session(self, client_id):
+        session = HubSession()
+        session.client_id = client_id
+        handler = HubProtocolHandler(self.plugins_manager, session)
+        handler._pending_subscriptions = LeanQueue()
+        handler._pending_unsubscriptions = LeanQueue()
+        session.transitions.disconnect()
         return handler, session
 
     async def _authenticate(self, session, listener):
@@ -154,9 +185,56 @@ class HubBroker(Broker):
                 if self.lifecycle is not None:
                     await self._notify("disconnected", principal)
 
+    # Upstream (_client_message_loop): for the whole connection, four tasks wait on the disconnect future and
+    # on three queues (SUBSCRIBE, UNSUBSCRIBE, PUBLISHes to broadcast), under an asyncio.wait. Here the loop
+    # awaits one future that the queues (LeanQueue.notify) and the disconnect future complete. The handling
+    # is upstream's, in its order: a subscription, an unsubscription, then a message per round; upstream
+    # ends the loop when it sees the disconnection, here once what was queued before it is handled.
     async def _client_message_loop(self, client_session, handler):
         client_session.attributes.pop(_CONNECTING, None)  # CONNECT-time retained delivery is over
-        await super()._client_message_loop(client_session, handler)
+        loop = asyncio.get_running_loop()
+        disconnect = handler._disconnect_waiter
+        if disconnect is None:  # upstream's wait_disconnect() returns None at once
+            disconnect = loop.create_future()
+            disconnect.set_result(None)
+        subscriptions, unsubscriptions = handler._pending_subscriptions, handler._pending_unsubscriptions
+        messages = client_session.delivered_message_queue
+        queues = (subscriptions, unsubscriptions, messages)
+        wake = None
+
+        def poke(_=None):
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        for queue in queues:
+            queue.notify = poke
+        disconnect.add_done_callback(poke)
+        try:
+            while True:
+                if subscriptions.empty() and unsubscriptions.empty() and messages.empty():
+                    if disconnect.done():
+                        await self._handle_disconnect(client_session, handler, disconnect)
+                        break
+                    wake = loop.create_future()
+                    await wake
+                    continue
+                if not subscriptions.empty():
+                    request = _done(loop, subscriptions.get_nowait())
+                    await self._handle_subscription(client_session, handler, request)
+                if not unsubscriptions.empty():
+                    request = _done(loop, unsubscriptions.get_nowait())
+                    await self._handle_unsubscription(client_session, handler, request)
+                if not messages.empty():
+                    message = _done(loop, messages.get_nowait())
+                    if not await self._handle_message_delivery(client_session, handler, message):
+                        break
+        except asyncio.CancelledError:
+            logger.debug("%s: client loop cancelled", client_session.client_id)  # upstream ends the loop too
+        finally:
+            for queue in queues:
+                if queue.notify is poke:
+                    queue.notify = None
+            disconnect.remove_done_callback(poke)
 
     async def _notify(self, event, principal):
         try:
@@ -315,3 +393,10 @@ class HubBroker(Broker):
             )
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _done(loop, result):
+    """A completed future: upstream's _handle_* methods take the waiter that produced their request."""
+    future = loop.create_future()
+    future.set_result(result)
+    return future
