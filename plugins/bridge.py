@@ -26,19 +26,40 @@ class RouterBridge:
     connection, so the client sends the message again when it reconnects.
     """
 
-    def __init__(self, router):
+    def __init__(self, router, broker=None):
         self.router = router
+        self.broker = broker  # the HubBroker messages are delivered through (set once it exists)
         self.refused = Counter()
         self.closing = False
 
-    async def inbound(self, session, message):
+    async def submit(self, session, topic, payload, qos):
+        """The reader's short path for a device's PUBLISH: the router's future, or None when the ACL refuses
+        it (acknowledge it, store and deliver nothing). Raises when it cannot be queued (do not acknowledge)."""
+        if not self._permitted(session, principal_of(session), topic):
+            return None
+        return await self.router.submit(topic, payload, qos=qos, client_id=session.client_id)
+
+    def _permitted(self, session, principal, topic):
+        """False (counted, logged) when the ACL refuses; raises while the hub stops (do not acknowledge)."""
         if self.closing:
             raise ConnectionAbortedError("the hub is stopping")
-        principal = principal_of(session)
-        topic = message.topic
         if principal is None or not can_publish(principal, topic):
             self.refused["acl"] += 1
             logger.info("%s may not publish to %r; dropped", session.client_id, topic)
+            return False
+        return True
+
+    def deliver(self, session, topic, payload, qos):
+        """Pass a stored message on to the subscribers whose filters match it (none: nothing to do)."""
+        broker = self.broker
+        if broker is not None and broker.has_subscribers(topic):
+            broker.deliver_nowait(session, topic, payload, qos)
+
+    async def inbound(self, session, message):
+        """amqtt's path (QoS 2, RETAIN, service clients): the Outcome, once the message is committed."""
+        principal = principal_of(session)
+        topic = message.topic
+        if not self._permitted(session, principal, topic):
             return Outcome.DROP
         if not isinstance(principal, DevicePrincipal):
             return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace

@@ -3,17 +3,20 @@
 import asyncio
 import logging
 
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import INCOMING, OUTGOING
 from amqtt.mqtt.puback import PubackPacket
 
 from .bridge import Outcome
+from .reader import FastReaderHandler
 
 logger = logging.getLogger("hubserver.mqtt")
 
 
-class HubProtocolHandler(BrokerProtocolHandler):
-    """Installed on every session by ``HubBroker``; ``bridge`` is the RouterBridge it hands PUBLISHes to."""
+class HubProtocolHandler(FastReaderHandler):
+    """Installed on every session by ``HubBroker``; ``bridge`` is the RouterBridge it hands PUBLISHes to.
+
+    Device PUBLISHes at QoS 0/1 take the reader's short path (plugins/reader.py); the flows below handle
+    the rest (QoS 2, RETAIN, service clients)."""
 
     bridge = None
 

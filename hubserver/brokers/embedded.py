@@ -69,6 +69,7 @@ class EmbeddedBroker:
         await self.router.start()
         self.bridge = RouterBridge(self.router)
         self.broker = HubBroker(self.config(), bridge=self.bridge, lifecycle=self, max_connections=self.max_connections)
+        self.bridge.broker = self.broker
         try:
             await self.broker.start()
         except BaseException as exc:
