@@ -1,7 +1,8 @@
 """``HubBroker``: amqtt 0.12.1's Broker with the corrections the hub needs (DESIGN §4).
 
 Each override is small and names the upstream behaviour it corrects; each is covered by a test in
-``tests/test_broker_behaviour.py`` that fails on the stock broker. amqtt is pinned to 0.12.1 for this reason.
+``tests/test_broker_behaviour.py`` (or ``tests/test_broker_memory.py``) that fails on the stock broker.
+amqtt is pinned to 0.12.1 for this reason.
 """
 
 import asyncio
@@ -121,6 +122,12 @@ class HubBroker(Broker):
             logger.info("%s connected again; closing its previous connection", session.client_id)
             if existing_handler.writer is not None:
                 await existing_handler.writer.close()
+            # Upstream (_handle_client_session, take-over): the new connection goes ahead while the old one's
+            # client loop is still ending, and that loop then marks the shared session "disconnected": the new
+            # connection got no live messages (they went to the offline queue). Here the old connection ends
+            # first (its Last Will included); upstream's take-over remains the fallback after TAKE_OVER_WAIT.
+            await self._until_disconnected(existing)
+            existing, existing_handler = self._sessions.get(session.client_id, (None, None))
         if existing is not None and principal_of(existing) != principal_of(session):
             await self._delete_session(session.client_id)  # never resume another principal's session
             existing = None
@@ -164,6 +171,14 @@ class HubBroker(Broker):
         handler._pending_unsubscriptions = LeanQueue()
         session.transitions.disconnect()
         return handler, session
+
+    TAKE_OVER_WAIT = 5.0  # seconds
+
+    async def _until_disconnected(self, session):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.TAKE_OVER_WAIT
+        while session.transitions.is_connected() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def _authenticate(self, session, listener):
         """Authentication already happened in _initialize_client_session (before any session was touched)."""

@@ -17,6 +17,7 @@ from transitions import Machine, MachineError
 
 from tests.conftest import make_service_user
 from tests.mqtt import RawClient, until
+from tests.test_broker_behaviour import broker  # noqa: F401 (the fixture: the hub's broker, then stock amqtt)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,6 +102,51 @@ async def test_a_connection_runs_on_lean_objects(hub, service, clients):
     assert isinstance(handler._pending_subscriptions, LeanQueue)
     assert isinstance(handler._pending_unsubscriptions, LeanQueue)
     assert _waiting_loop_tasks() == [], "the client loop waits without a task per queue"
+
+
+async def test_take_over_and_persistent_resume_move_the_session_state(broker, service, clients):  # noqa: F811
+    """Upstream, the taken-over connection's loop marks the shared session disconnected after the new
+    connection took it: the new connection then gets no live messages (the stock run fails here)."""
+    hub, broker = broker, broker.broker
+    watcher = clients(hub.port, "watcher", *service)
+    await watcher.connect()
+    await watcher.subscribe("lab/will", qos=0)
+
+    first = clients(hub.port, "roamer", *service, clean_session=False, will=("lab/will", b"first gone"))
+    await first.connect()
+    await first.subscribe("lab/roam", qos=1)
+    session, first_handler = broker._sessions["roamer"]
+    assert session.transitions.state == "connected" and session.last_connect_time is not None
+
+    # A second connection with the same client id takes the session over [MQTT-3.1.4-2].
+    second = clients(hub.port, "roamer", *service, clean_session=False)
+    await second.connect()
+    await first.wait_disconnected()
+    assert second.session_present
+    resumed, second_handler = broker._sessions["roamer"]
+    assert resumed is session and second_handler is not first_handler
+    await asyncio.sleep(0.2)  # the old connection's loop has ended
+    assert session.transitions.is_connected()
+    await hub.publish("lab/roam", b"to the new connection", qos=1)
+    assert [m.payload for m in await second.wait_messages(1)] == [b"to the new connection"]
+    assert first.messages == []
+
+    # A clean DISCONNECT: the session is kept, disconnected, and queues QoS 1 messages while offline.
+    await second.disconnect()
+    await until(lambda: session.transitions.state == "disconnected", message="session disconnected")
+    assert session.last_disconnect_time is not None
+    await hub.publish("lab/roam", b"while offline", qos=1)
+    await until(lambda: session.retained_messages.qsize() == 1, message="the offline queue")
+
+    third = clients(hub.port, "roamer", *service, clean_session=False)
+    await third.connect()
+    assert third.session_present
+    assert [(m.payload, m.qos, m.retain) for m in await third.wait_messages(1)] == [(b"while offline", 1, False)]
+    assert session.transitions.is_connected() and session.last_disconnect_time is None
+    assert session.retained_messages.empty()
+    await asyncio.sleep(0.2)
+    will_messages = [m.payload for m in watcher.messages]
+    assert b"first gone" in will_messages, "the taken-over connection ended abnormally: its will is published"
 
 
 async def test_the_client_loop_handles_subscribe_unsubscribe_messages_then_the_disconnection(hub, service, clients):
