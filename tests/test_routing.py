@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from hubserver import signals
+from hubserver.exceptions import ConfigurationError
 from hubserver.routing import BatchCommitError, MessageRouter, Refusal, RouterNotRunning
 from hubserver.routing import batch as batch_module
 from hubserver.routing import router as router_module
@@ -478,6 +479,14 @@ async def test_oversize_payload_is_refused(hub, thermometer):
     assert ok.stored
     assert await count(ThermometerMessage) == 1
     assert router.stats()["refused"] == {Refusal.PAYLOAD_TOO_LARGE: 1}
+
+
+async def test_the_router_refuses_to_start_without_time_zone_support(settings, transactional_db):
+    settings.USE_TZ = False
+    router = MessageRouter()
+    with pytest.raises(ConfigurationError, match="USE_TZ = True"):
+        await router.start()
+    assert not router.running
 
 
 async def test_submit_needs_a_running_router(transactional_db):

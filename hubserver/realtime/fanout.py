@@ -92,6 +92,7 @@ async def on_commit(results):
     layer = get_layer()
     if layer is None or not results:
         return
+    results = _listened(layer, results)
     status_ids = {}
     for result in results:
         if result.kind == "status" and result.message_id is not None:
@@ -116,6 +117,26 @@ async def on_commit(results):
             by_device.setdefault((result.type_name, result.device_id), []).extend(events)
     if by_type:
         await publish(by_type, by_device, layer)
+
+
+def _listened(layer, results):
+    """The results somebody may be watching: with the in-memory layer, nothing is built for a device whose
+    type group and device group are both empty (no live view open)."""
+    if not isinstance(layer, InMemoryChannelLayer):
+        return results
+    listened = {}
+    kept = []
+    for result in results:
+        key = (result.type_name, result.device_id)
+        wanted = listened.get(key)
+        if wanted is None:
+            type_name, device_id = key
+            wanted = listened[key] = bool(type_name and device_id) and (
+                _has_members(layer, type_group(type_name)) or _has_members(layer, device_group(type_name, device_id))
+            )
+        if wanted:
+            kept.append(result)
+    return kept
 
 
 # Commands ----------------------------------------------------------------------------------------------

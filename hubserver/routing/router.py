@@ -9,11 +9,13 @@ through the group-commit writer and is answered after its batch commits.
 import asyncio
 import logging
 from collections import Counter
-from datetime import UTC
+from datetime import UTC, datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from ..conf import hub_settings
+from ..exceptions import ConfigurationError
 from ..registry import registry
 from .batch import write_batch
 from .devices import DeviceCache, device_key
@@ -57,6 +59,8 @@ class MessageRouter:
         """
         if self._started:
             return
+        if not settings.USE_TZ:
+            raise ConfigurationError("the hub stores aware UTC timestamps: set USE_TZ = True in the Django settings")
         self._started = True
         self._prefix = hub_settings.TOPIC_PREFIX
         self._max_payload = hub_settings.MAX_PAYLOAD_SIZE
@@ -300,9 +304,10 @@ class MessageRouter:
 
 
 def _aware(received_at):
+    """The broker's receive time as an aware UTC datetime (the hub runs with USE_TZ; naive means UTC)."""
     if received_at is None:
-        return timezone.now()
-    if timezone.is_naive(received_at):
+        return datetime.now(UTC)
+    if received_at.tzinfo is None:
         return received_at.replace(tzinfo=UTC)
     return received_at.astimezone(UTC)
 
