@@ -10,6 +10,7 @@ from .bridge import Outcome
 from .reader import FastReaderHandler
 
 logger = logging.getLogger("hubserver.mqtt")
+_amqtt_logger = logging.getLogger("amqtt.mqtt.protocol.handler")
 
 
 class HubProtocolHandler(FastReaderHandler):
@@ -19,6 +20,15 @@ class HubProtocolHandler(FastReaderHandler):
     the rest (QoS 2, RETAIN, service clients)."""
 
     bridge = None
+
+    # Upstream (ProtocolHandler._init_session): each connection gets a LoggerAdapter (~0.8 KB) only to add a
+    # client_id extra that the hub's log format does not print, and a write-keepalive timer (start and
+    # _send_packet, re-armed on every packet sent) for handle_write_timeout, which does nothing in a broker.
+    # Here: amqtt's handler logger itself, and no write timer (the read keepalive is the reader's watchdog).
+    def _init_session(self, session):
+        super()._init_session(session)
+        self.logger = _amqtt_logger
+        self.keepalive_timeout = None
 
     # Upstream (handler.py, _reader_loop / broker_handler.handle_read_timeout): a read timeout is ignored, so a
     # silent client is never disconnected. HubBroker sets the read timeout to 1.5x keepalive; here the
