@@ -41,8 +41,8 @@ class Command(BaseCommand):
             "--event-loop",
             choices=EVENT_LOOPS,
             default=None,
-            help="uvloop (faster; falls back to asyncio's own loop when not installed) or asyncio "
-            "(HUBSERVER_EVENT_LOOP; default uvloop)",
+            help="uvloop (the default; asyncio's own loop where uvloop is not installed) or asyncio "
+            "(HUBSERVER_EVENT_LOOP)",
         )
 
     def handle(self, *args, host, http_port, mqtt_port, event_loop=None, **options):
