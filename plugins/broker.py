@@ -234,15 +234,13 @@ class HubBroker(Broker):
                     await wake
                     continue
                 if not subscriptions.empty():
-                    request = _done(loop, subscriptions.get_nowait())
-                    await self._handle_subscription(client_session, handler, request)
+                    await self._handle_subscription(client_session, handler, _next(loop, subscriptions))
                 if not unsubscriptions.empty():
-                    request = _done(loop, unsubscriptions.get_nowait())
-                    await self._handle_unsubscription(client_session, handler, request)
-                if not messages.empty():
-                    message = _done(loop, messages.get_nowait())
-                    if not await self._handle_message_delivery(client_session, handler, message):
-                        break
+                    await self._handle_unsubscription(client_session, handler, _next(loop, unsubscriptions))
+                if not messages.empty() and not await self._handle_message_delivery(
+                    client_session, handler, _next(loop, messages)
+                ):
+                    break
         except asyncio.CancelledError:
             logger.debug("%s: client loop cancelled", client_session.client_id)  # upstream ends the loop too
         finally:
@@ -410,8 +408,8 @@ class HubBroker(Broker):
             await asyncio.wait(tasks)
 
 
-def _done(loop, result):
-    """A completed future: upstream's _handle_* methods take the waiter that produced their request."""
+def _next(loop, queue):
+    """The queue's next item in a completed future: upstream's _handle_* methods take the waiter of a request."""
     future = loop.create_future()
-    future.set_result(result)
+    future.set_result(queue.get_nowait())
     return future

@@ -8,6 +8,7 @@ persistent-session resume, offline queueing), the queue semantics, and the clien
 
 import asyncio
 import itertools
+import logging
 import struct
 
 import pytest
@@ -102,6 +103,8 @@ async def test_a_connection_runs_on_lean_objects(hub, service, clients):
     assert isinstance(handler._pending_subscriptions, LeanQueue)
     assert isinstance(handler._pending_unsubscriptions, LeanQueue)
     assert _waiting_loop_tasks() == [], "the client loop waits without a task per queue"
+    assert handler._keepalive_task is None, "no write-keepalive timer (its callback does nothing in a broker)"
+    assert not isinstance(handler.logger, logging.LoggerAdapter)
 
 
 async def test_take_over_and_persistent_resume_move_the_session_state(broker, service, clients):  # noqa: F811
