@@ -13,6 +13,7 @@ import types
 from collections import Counter
 from functools import partial
 
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
@@ -84,16 +85,25 @@ class HubBroker(Broker):
         )
 
     # Upstream (_client_connected): max_connections makes extra clients wait on a semaphore, silently.
-    # Here the connection over the limit is refused at once, logged and counted.
-    async def _client_connected(self, listener_name, reader, writer):
-        if self.max_connections and sum(self._live.values()) >= self.max_connections:
-            self.refused["max_connections"] += 1
-            logger.warning(
-                "refusing a connection on %r: %d connections is the limit", listener_name, self.max_connections
-            )
-            await writer.close()
-            return
-        await super()._client_connected(listener_name, reader, writer)
+    # Here the connection over the limit is refused at once, logged and counted. Checked where connections
+    # arrive (upstream's stream_connected and external_connected, one line each), so that no extra
+    # coroutine stays on the stack of every connection.
+    async def stream_connected(self, reader, writer, listener_name):
+        reader, writer = StreamReaderAdapter(reader), StreamWriterAdapter(writer)
+        if not await self._refused_over_the_limit(listener_name, writer):
+            await self._client_connected(listener_name, reader, writer)
+
+    async def external_connected(self, reader, writer, listener_name):
+        if not await self._refused_over_the_limit(listener_name, writer):
+            await self._client_connected(listener_name, reader, writer)
+
+    async def _refused_over_the_limit(self, listener_name, writer):
+        if not self.max_connections or sum(self._live.values()) < self.max_connections:
+            return False
+        self.refused["max_connections"] += 1
+        logger.warning("refusing a connection on %r: %d connections is the limit", listener_name, self.max_connections)
+        await writer.close()
+        return True
 
     # Upstream (_initialize_client_session): an existing session with the same client id is deleted or
     # taken over *before* authentication, so a CONNECT with a wrong password could wipe a live device's
@@ -107,6 +117,11 @@ class HubBroker(Broker):
             raise
         except (AMQTTError, NoDataError) as exc:
             raise AMQTTError(exc) from exc
+        # Upstream (BrokerProtocolHandler.__init__): two asyncio.Queues per connection (~3.2 KB each) for
+        # SUBSCRIBE and UNSUBSCRIBE requests, which _client_message_loop below reads without a task each.
+        # Replaced before authentication, which connections of a reconnect storm wait for in their thousands.
+        handler._pending_subscriptions = LeanQueue()
+        handler._pending_unsubscriptions = LeanQueue()
         if not session.client_id:
             session.client_id = gen_client_id()
         if not await super()._authenticate(session, None):
@@ -155,10 +170,6 @@ class HubBroker(Broker):
         # Upstream: keepalive is never enforced. MQTT 3.1.1 §3.1.2.10: disconnect after 1.5x keepalive.
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
-        # Upstream (BrokerProtocolHandler.__init__): two asyncio.Queues per connection (~3.2 KB each) for
-        # SUBSCRIBE and UNSUBSCRIBE requests, which _client_message_loop below reads without a task each.
-        handler._pending_subscriptions = LeanQueue()
-        handler._pending_unsubscriptions = LeanQueue()
         handler.bridge = self.bridge
         return handler, session
 
