@@ -183,7 +183,7 @@ class HubBroker(Broker):
         session.transitions.disconnect()
         return handler, session
 
-    TAKE_OVER_WAIT = 5.0  # seconds
+    TAKE_OVER_WAIT = 2.0  # seconds
 
     async def _until_disconnected(self, session):
         loop = asyncio.get_running_loop()
