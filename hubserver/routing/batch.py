@@ -114,12 +114,24 @@ class Rows:
             setattr(device, name, value)
         self.device_fields.setdefault(type(device), set()).update(values)
 
+    def seen(self, device, when):
+        """Raise the device's ``last_seen`` to ``when`` (cheap per message: one dict write, or none)."""
+        last = device.last_seen
+        if last is None or when > last:
+            if id(device) not in self.devices:
+                self.update_device(device, last_seen=when)
+            else:
+                device.last_seen = when
+                self.device_fields[type(device)].add("last_seen")
+
     def save(self):
+        converted = {}  # one conversion per datetime value per batch (rows share receive and process times)
         for key, stored in self.inserts.items():
             inserter = _inserters.get(key)
             if inserter is None:
                 inserter = _inserters[key] = RowInserter(*key)
-            for row, pk in zip(stored, inserter.insert([row.values for row in stored]), strict=True):
+            pks = inserter.insert([row.values for row in stored], converted=converted)
+            for row, pk in zip(stored, pks, strict=True):
                 row.pk = pk
         by_model = {}
         for device, _ in self.devices.values():
@@ -258,8 +270,7 @@ _reading_columns = {}  # DeviceType -> its Reading columns, in declaration order
 def _record_activity(work, rows, stay):
     """Any message is a heartbeat: refresh last_seen, and bring an offline device back online."""
     device = work.device
-    if device.last_seen is None or work.received_at > device.last_seen:
-        rows.update_device(device, last_seen=work.received_at)
+    rows.seen(device, work.received_at)
     if not stay and device.status == OFFLINE:
         _set_status(work, rows, ONLINE)
 

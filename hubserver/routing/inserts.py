@@ -45,15 +45,18 @@ class RowInserter:
         self._head = f"INSERT INTO {quote(self.model._meta.db_table)} ({names}) VALUES "
         self._tail = f" RETURNING {quote(self.model._meta.pk.column)}"
         self._converters = [
-            (index, converter)
+            (index, converter, isinstance(field, DateTimeField))  # datetimes: hashable and often shared
             for index, field in enumerate(self._fields)
             if (converter := _converter(field, connection)) is not None
         ]
         self._chunk = max(1, connection.ops.bulk_batch_size(all_fields, [None] * 1000))
         self._prepared = connection.alias
 
-    def insert(self, rows):
-        """Insert ``rows`` (sequences of values in ``columns`` order); returns the new primary keys in order."""
+    def insert(self, rows, converted=None):
+        """Insert ``rows`` (sequences of values in ``columns`` order); returns the new primary keys in order.
+
+        ``converted`` (a dict, optional) remembers database values of hashable values across calls, so a
+        datetime shared by many rows of a batch is converted once."""
         if not rows:
             return []
         connection = connections[self.using]
@@ -61,12 +64,20 @@ class RowInserter:
             self._prepare(connection)
         defaults = [f.get_db_prep_save(f.get_default(), connection) for f in self._defaulted]
         converters = self._converters
+        memo = {} if converted is None else converted
         prepared = []
         for row in rows:
             values = list(row)
-            for index, converter in converters:
+            for index, converter, cacheable in converters:
                 value = values[index]
-                if value is not None:
+                if value is None:
+                    continue
+                if cacheable:
+                    db_value = memo.get(value)
+                    if db_value is None:
+                        db_value = memo[value] = converter(value)
+                    values[index] = db_value
+                else:
                     values[index] = converter(value)
             if defaults:
                 values.extend(defaults)

@@ -70,7 +70,7 @@ def parse_data(device_type, obj, default_timestamp):
         else:
             errors.append(f"readings: expected a list, got {_json_type(items)}")
     else:
-        raw = {name: obj[name] for name in declared if name in obj}
+        raw = {name: value for name, value in obj.items() if name in declared}
     readings = {}
     for name, value in raw.items():
         if value is None:

@@ -219,13 +219,16 @@ class MessageRouter:
         """The Work fields naming the device, or a future already resolved with the refusal."""
         device_type = registry.get(type_name)
         models = registry.get_models(type_name) if device_type is not None else None
-        refusal = {"topic": topic, "client_id": client_id, "kind": kind, "key": (type_name, device_id)}
         if models is None:
-            return self._refuse(Refusal.UNKNOWN_TYPE, f"unknown device type {type_name!r}", **refusal)
-        key = refusal["key"] = device_key(device_type, device_id)
+            error = f"unknown device type {type_name!r}"
+            return self._refuse(
+                Refusal.UNKNOWN_TYPE, error, topic=topic, client_id=client_id, kind=kind, key=(type_name, device_id)
+            )
+        key = device_key(device_type, device_id)
         state = self.devices.peek(key)
         if isinstance(state, str):
-            return self._refuse(state, f"{state.replace('_', ' ')} {device_id!r}", **refusal)
+            error = f"{state.replace('_', ' ')} {device_id!r}"
+            return self._refuse(state, error, topic=topic, client_id=client_id, kind=kind, key=key)
         future = asyncio.get_running_loop().create_future()
         return {"key": key, "device_type": device_type, "models": models, "future": future}
 
@@ -247,6 +250,7 @@ class MessageRouter:
     async def _after_commit(self, works):
         results = []
         to_dispatch = []
+        alive = {}  # device key -> whether it is alive after this batch (its last event wins)
         for work in works:
             result = work.result
             if work.error is not None or result is None:
@@ -267,18 +271,22 @@ class MessageRouter:
                 if result.processing_status == "failed":
                     self._counts["failed"] += 1
                     type_counts["failed"] += 1
-            self._track(work)
+            if work.kind != HEARTBEAT_TIMEOUT:
+                alive[work.key] = work.kind != DISCONNECT
             if self._dispatcher.wants(work):
                 to_dispatch.append(work)
+        self._track(alive)
         await self._dispatcher.put(to_dispatch, results)
 
-    def _track(self, work):
+    def _track(self, alive):
+        """Heartbeat bookkeeping once per device per batch: touched, or forgotten once it disconnected."""
         if self._heartbeat is None:
             return
-        if work.kind == DISCONNECT:
-            self._heartbeat.forget(work.key)
-        elif work.kind != HEARTBEAT_TIMEOUT:
-            self._heartbeat.touch(work.key)
+        for key, is_alive in alive.items():
+            if is_alive:
+                self._heartbeat.touch(key)
+            else:
+                self._heartbeat.forget(key)
 
     def stats(self):
         """Counters for metrics: messages received/stored/failed, refusals by reason, batches."""

@@ -63,6 +63,9 @@ class GroupCommitWriter:
         """Queue ``item``; awaits only while the queue is full (back-pressure)."""
         if not self._accepting:
             raise RouterNotRunning("the router is not running")
+        if not self._queue.full():
+            self._queue.put_nowait(item)  # the usual case: no coroutine to create and run
+            return
         await self._queue.put(item)
         if self._finished:  # we waited for room while the writer stopped: nobody will write it
             self._fail_pending()
