@@ -77,6 +77,7 @@ class FastReaderHandler(BrokerProtocolHandler):
     async def _reader_loop(self):
         loop = asyncio.get_running_loop()
         self._acks = collections.deque()  # (packet id or None, router future, topic, payload, qos) in order
+        self._client = self.session  # outlives a detach: messages committed after a disconnect are still its own
         self._fast = self._short_path_allowed()
         self._last_read = loop.time()
         self._watchdog = None
@@ -215,6 +216,7 @@ class FastReaderHandler(BrokerProtocolHandler):
     def _release(self, _=None):
         """Send the PUBACKs (and deliver the messages) whose turn has come: in arrival order, one write."""
         acks = self._acks
+        session = self._client
         out = []
         while acks:
             packet_id, future, topic, payload, qos = acks[0]
@@ -223,11 +225,11 @@ class FastReaderHandler(BrokerProtocolHandler):
                     break
                 error = "cancelled" if future.cancelled() else future.exception()
                 if error is None and future.result().stored:
-                    self.bridge.deliver(self.session, topic, payload, qos)
+                    self.bridge.deliver(session, topic, payload, qos)
                 elif error is not None and qos:
                     logger.warning(
                         "%s: message on %r not stored (%s); closing the connection unacknowledged",
-                        self.session.client_id,
+                        session.client_id,
                         topic,
                         error,
                     )
@@ -236,7 +238,7 @@ class FastReaderHandler(BrokerProtocolHandler):
                         self._reader_task.cancel()
                     break
                 elif error is not None:
-                    logger.warning("%s: a QoS 0 message on %r was lost: %s", self.session.client_id, topic, error)
+                    logger.warning("%s: a QoS 0 message on %r was lost: %s", session.client_id, topic, error)
             acks.popleft()
             if packet_id is not None:
                 out.append(_PUBACK + packet_id.to_bytes(2, "big"))
@@ -250,7 +252,7 @@ class FastReaderHandler(BrokerProtocolHandler):
         try:
             writer.write(data)
         except (ConnectionError, RuntimeError) as exc:
-            logger.debug("%s: PUBACKs not sent: %s", self.session.client_id, exc)
+            logger.debug("%s: PUBACKs not sent: %s", self._client.client_id, exc)
             return
         if type(writer) is not StreamWriterAdapter:
             task = asyncio.ensure_future(writer.drain())
