@@ -76,19 +76,17 @@ class FastReaderHandler(BrokerProtocolHandler):
 
     async def _reader_loop(self):
         loop = asyncio.get_running_loop()
-        self._acks = collections.deque()  # (packet id or None, router future, topic, payload, qos) in order
+        self._acks = None  # deque of (packet id or None, router future, topic, payload, qos), made on first use
+        self._tasks = None  # amqtt handler tasks still running, made on first use (idle devices have none)
         self._client = self.session  # outlives a detach: messages committed after a disconnect are still its own
         self._fast = self._short_path_allowed()
         self._last_read = loop.time()
         self._watchdog = None
         self._start_watchdog(loop)
         read = self.reader.read
-        tasks = collections.deque()
         self._reader_ready.set()
         try:
             while True:
-                while tasks and tasks[0].done():
-                    tasks.popleft()
                 try:
                     head = await read(2)
                     length, shift, byte = head[1] & 0x7F, 7, head[1]
@@ -113,7 +111,10 @@ class FastReaderHandler(BrokerProtocolHandler):
                     logger.debug("%s: packet discarded: %s", self.session.client_id, exc)
                     continue
                 if task is not None:
-                    tasks.append(task)
+                    if self._tasks is None:
+                        self._tasks = set()
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
@@ -121,8 +122,8 @@ class FastReaderHandler(BrokerProtocolHandler):
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
-        while tasks:
-            tasks.popleft().cancel()
+        for task in list(self._tasks or ()):
+            task.cancel()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
@@ -206,6 +207,8 @@ class FastReaderHandler(BrokerProtocolHandler):
                 exc,
             )
             return False
+        if self._acks is None:
+            self._acks = collections.deque()
         self._acks.append((packet_id, future, topic, payload, qos))
         if future is None:  # refused by the ACL: acknowledged, neither stored nor delivered
             self._release()
