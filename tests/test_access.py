@@ -207,6 +207,11 @@ async def test_verifier_bounds_concurrent_checks(monkeypatch):
     assert 1 <= state["max"] <= 2
 
 
+def test_device_secrets_hash_on_one_thread_more_than_the_cores():
+    assert verifier.device_verifier.concurrency == verifier.default_concurrency() + 1
+    assert verifier.service_verifier.concurrency == 1
+
+
 async def test_verifier_keeps_its_threads_fed_and_cancelled_clients_cost_no_hashing(monkeypatch):
     started = []
     release = threading.Event()
