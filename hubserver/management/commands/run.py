@@ -18,6 +18,7 @@ from ...brokers.embedded import EmbeddedBroker, PortInUse
 from ...conf import EVENT_LOOPS, hub_settings
 from ...routing import MessageRouter
 from ..database import migrate_quietly
+from ..gc_tuning import tune_for_serving
 
 logger = logging.getLogger("hubserver")
 
@@ -65,6 +66,7 @@ class Command(BaseCommand):
         except PortInUse as exc:
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
         set_engine(engine)
+        tune_for_serving()
 
         def stop_engine():
             self.stdout.write("Stopping: no new connections; committing what is queued...")
