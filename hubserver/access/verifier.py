@@ -4,13 +4,13 @@
   releases the GIL, so the pool really uses the cores while the loop keeps serving sockets.
 - Bounded: a thread semaphore (one slot per hashing thread: the cores plus one for device secrets, see
   ``hashing_threads``) caps concurrent hashing for async and sync callers together, so a reconnect
-  storm queues instead of thrashing memory (8 MiB per argon2 verify). Async
-  callers also wait on a per-loop asyncio semaphore before submitting work. It admits a few verifications
-  per hashing thread (``QUEUED_PER_THREAD``), not one: a thread that finishes a hash finds the next one
-  already queued instead of idling until the busy event loop has handed the result back and submitted
-  more (with one slot per thread, the threads sat idle most of a 1,000-device reconnect storm). A
-  client that disconnects while queued costs no hashing either way: waiting on the semaphore it is simply
-  cancelled, and a submitted job that has not started is withdrawn from the pool with it.
+  storm queues instead of thrashing memory (8 MiB per argon2 verify). Async callers also wait on a
+  per-loop asyncio semaphore before submitting work. It admits a few verifications per hashing thread
+  (``QUEUED_PER_THREAD``), not one: a thread that finishes a hash finds the next one already queued
+  instead of idling until the busy event loop has handed the result back and submitted more (with one
+  slot per thread, the threads sat idle most of a 1,000-device reconnect storm). A client that
+  disconnects while queued costs no hashing either way: waiting on the semaphore it is simply cancelled,
+  and a submitted job that has not started is withdrawn from the pool with it.
 - Cached: a successful verification is remembered under a keyed blake2b fingerprint of
   (kind, stored hash, secret). A hit therefore needs the same secret *and* the same stored hash: a
   rotation anywhere (admin, API, another process) changes the hash and misses automatically, without
