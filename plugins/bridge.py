@@ -26,9 +26,9 @@ class RouterBridge:
     connection, so the client sends the message again when it reconnects.
     """
 
-    def __init__(self, router, broker=None):
+    def __init__(self, router):
         self.router = router
-        self.broker = broker  # the HubBroker messages are delivered through (set once it exists)
+        self.broker = None  # the HubBroker stored messages are delivered through (set once it exists)
         self.refused = Counter()
         self.closing = False
 

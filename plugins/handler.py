@@ -19,8 +19,6 @@ class HubProtocolHandler(FastReaderHandler):
     Device PUBLISHes at QoS 0/1 take the reader's short path (plugins/reader.py); the flows below handle
     the rest (QoS 2, RETAIN, service clients)."""
 
-    bridge = None
-
     # Upstream (ProtocolHandler._init_session): each connection gets a LoggerAdapter (~0.8 KB) only to add a
     # client_id extra that the hub's log format does not print, and a write-keepalive timer (start and
     # _send_packet, re-armed on every packet sent) for handle_write_timeout, which does nothing in a broker.

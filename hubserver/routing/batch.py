@@ -244,14 +244,14 @@ def _message(work, obj, errors, now, correlation_id=""):
         work.received_at,
         now,
     )
-    return StoredRow(work.models[2], MESSAGE_COLUMNS, values, related={"device": work.device})
+    return StoredRow(work.models[2], MESSAGE_COLUMNS, values, device=work.device)
 
 
 def _reading(work, parsed):
     model = work.models[1]
     names = _reading_names(work.device_type)
     values = (work.device.pk, parsed.timestamp, work.received_at, *map(parsed.readings.get, names))
-    return StoredRow(model, _READING_HEAD + names, values, related={"device": work.device})
+    return StoredRow(model, _READING_HEAD + names, values, device=work.device)
 
 
 _READING_HEAD = ("device_id", "timestamp", "received_at")

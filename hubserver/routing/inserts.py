@@ -137,13 +137,13 @@ class RowUpdater:
 class StoredRow:
     """A row written by ``RowInserter``: its values and primary key, and a model instance on demand."""
 
-    __slots__ = ("_instance", "columns", "model", "pk", "related", "values")
+    __slots__ = ("_instance", "columns", "device", "model", "pk", "values")
 
-    def __init__(self, model, columns, values, related=None):
+    def __init__(self, model, columns, values, device=None):
         self.model = model
         self.columns = columns
         self.values = values
-        self.related = related or {}  # field name -> already loaded related instance (the device)
+        self.device = device  # the already loaded device the row belongs to (set on the instance: no query)
         self.pk = None
         self._instance = None
 
@@ -157,8 +157,8 @@ class StoredRow:
             instance.pk = self.pk
             instance._state.adding = False
             instance._state.db = "default"
-            for name, related in self.related.items():
-                setattr(instance, name, related)
+            if self.device is not None:
+                instance.device = self.device
             self._instance = instance
         return self._instance
 
