@@ -79,15 +79,22 @@ def _deny(**extra):
 # -- request parsing ------------------------------------------------------------------------------------
 
 
-def _token_ok(request):
-    """True when no broker token is configured, or the request carries ``Authorization: Bearer <token>``."""
+def _token_ok(request, endpoint):
+    """True when no broker token is configured, or the request carries ``Authorization: Bearer <token>``;
+    otherwise the refusal is counted (``<endpoint>_bad_token``) and logged."""
     expected = hub_settings.BROKER_AUTH_TOKEN
     if not expected:
         return True
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode("utf-8", "surrogatepass"), str(expected).encode())
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode("utf-8", "surrogatepass"), str(expected).encode()
+    ):
+        return True
+    stats.incr(f"{endpoint}_bad_token")
+    logger.warning(
+        "broker %s request from %s without the broker token; denied", endpoint, request.META.get("REMOTE_ADDR")
+    )
+    return False
 
 
 def _fields(request, names):
@@ -118,9 +125,7 @@ def _fields(request, names):
 @require_POST
 def broker_auth(request):
     """Authenticate a CONNECT for an external broker: ``{"result": "allow"|"deny"}``."""
-    if not _token_ok(request):
-        stats.incr("auth_bad_token")
-        logger.warning("broker auth request from %s without the broker token; denied", request.META.get("REMOTE_ADDR"))
+    if not _token_ok(request, "auth"):
         return _deny()
     data = _fields(request, ("username", "password", "clientid", "client_id"))
     if data is None:
@@ -265,9 +270,7 @@ def acl_decision(principal, action, topic):
 @require_POST
 def broker_acl(request):
     """Authorize a PUBLISH or SUBSCRIBE for an external broker: ``{"result": "allow"|"deny"}``."""
-    if not _token_ok(request):
-        stats.incr("acl_bad_token")
-        logger.warning("broker ACL request from %s without the broker token; denied", request.META.get("REMOTE_ADDR"))
+    if not _token_ok(request, "acl"):
         return _deny()
     data = _fields(request, ("username", "topic", "action"))
     action = ACTIONS.get((data or {}).get("action") or "")
