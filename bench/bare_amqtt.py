@@ -4,7 +4,7 @@ the hub with.
 Two plugins, nothing else: an auth plugin that accepts every CONNECT carrying a username and a password
 (the load generator's device credentials; nothing is hashed or looked up), and an event plugin that counts
 the PUBLISHes the broker has taken off its per-client queues (``MESSAGE_RECEIVED``). amqtt sends the QoS 1
-PUBACK as soon as it reads the packet, before any plugin runs (DESIGN §4), so this is the broker's own speed
+PUBACK as soon as it reads the packet, before any plugin runs, so this is the broker's own speed
 with nothing behind it.
 
 It listens on ``--host``:``--port`` (127.0.0.1 only) and prints, on its own lines:

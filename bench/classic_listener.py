@@ -1,9 +1,9 @@
-"""The classic pipeline's listener (seed 000): a separate process, paho-mqtt subscribed to a broker (Debian's
+"""The classic pipeline's listener: a separate process, paho-mqtt subscribed to a broker (Debian's
 Mosquitto in ``bench/peers.py``), that saves each message through the Django ORM, one message at a time.
 
 Django is set up with the hub's own settings (``hubserver.settings``) on the data directory given in
 ``HUBSERVER_DATA_DIR`` (``--data-dir``), a fresh one: it is migrated at start. For EACH message on
-``<prefix>/+/+/data`` (QoS 1), in paho's callback, as the seed's ``iot_listen`` does:
+``<prefix>/+/+/data`` (QoS 1), in paho's callback, as django-devicehub's ``iot_listen`` does:
 
 1. parse the topic and the JSON payload;
 2. look the device up (``WeatherStationDevice.objects.get(device_id=..., is_active=True)``);
@@ -80,7 +80,7 @@ def main(argv=None):
         print("classic_listener ready", flush=True)
 
     def on_message(client, userdata, message):
-        # One message, one lookup, two INSERTs, each committed on its own: the seed's design.
+        # One message, one lookup, two INSERTs, each committed on its own: the classic design.
         try:
             parts = message.topic.split("/")
             device = WeatherStationDevice.objects.get(device_id=parts[-2], is_active=True)

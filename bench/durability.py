@@ -1,5 +1,5 @@
 """Durability benchmark: QoS 1 publishing under load, SIGKILL of the hub, restart, and the count of messages
-that were acknowledged (PUBACK received) but are missing from the database. The goal is 0 (DESIGN §8).
+that were acknowledged (PUBACK received) but are missing from the database. The goal is 0.
 
 Each run:
 

@@ -1,4 +1,4 @@
-"""Idle scaling: the ingest rate with 0 and with 5,000 idle connected devices, and the ratio (DESIGN §8).
+"""Idle scaling: the ingest rate with 0 and with 5,000 idle connected devices, and the ratio (goal: >= 0.8).
 
 One hub process (``hubserver run`` on free local ports, fresh temporary SQLite data directory) serves the
 whole benchmark. It provisions ``--idle`` idle devices and ``--devices`` publishing devices, then:

@@ -1,4 +1,4 @@
-"""Ingest benchmark: how many device messages a second the hub commits to its database (DESIGN §8).
+"""Ingest benchmark: how many device messages a second the hub commits to its database.
 
 By default it starts its own ``hubserver run`` on free local ports with a fresh data directory, provisions
 ``--devices`` weather stations (each with its own credentials) with ``hubserver provision``, and spawns

@@ -1,4 +1,4 @@
-"""Memory: resident memory of the hub per idle connection, at 1,000 and at 5,000 connections (DESIGN §8).
+"""Memory: resident memory of the hub per idle connection, at 1,000 and at 5,000 connections.
 
 It starts a fresh hub (``hubserver run`` on free local ports, fresh temporary SQLite data directory),
 provisions the devices, and measures the hub's VmRSS (``/proc/<pid>/status``):

@@ -2,7 +2,7 @@
 
 1. the hub: ``hubserver run`` on free ports with a fresh data directory, devices provisioned as
    ``bench/ingest.py`` does; figure = messages committed per second (rows in its database);
-2. the classic pipeline of seed 000: Debian's Mosquitto on a free port (anonymous, 127.0.0.1 only) plus
+2. the classic pipeline (django-devicehub's design): Debian's Mosquitto on a free port (anonymous, 127.0.0.1 only) plus
    ``bench/classic_listener.py``, a separate paho process that saves each message through the ORM, one at
    a time, into its own fresh data directory; figure = rows committed per second. Mosquitto acknowledges
    before anything is stored, so the clock runs until the last row is in the database;

@@ -1,5 +1,5 @@
 """``hub_settings``: the ``HUBSERVER`` dict of Django settings, read lazily, validated, cached, and
-reloaded when a test changes it with ``override_settings`` (the seed 003 settings system)."""
+reloaded when a test changes it with ``override_settings``."""
 
 from django.core.signals import setting_changed
 
@@ -15,7 +15,7 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 NUMBER = (int, float)
 STR_LIST = "list of str"
 
-# Keys of one BROKERS entry (seed 002) with their type and default.
+# Keys of one BROKERS entry with their type and default.
 BROKER_DEFAULTS = {
     "ENGINE": (str, EXTERNAL_ENGINE),
     "HOST": (str, "localhost"),
@@ -33,7 +33,7 @@ BROKER_DEFAULTS = {
     "AUTH_BACKEND": (bool, False),
 }
 
-# Top-level keys: the seed's names first, then ours.
+# Top-level keys: django-devicehub's names first, then the hub's own.
 DEFAULTS = {
     "BROKERS": (dict, {"default": {"ENGINE": EMBEDDED_ENGINE}}),
     "TOPIC_PREFIX": (str, "things"),

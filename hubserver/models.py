@@ -1,4 +1,4 @@
-"""Abstract bases of the models generated for every DeviceType (seed 000 "Model Generation")."""
+"""Abstract bases of the models generated for every DeviceType."""
 
 from django.core.validators import RegexValidator
 from django.db import models

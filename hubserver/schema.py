@@ -11,7 +11,7 @@ TIMESTAMP = {
 
 
 def data_schema(device_type):
-    """The ``data`` topic payload: the flat format or the readings-list format (seed 000)."""
+    """The ``data`` topic payload: the flat format or the readings-list format."""
     readings = {name: reading.json_schema() for name, reading in device_type._readings.items()}
     flat = {
         "title": "flat",

@@ -1,4 +1,4 @@
-"""The six device lifecycle signals (seed 001). ``sender`` is always the DeviceType class.
+"""The six device lifecycle signals. ``sender`` is always the DeviceType class.
 
 Receivers may be sync or ``async def``: the hub sends with ``Signal.asend`` from the event loop, and
 Django runs each kind of receiver in its proper context.

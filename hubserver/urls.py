@@ -1,12 +1,12 @@
-"""The hub's own URLs, to include under ``iot/`` (seed 001): broker auth for external brokers, device HTTP
+"""The hub's own URLs, to include under ``iot/``: broker auth for external brokers, device HTTP
 ingestion, and (with the realtime layer) SSE streams and polling.
 
     urlpatterns = [path("iot/", include("hubserver.urls"))]
 
 | URL | view | |
 |---|---|---|
-| ``broker/auth/`` | ``views.broker_auth.broker_auth`` | POST: EMQX HTTP authentication (seed 002) |
-| ``broker/acl/`` | ``views.broker_auth.broker_acl`` | POST: EMQX HTTP authorization (seed 002) |
+| ``broker/auth/`` | ``views.broker_auth.broker_auth`` | POST: EMQX HTTP authentication |
+| ``broker/acl/`` | ``views.broker_auth.broker_acl`` | POST: EMQX HTTP authorization |
 | ``devices/<type>/<device_id>/data/`` | ``views.ingest.device_data`` | POST: a data message, API key auth |
 | ``devices/<type>/<device_id>/status/`` | ``views.ingest.device_status`` | POST: a status message, API key auth |
 

@@ -15,7 +15,8 @@ logger = logging.getLogger("hubserver.mqtt.auth")
 
 
 class HubAuthPlugin(BaseAuthPlugin):
-    """Returns True or False, never raises: amqtt sends no CONNACK when an auth plugin raises (DESIGN §4)."""
+    """Returns True or False, never raises: when an auth plugin raises, amqtt 0.12.1 swallows the exception
+    and sends no CONNACK, so the client would wait forever."""
 
     async def authenticate(self, *, session):
         try:

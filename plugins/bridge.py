@@ -1,5 +1,5 @@
 """The router bridge: every permitted PUBLISH from a device goes to the MessageRouter, and the broker
-acknowledges it only once the router has committed it (DESIGN §4-5: a PUBACK before commit loses
+acknowledges it only once the router has committed it (a PUBACK before commit loses
 acknowledged messages on a crash)."""
 
 import enum

@@ -1,4 +1,4 @@
-"""``HubBroker``: amqtt 0.12.1's Broker with the corrections the hub needs (DESIGN §4).
+"""``HubBroker``: amqtt 0.12.1's Broker with the corrections the hub needs (listed in docs/architecture.md).
 
 Each override is small and names the upstream behaviour it corrects; each is covered by a test in
 ``tests/test_broker_behaviour.py`` (or ``tests/test_broker_memory.py``) that fails on the stock broker.

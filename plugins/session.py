@@ -1,5 +1,5 @@
 """Where the hub keeps who a connected client is (on amqtt's per-session ``attributes`` dict), and the lean
-per-session objects that keep an idle connection small (DESIGN §8: <= 20 KB per idle connection).
+per-session objects that keep an idle connection small (thousands of idle devices stay a few KB each).
 
 Upstream (amqtt 0.12.1 ``Session``): every session builds a ``transitions.Machine`` (~16 KB and ~170 us per
 CONNECT) for three states, and every session and broker handler holds ``asyncio.Queue`` objects (~3.2 KB

@@ -71,7 +71,7 @@ def database(directory):
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{directory / 'hubserver.sqlite3'}"
     config = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        # A persistent connection per thread; a new one per batch tripled commit time (DESIGN §5).
+        # A persistent connection per thread; a new one per batch tripled commit time (measured).
         config["CONN_MAX_AGE"] = None
         config["OPTIONS"] = {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",

@@ -1,4 +1,4 @@
-"""The generated admin (seed 001 "Admin Customization"): registration, the seed's lists, the Device actions
+"""The generated admin: registration, the list columns, the Device actions
 (provision with credentials shown once, send a command, deactivate and disconnect) and the read-only
 Message audit trail."""
 
@@ -39,7 +39,7 @@ def action(client, model, name, devices, **extra):
     return client.post(url(model), data)
 
 
-# -- registration and the seed's lists ------------------------------------------------------------------
+# -- registration and the list columns, filters and searches -----------------------------------------------
 
 
 def test_every_generated_model_is_registered_and_its_changelist_renders(admin_client):

@@ -1,4 +1,4 @@
-"""The generated REST API (seed 001 "Auto-generated REST API"): URLs, permissions, device CRUD, the readings,
+"""The generated REST API: URLs, permissions, device CRUD, the readings,
 provision and commands actions, the readings endpoint's filters, ordering, pagination and CSV export."""
 
 import csv

@@ -1,5 +1,6 @@
-"""``POST /iot/broker/auth/`` and ``/iot/broker/acl/`` (seed 002): the HTTP adapter an external broker
-(EMQX) calls. Every decision is compared with the access layer's own functions: one implementation."""
+"""``POST /iot/broker/auth/`` and ``/iot/broker/acl/`` (EMQX's HTTP authenticator and
+authorizer): the HTTP adapter an external broker (EMQX) calls. Every decision is compared with the access
+layer's own functions: one implementation."""
 
 import json
 
@@ -264,7 +265,7 @@ def test_acl_matrix_for_devices_and_service_users_matches_the_acl_functions():
             for action, rule in ACTIONS:
                 expected = "allow" if rule(principal, topic) else "deny"
                 assert acl(username, topic, action) == expected, (username, topic, action)
-    # spot checks of the rules themselves (seed 002): own data/status publish, own cmd subscribe, nothing else
+    # spot checks of the rules themselves: own data/status publish, own cmd subscribe, nothing else
     device_username = creds["mqtt_username"]
     assert acl(device_username, "things/thermometer/t-1/data", "pub") == "allow"
     assert acl(device_username, "things/thermometer/t-1/status", "pub") == "allow"

@@ -1,4 +1,4 @@
-"""The lean per-connection objects of HubBroker (DESIGN §8: memory per idle connection).
+"""The lean per-connection objects of HubBroker (the goal: a small, bounded memory per idle connection).
 
 ``HubSession`` replaces amqtt's per-session ``transitions.Machine`` with ``SessionState``, ``LeanQueue``
 replaces the per-session and per-handler ``asyncio.Queue``s, and the client loop waits on one future instead

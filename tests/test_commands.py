@@ -38,8 +38,12 @@ async def test_unknown_commands_and_invalid_payloads_are_refused():
 
 async def test_round_trip_with_a_device_answering_on_reply(hub, clients):
     sent = []
-    signals.device_command_sent.connect(lambda sender, device, command, payload, **kw: sent.append(
-        (sender, device.device_id, command, payload)), sender=Thermometer, weak=False, dispatch_uid="t-sent")
+    signals.device_command_sent.connect(
+        lambda sender, device, command, payload, **kw: sent.append((sender, device.device_id, command, payload)),
+        sender=Thermometer,
+        weak=False,
+        dispatch_uid="t-sent",
+    )
     try:
         client, _ = await device_client(hub, clients, "thermometer", "c-1")
         await client.subscribe("things/thermometer/c-1/cmd", qos=1)
@@ -48,14 +52,19 @@ async def test_round_trip_with_a_device_answering_on_reply(hub, clients):
         assert message.command_status == "pending" and message.topic == "things/thermometer/c-1/cmd"
         received = await client.wait_messages(1)
         envelope = json.loads(received[0].payload)
-        assert envelope == {"command": "set_mode", "payload": {"mode": "manual"},
-                            "correlation_id": message.correlation_id}
+        assert envelope == {
+            "command": "set_mode",
+            "payload": {"mode": "manual"},
+            "correlation_id": message.correlation_id,
+        }
         assert received[0].topic == "things/thermometer/c-1/cmd"
         await until(lambda: sent, message="device_command_sent")
         assert sent == [(Thermometer, "c-1", "set_mode", {"mode": "manual"})]
         assert await status_of(message.correlation_id) == "delivered"
-        await client.publish("things/thermometer/c-1/reply", json.dumps(
-            {"correlation_id": message.correlation_id, "status": "ok", "result": {"mode": "manual"}}))
+        await client.publish(
+            "things/thermometer/c-1/reply",
+            json.dumps({"correlation_id": message.correlation_id, "status": "ok", "result": {"mode": "manual"}}),
+        )
         await hub.router.flush()
         row = await command_row(message.correlation_id)
         assert (row.command_status, row.command_result) == ("replied", {"mode": "manual"})
@@ -69,8 +78,10 @@ async def test_an_error_reply_marks_the_command_failed(hub, clients):
     device = await database_sync_to_async(Thermometer._device_model.objects.get)(device_id="c-2")
     message = await Thermometer.asend_command(device, "reboot")
     await client.wait_messages(1)
-    await client.publish("things/thermometer/c-2/reply", json.dumps(
-        {"correlation_id": message.correlation_id, "status": "error", "result": "busy"}))
+    await client.publish(
+        "things/thermometer/c-2/reply",
+        json.dumps({"correlation_id": message.correlation_id, "status": "error", "result": "busy"}),
+    )
     await hub.router.flush()
     row = await command_row(message.correlation_id)
     assert (row.command_status, row.command_result) == ("failed", "busy")
@@ -81,8 +92,7 @@ async def test_a_command_for_an_offline_device_waits_until_it_connects(hub, clie
     message = await Thermometer.asend_command(device, "reboot")
     await asyncio.sleep(0.3)
     assert await status_of(message.correlation_id) == "pending"
-    client = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"],
-                     credentials["mqtt_password"])
+    client = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"])
     await client.connect()
     await client.subscribe("things/thermometer/c-3/cmd", qos=1)
     received = await client.wait_messages(1)
@@ -104,8 +114,9 @@ async def test_commands_queued_without_a_running_hub_are_sent_after_it_starts(tr
     engine = EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=free_port())
     await engine.start()
     try:
-        client = clients(engine.port, credentials["mqtt_username"], credentials["mqtt_username"],
-                         credentials["mqtt_password"])
+        client = clients(
+            engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
+        )
         await client.connect()
         await client.subscribe("things/thermometer/c-4/cmd", qos=1)
         received = await client.wait_messages(1)

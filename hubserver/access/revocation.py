@@ -6,7 +6,7 @@ False) or ``"deleted"``. ``mqtt_username`` and ``device_id`` are the *old* value
 session authenticated with. The broker engine listens to drop that session at once; this package's
 verifier cache listens to forget the username.
 
-It is internal (not one of the seed's six public signals) and detected from the model signals of every
+It is internal (not one of the six public signals of ``hubserver.signals``) and detected from the model signals of every
 generated Device model, so the admin, the API and plain ``save()`` calls all trigger it. It is sent after
 the transaction commits: a device that reconnects the moment it is dropped must already see the new row,
 or it would re-authenticate with the old secret. ``bulk_update`` sends no model signals; code that

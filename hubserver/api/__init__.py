@@ -1,2 +1,2 @@
-"""Helpers of the generated REST API (seed 001 "Auto-generated REST API"): permissions, pagination, the CSV
+"""Helpers of the generated REST API: permissions, pagination, the CSV
 renderer, the OpenAPI additions (each DeviceType's payload schemas) and the self-hosted API docs."""

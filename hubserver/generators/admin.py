@@ -1,6 +1,6 @@
-"""Admin classes for a DeviceType's models (seed 001 "Admin Customization").
+"""Admin classes for a DeviceType's models.
 
-``create_admin(device_type)`` returns ``(DeviceAdmin, ReadingAdmin, MessageAdmin)`` with the seed's
+``create_admin(device_type)`` returns ``(DeviceAdmin, ReadingAdmin, MessageAdmin)`` with the
 ``list_display``, ``list_filter``, ``search_fields``, ``readonly_fields`` and ``date_hierarchy``; the hub
 registers them for every type when ``AUTO_ADMIN`` is on (``auto_register_admin``). Subclass them to
 customise, or register your own classes with ``AUTO_ADMIN`` off.
@@ -85,7 +85,8 @@ class SendCommandForm(forms.Form):
 
 
 class HubDeviceAdmin(admin.ModelAdmin):
-    """Base of every generated Device admin: the actions. ``create_admin`` sets the seed's lists."""
+    """Base of every generated Device admin: the actions. ``create_admin`` sets the list columns, filters and
+    searches."""
 
     device_type = None
     actions = ["provision_credentials", "send_command", "deactivate"]

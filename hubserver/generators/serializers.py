@@ -1,4 +1,4 @@
-"""``create_serializers()``: the DRF serializers of a DeviceType's models (seed 001 "Auto-generated REST API").
+"""``create_serializers()``: the DRF serializers of a DeviceType's models.
 
 Each generated class is named after its type (``ThermometerDeviceSerializer``...) so every type has its own
 OpenAPI components, and is made once per type: calling again returns the same classes.

@@ -1,4 +1,4 @@
-"""``get_iot_urlpatterns()``: the REST API URLs of every registered device type (seed 001).
+"""``get_iot_urlpatterns()``: the REST API URLs of every registered device type.
 
     urlpatterns = [..., *get_iot_urlpatterns("api")]
 

@@ -1,4 +1,4 @@
-"""``create_viewsets()``: the DRF viewsets of a DeviceType (seed 001 "Auto-generated REST API Details").
+"""``create_viewsets()``: the DRF viewsets of a DeviceType.
 
 ``DeviceViewSet`` is CRUD on devices, looked up by ``device_id``, with three actions: ``readings`` (the last
 N readings), ``provision`` (new credentials, shown once) and ``commands`` (send one; list the history).

@@ -1,6 +1,6 @@
 """``HubConsumer``: the WebSocket protocol at ``/ws/hub/``.
 
-Built the seed 003 way: ``receive()`` parses the frame -> ``EVENT_MAP`` names the handler -> permission
+Built in four steps: ``receive()`` parses the frame -> ``EVENT_MAP`` names the handler -> permission
 decorators (``@requires_view`` / ``@requires_change``) resolve and check the target off the loop and inject
 it -> the handler. ``@exception_handler`` turns every failure into ``{"type": "error", "code", "message",
 "request_id"}`` and the connection stays open.
@@ -138,8 +138,9 @@ class HubConsumer(AsyncWebsocketConsumer):
     # Channels plumbing -------------------------------------------------------------------------------
 
     async def dispatch(self, message):
-        """Channels' dispatch without its per-message hop to the ORM thread (DESIGN §2): handlers that need
-        the database use database_sync_to_async, which manages connections itself."""
+        """Channels' dispatch without its per-message hop to the ORM thread (which caps a consumer at a few
+        hundred frames a second): handlers that need the database use database_sync_to_async, which manages
+        connections itself."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

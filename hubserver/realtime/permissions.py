@@ -1,4 +1,4 @@
-"""Permission decorators of the consumer's handlers (seed 003), and the check SSE and polling share.
+"""Permission decorators of the consumer's handlers, and the check SSE and polling share.
 
 The API's rules (``hubserver.api.permissions``): reading a type's devices and readings needs ``view`` on
 its Device and Reading models; command events need ``view`` on its Message model too (the API's command

@@ -1,4 +1,4 @@
-"""WebSocket routing (seed 001 "WebSocket routing"), for an ASGI app of your own::
+"""WebSocket routing, for an ASGI app of your own::
 
     from channels.routing import ProtocolTypeRouter, URLRouter
     from hubserver.realtime.auth import HubAuthMiddlewareStack

@@ -1,4 +1,4 @@
-"""Server-Sent Events (seed 001: ``/iot/stream/{type}/`` and ``/iot/stream/{type}/{id}/``).
+"""Server-Sent Events (``/iot/stream/{type}/`` and ``/iot/stream/{type}/{id}/``).
 
 Each event is ``id: <cursor>`` (reading and status events only), ``event: <type>``, ``data: <JSON>``, the
 same JSON as on the WebSocket. Connection and command events carry no ``id:`` line, so they never move the

@@ -1,4 +1,4 @@
-"""SSE and polling URLs (seed 001 "URL Configuration"), included by ``hubserver.urls`` under ``iot/``:
+"""SSE and polling URLs, included by ``hubserver.urls`` under ``iot/``:
 
 | URL | view | |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Polling (seed 001 "URL Configuration": ``/iot/poll/{type}/`` and ``/iot/poll/{type}/{id}/``), and the
+"""Polling (``/iot/poll/{type}/`` and ``/iot/poll/{type}/{id}/``), and the
 request checks SSE shares: session or API token, then the API's ``view`` permissions.
 
 ``GET ?since=<cursor>&limit=<n>`` answers ``{"events": [...], "cursor": <int>}`` from the database only:

@@ -1,4 +1,4 @@
-"""Device payloads (seed 000 "Data payload formats", "Status payload format"), parsed with orjson.
+"""Device payloads (the flat and readings-list data formats, the status format), parsed with orjson.
 
 Parsing never raises for a bad field: it returns what is valid plus one error per invalid field, so the
 router can store the valid part and mark the Message failed with a reason naming every bad field.

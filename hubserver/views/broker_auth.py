@@ -1,5 +1,5 @@
 """``POST /iot/broker/auth/`` and ``POST /iot/broker/acl/``: the HTTP adapter of the access layer, for an
-external broker (EMQX's HTTP authenticator and authorizer, seed 002).
+external broker (EMQX's HTTP authenticator and authorizer).
 
 One implementation, two adapters: the embedded amqtt plugins and these views both decide with
 ``hubserver.access`` (``authenticate_mqtt*`` for CONNECT, ``can_publish``/``can_subscribe`` for topics).
@@ -152,7 +152,7 @@ def _engine_loop(engine):
 
 
 def _mark_online(principal):
-    """The seed's "on success, the device is marked online", without a write on the request when a hub
+    """A successful check marks the device online, without a write on the request when a hub
     engine runs in this process: the router's ``device_connected`` (status, ``device_connected`` signal,
     heartbeat tracking) is scheduled on the engine's loop and the view does not wait for it. Without an
     engine: one UPDATE of status and last_seen (no signal: nothing here could dispatch it after commit)."""

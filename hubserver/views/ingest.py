@@ -19,7 +19,7 @@ Answers (JSON):
         stopping, or the batch could not be committed (nothing stored: retry) |
 
 A payload the router cannot use (invalid JSON, a bad field) is still stored, as a Message with
-``processing_status=failed`` and the reason (the audit trail, DESIGN §5): the request answers 202 with
+``processing_status=failed`` and the reason (the audit trail): the request answers 202 with
 ``"status": "failed"`` and the ``error``, not 400, because the message *was* accepted and stored; a client
 must not retry it. The 202 comes after the commit, like an MQTT QoS 1 acknowledgement.
 """
@@ -147,7 +147,7 @@ async def _ingest(request, type_name, device_id, kind):
 @csrf_exempt
 @require_POST
 async def device_data(request, type_name, device_id):
-    """A data message (seed 000 flat or ``readings``-list format) of one device."""
+    """A data message (flat or ``readings``-list format) of one device."""
     return await _ingest(request, type_name, device_id, DATA)
 
 

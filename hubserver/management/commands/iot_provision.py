@@ -1,7 +1,7 @@
-"""``iot_provision``: seed 001's bulk provisioning command, for projects that add the hub's app to their own
+"""``iot_provision``: django-devicehub's bulk provisioning command, for projects that add the hub's app to their own
 Django project: ``python manage.py iot_provision weatherstation --count 50 --prefix ws- --format csv``.
 
-It is ``hubserver provision TYPE --count N`` (same numbering, output and rotation rules) with the seed's
+It is ``hubserver provision TYPE --count N`` (same numbering, output and rotation rules) with django-devicehub's
 options: ``device_type``, ``--count`` (default 1), ``--prefix``, ``--format``.
 """
 

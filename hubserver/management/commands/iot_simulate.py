@@ -1,4 +1,4 @@
-"""``iot_simulate``: seed 001's name of ``simulate``, for projects that add the hub's app to their own Django
+"""``iot_simulate``: django-devicehub's name of ``simulate``, for projects that add the hub's app to their own Django
 project (``python manage.py iot_simulate weatherstation --count 5 --realistic``)."""
 
 from .simulate import Command as SimulateCommand

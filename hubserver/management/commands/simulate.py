@@ -3,7 +3,7 @@
 It provisions the devices it needs (``--prefix`` + a number: ``sim-0001``...) in the hub's database, so run
 it on the hub's data directory, next to ``hubserver run``. Each device connects with its own credentials,
 announces itself online (Last Will: offline), publishes data every ``--interval`` seconds, and answers every
-command on its ``reply`` topic. Options per seed 001 ``iot_simulate``.
+command on its ``reply`` topic. Its options are django-devicehub's ``iot_simulate`` options.
 """
 
 import argparse
