@@ -7,6 +7,8 @@ from django.test import override_settings
 
 from tests.mqtt import Client, free_port
 
+pytest_plugins = ["tests.service_fixtures"]
+
 
 @pytest.fixture
 def hub_settings_override():
