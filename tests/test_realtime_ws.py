@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from hubserver.commands import dispatcher as command_dispatcher
@@ -27,6 +28,7 @@ from tests.realtime_urls import (
     request,
     session_cookie,
     viewer,
+    websocket_app,
 )
 from tests.testapp.models import ThermometerReading
 
@@ -173,12 +175,94 @@ async def test_api_tokens_authenticate_scripts():
         await ws.disconnect()
 
 
-async def test_session_sockets_from_a_foreign_origin_are_refused():
+HUB_HOST = (b"host", b"localhost:8000")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"https://evil.example",
+        b"http://localhost:9999",  # same host, another port: browsers send the cookie there too
+        b"https://localhost:8000",  # same host and port, another scheme
+        b"http://localhost",  # the default port is another port
+        b"http://127.0.0.1:8000",  # an allowed host, but not the one this socket was opened on
+        b"http://localhost:8000.evil.example",
+        b"null",  # sandboxed frames and file:// pages
+        b"",
+    ],
+)
+async def test_session_sockets_from_another_origin_are_closed_with_4403(origin, caplog):
+    """A page on another origin (scheme, host or port) opening /ws/hub/ with the user's session cookie is
+    accepted and then closed with 4403, the code the page's ``onclose`` sees; nothing is served."""
+    user = await make_user("browser", VIEW)
+    ws = await open_ws([await session_cookie(user), HUB_HOST, (b"origin", origin)])
+    assert await _closed_with(ws) == 4403
+    assert "foreign origin" in caplog.text
+
+
+async def test_session_sockets_from_the_hubs_own_origin_are_served():
     user = await make_user("browser", VIEW)
     cookie = await session_cookie(user)
-    ws = await open_ws([cookie, (b"origin", b"https://evil.example")])
+    for headers in (
+        [cookie, HUB_HOST, (b"origin", b"http://localhost:8000")],
+        [cookie, (b"host", b"LOCALHOST:8000"), (b"origin", b"http://localhost:8000")],
+        [cookie, (b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")],
+        [cookie, (b"host", b"[::1]:8000"), (b"origin", b"http://[::1]:8000")],
+        [cookie, HUB_HOST],  # no Origin: not a browser, which always sends one on a WebSocket handshake
+    ):
+        ws = await open_ws(headers)
+        assert await request(ws, {"type": "ping", "request_id": 1}) == {"type": "pong", "request_id": 1}
+        await ws.disconnect()
+
+
+async def test_the_own_origin_needs_an_allowed_host_and_the_same_scheme():
+    user = await make_user("browser", VIEW)
+    cookie = await session_cookie(user)
+    # A Host outside ALLOWED_HOSTS is not the hub's own origin, whatever the Origin says.
+    ws = await open_ws([cookie, (b"host", b"evil.example"), (b"origin", b"http://evil.example")])
     assert await _closed_with(ws) == 4403
-    ws = await open_ws([cookie, (b"origin", b"http://localhost:8000")])
+    # A TLS socket (wss) is the https origin, not the http one.
+    communicator = WebsocketCommunicator(
+        websocket_app, "/ws/hub/", headers=[cookie, HUB_HOST, (b"origin", b"http://localhost:8000")]
+    )
+    communicator.scope["scheme"] = "wss"
+    assert (await communicator.connect(timeout=5))[0]
+    assert await _closed_with(communicator) == 4403
+    communicator = WebsocketCommunicator(
+        websocket_app, "/ws/hub/", headers=[cookie, HUB_HOST, (b"origin", b"https://localhost:8000")]
+    )
+    communicator.scope["scheme"] = "wss"
+    assert (await communicator.connect(timeout=5))[0]
+    assert await request(communicator, {"type": "ping", "request_id": 1}) == {"type": "pong", "request_id": 1}
+    await communicator.disconnect()
+
+
+async def test_csrf_trusted_origins_are_matched_whole_and_by_subdomain_pattern():
+    user = await make_user("browser", VIEW)
+    cookie = await session_cookie(user)
+    trusted = ["https://hub.example.com", "https://*.corp.example"]
+    with override_settings(CSRF_TRUSTED_ORIGINS=trusted):
+        for origin, served in (
+            (b"https://hub.example.com", True),
+            (b"http://hub.example.com", False),
+            (b"https://hub.example.com:8443", False),
+            (b"https://a.corp.example", True),
+            (b"https://a.b.corp.example", True),
+            (b"http://a.corp.example", False),
+            (b"https://corp.example.evil", False),
+        ):
+            ws = await open_ws([cookie, HUB_HOST, (b"origin", origin)])
+            if served:
+                assert await request(ws, {"type": "ping", "request_id": 1}) == {"type": "pong", "request_id": 1}
+                await ws.disconnect()
+            else:
+                assert await _closed_with(ws) == 4403, origin
+
+
+async def test_token_sockets_need_no_origin_check():
+    """A script's token is not ambient: a page on another origin would have to know it."""
+    key = await api_token(await make_user("script", VIEW))
+    ws = await open_ws([(b"authorization", f"Token {key}".encode()), (b"origin", b"https://elsewhere.example")])
     assert await request(ws, {"type": "ping", "request_id": 1}) == {"type": "pong", "request_id": 1}
     await ws.disconnect()
 

@@ -4,20 +4,22 @@ WebSocket: wrap the routes in ``HubAuthMiddlewareStack`` (channels' ``AuthMiddle
 ``TokenAuthMiddleware``). A token in ``?token=<key>`` or an ``Authorization: Token <key>`` header wins over
 the session; a token that is given but invalid leaves the user anonymous (the consumer then closes with 4401).
 
-A session-authenticated WebSocket must come from an allowed Origin (``ALLOWED_HOSTS`` or
-``CSRF_TRUSTED_ORIGINS``): browsers send cookies cross-site, so this is what stops another site's page
-from opening a socket with the user's session (cross-site WebSocket hijacking). Token clients send no
-cookies and need no Origin.
+A session-authenticated WebSocket must come from the hub's own origin or a trusted one, compared whole
+(scheme, host and port) the way Django's CSRF check compares a POST's Origin: browsers send cookies to
+every port of a host and across schemes, so a page on ``http://127.0.0.1:9999`` or ``https://localhost``
+would otherwise open a socket with the user's session (cross-site WebSocket hijacking). Token clients send
+no cookies and need no Origin.
 """
 
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import validate_host
+from django.http.request import split_domain_port, validate_host
+from django.utils.http import is_same_domain
 
 TOKEN = "token"
 SESSION = "session"
@@ -78,26 +80,62 @@ def HubAuthMiddlewareStack(inner):
     return AuthMiddlewareStack(TokenAuthMiddleware(inner))
 
 
-def origin_allowed(scope):
-    """True when the handshake has no Origin (not a browser) or an Origin this site trusts."""
-    origin = None
-    for name, value in scope.get("headers", ()):
-        if name == b"origin":
-            origin = value.decode("latin1")
-            break
-    if origin is None:
-        return True
-    parsed = urlparse(origin)
-    if not parsed.scheme or not parsed.hostname:
-        return False
-    trusted = getattr(settings, "CSRF_TRUSTED_ORIGINS", [])
-    if f"{parsed.scheme}://{parsed.netloc}" in trusted:
-        return True
+def _header(scope, name):
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin1")
+    return None
+
+
+def own_origin(scope):
+    """``scheme://host[:port]`` of the hub as this handshake reached it (its Host header, which must be one
+    of ``ALLOWED_HOSTS``), or None. ``wss``/``https`` (or Django's ``SECURE_PROXY_SSL_HEADER``) mean https."""
+    host = _header(scope, b"host")
+    if not host:
+        return None
+    domain, _ = split_domain_port(host)
     allowed = list(settings.ALLOWED_HOSTS)
     if settings.DEBUG and not allowed:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return validate_host(host, allowed)
+    if not domain or not validate_host(domain, allowed):
+        return None
+    secure = scope.get("scheme") in ("wss", "https")
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, value = proxy_header
+        given = _header(scope, name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin1"))
+        if given is not None:
+            secure = given.split(",", 1)[0].strip() == value
+    return f"{'https' if secure else 'http'}://{host.lower()}"
+
+
+def trusted_origin(origin):
+    """Is ``origin`` listed in ``CSRF_TRUSTED_ORIGINS``, exactly or under a ``scheme://*.domain`` entry?"""
+    try:
+        parsed = urlsplit(origin)
+    except ValueError:
+        return False
+    for entry in getattr(settings, "CSRF_TRUSTED_ORIGINS", ()):
+        if "*" not in entry:
+            if origin == entry.lower():
+                return True
+            continue
+        trusted = urlsplit(entry.lower())
+        if trusted.scheme == parsed.scheme and is_same_domain(parsed.netloc, trusted.netloc.lstrip("*")):
+            return True
+    return False
+
+
+def origin_allowed(scope):
+    """True when the handshake has no Origin (not a browser), or its Origin is the hub's own origin or a
+    trusted one (scheme, host and port all equal)."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    origin = origin.strip().lower()
+    if not origin or origin == "null":
+        return False
+    return origin == own_origin(scope) or trusted_origin(origin)
 
 
 async def authenticate_request(request):
