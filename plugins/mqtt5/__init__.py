@@ -1,0 +1,1 @@
+"""MQTT 5.0 for the embedded broker: the packet codec (``codec``, ``properties``, ``reasons``)."""
