@@ -58,7 +58,13 @@ class BaseReading(models.Model):
 
 
 class BaseMessage(models.Model):
-    """The audit trail: every message to or from a device, stored before it is interpreted."""
+    """The audit trail: every message to or from a device, stored before it is interpreted.
+
+    Indexed for what is asked of it (the generated model's ``Meta.indexes``): ``received_at`` (newest first,
+    retention), the device (its messages in arrival order), and small partial indexes over the rows that
+    are few: failed messages, and outbound commands by device, correlation id and open state. Inbound
+    telemetry, nearly every row, costs no entry in those.
+    """
 
     class Direction(models.TextChoices):
         INBOUND = "inbound", "Inbound"
@@ -85,15 +91,15 @@ class BaseMessage(models.Model):
     payload_json = models.JSONField(null=True, blank=True)
     payload_raw = models.BinaryField(null=True, blank=True)
     content_type = models.CharField(max_length=100, default="application/json")
-    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    correlation_id = models.CharField(max_length=64, blank=True)
     user_properties = models.JSONField(default=dict, blank=True)
-    processing_status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    processing_status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     processing_error = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     # Outbound commands only: the Command's name, where it is in its life, when it expires, the reply's result.
     command = models.CharField(max_length=64, blank=True)
-    command_status = models.CharField(max_length=10, choices=CommandStatus.choices, blank=True, db_index=True)
+    command_status = models.CharField(max_length=10, choices=CommandStatus.choices, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     command_result = models.JSONField(null=True, blank=True)
 

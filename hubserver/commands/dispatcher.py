@@ -133,7 +133,9 @@ def _pending(type_name=None, device_id=None):
     for device_type, _, _, message_model in registry.all_with_models():
         if type_name is not None and device_type.type_name() != type_name:
             continue
-        rows = message_model.objects.filter(command_status="pending", expires_at__gt=now, device__is_active=True)
+        rows = message_model.objects.filter(
+            direction="outbound", command_status="pending", expires_at__gt=now, device__is_active=True
+        )
         if device_id is not None:
             rows = rows.filter(device__device_id=device_id)
         rows = rows.order_by("received_at", "pk").values_list(
@@ -173,7 +175,7 @@ def _expire_overdue():
     expired = []
     for device_type, _, _, message_model in registry.all_with_models():
         with transaction.atomic():
-            overdue = message_model.objects.filter(command_status__in=OPEN, expires_at__lte=now)
+            overdue = message_model.objects.filter(direction="outbound", command_status__in=OPEN, expires_at__lte=now)
             pks = list(overdue.values_list("pk", flat=True)[:1000])
             if pks:
                 message_model.objects.filter(pk__in=pks, command_status__in=OPEN).update(

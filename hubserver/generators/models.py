@@ -5,6 +5,7 @@ import inspect
 
 from django.apps import apps
 from django.db import models
+from django.db.models import Q
 
 from ..exceptions import ConfigurationError
 from ..models import BaseDevice, BaseMessage, BaseReading
@@ -68,7 +69,8 @@ def create_models(device_type, module=None):
     )
 
     reading_fields = {
-        "device": models.ForeignKey(device_model, on_delete=models.CASCADE, related_name="readings"),
+        # No index of its own: the (device, timestamp) index starts with the device.
+        "device": models.ForeignKey(device_model, on_delete=models.CASCADE, related_name="readings", db_index=False),
         **{name: reading.to_django_field() for name, reading in device_type._readings.items()},
     }
     reading_model = build(
@@ -90,7 +92,7 @@ def create_models(device_type, module=None):
         message_fields,
         {
             "verbose_name": f"{options.verbose_name} message",
-            "indexes": [models.Index(fields=["device", "received_at"], name=_index_name(base, "message_dev_rx"))],
+            "indexes": message_indexes(base),
         },
     )
 
@@ -99,6 +101,25 @@ def create_models(device_type, module=None):
     device_type._message_model = message_model
     registry.register_models(device_type, device_model, reading_model, message_model)
     return device_model, reading_model, message_model
+
+
+def message_indexes(base):
+    """The Message model's partial indexes: only failed messages and outbound commands have entries.
+
+    A query uses one when its WHERE clause repeats the index's condition (``processing_status="failed"``,
+    ``direction="outbound"``), as the admin's filter, the command history and the dispatcher do.
+    """
+    outbound = Q(direction="outbound")
+    return [
+        models.Index(
+            fields=["received_at"], name=_index_name(base, "msg_failed"), condition=Q(processing_status="failed")
+        ),
+        models.Index(fields=["device", "received_at"], name=_index_name(base, "msg_cmd_dev"), condition=outbound),
+        models.Index(fields=["correlation_id"], name=_index_name(base, "msg_cmd_corr"), condition=outbound),
+        models.Index(
+            fields=["command_status", "expires_at"], name=_index_name(base, "msg_cmd_open"), condition=outbound
+        ),
+    ]
 
 
 def _app_label(module):
