@@ -1,4 +1,5 @@
-"""The hub's ASGI application: Django over HTTP; on WebSocket the MQTT endpoint (subprotocol ``mqtt``, no
+"""The hub's ASGI application: Django over HTTP (request bodies limited per route before Django reads
+them, ``hubserver.web.bodies``); on WebSocket the MQTT endpoint (subprotocol ``mqtt``, no
 session lookup) and the live-view protocol at ``/ws/hub/`` (session or token auth, applied per route)."""
 
 import os
@@ -15,6 +16,7 @@ from hubserver.brokers import get_engine  # noqa: E402
 from hubserver.conf import hub_settings  # noqa: E402
 from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
 from hubserver.realtime.routing import hub_websocket_urlpatterns  # noqa: E402
+from hubserver.web.bodies import BodyLimitMiddleware  # noqa: E402
 
 websocket_urlpatterns = [
     path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(get_engine)),
@@ -23,7 +25,7 @@ websocket_urlpatterns = [
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        "http": BodyLimitMiddleware(django_application),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

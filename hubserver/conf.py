@@ -53,6 +53,10 @@ DEFAULTS = {
     "ANONYMOUS_DENY": (STR_LIST, []),
     "MAX_PAYLOAD_SIZE": (int, 256 * 1024),
     "MAX_CONNECTIONS": (int, 10_000),
+    # HTTP request bodies: the limit of every URL without its own, and limits by URL name (the hub's own
+    # routes have built-in ones: hubserver.web.bodies). Refused from the headers, before the body is read.
+    "HTTP_MAX_BODY_SIZE": (int, 1024 * 1024),
+    "HTTP_BODY_LIMITS": (dict, {}),
     # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...").
     "BROKER_AUTH_TOKEN": (str, ""),
     # /metrics for anyone (not only this machine and staff users).
@@ -142,8 +146,17 @@ def validate(user):
         raise ConfigurationError(
             f"{SETTINGS_NAME}['EVENT_LOOP'] must be one of {', '.join(EVENT_LOOPS)}, got {resolved['EVENT_LOOP']!r}"
         )
+    for name, limit in resolved["HTTP_BODY_LIMITS"].items():
+        where = f"{SETTINGS_NAME}['HTTP_BODY_LIMITS'][{name!r}]"
+        if not isinstance(name, str):
+            raise ConfigurationError(f"{SETTINGS_NAME}['HTTP_BODY_LIMITS'] keys are URL names, got {name!r}")
+        _check_type(where, limit, int)
+        if limit < 0:
+            raise ConfigurationError(f"{where} must be 0 or more bytes, got {limit}")
+    resolved["HTTP_BODY_LIMITS"] = dict(resolved["HTTP_BODY_LIMITS"])
     for key in (
         "MAX_PAYLOAD_SIZE",
+        "HTTP_MAX_BODY_SIZE",
         "WRITER_BATCH_SIZE",
         "WRITER_QUEUE_SIZE",
         "REALTIME_QUEUE_SIZE",

@@ -23,6 +23,7 @@ Names (all prefixed ``hubserver_``):
 | ``verifier_cache_entries{verifier}`` | gauge | secret verifiers |
 | ``http_broker_requests_total{endpoint,outcome}`` | counter | ``/iot/broker/auth/`` and ``acl/`` |
 | ``http_ingest_requests_total{kind,outcome}`` | counter | ``/iot/devices/.../data/`` and ``status/`` |
+| ``http_bodies_refused_total{route}`` | counter | HTTP bodies over their route's limit, refused unread (413) |
 
 Router counters restart with the engine; Prometheus' ``rate()`` handles such resets.
 """
@@ -236,6 +237,14 @@ class HubCollector(Collector):
         for key, count in sorted(ingest_stats.snapshot().items()):
             kind, _, outcome = key.partition(":")
             ingest.append(([kind, outcome], count))
+        from .web.bodies import stats as body_stats
+
+        yield _counter(
+            "http_bodies_refused",
+            "HTTP request bodies refused (413) before they were read, by route (URL name, or 'other').",
+            labels=["route"],
+            samples=[([route], count) for route, count in sorted(body_stats.snapshot().items())],
+        )
         yield _counter(
             "http_ingest_requests",
             "Device messages posted over HTTP, by kind and outcome (completed, failed, unauthorized, ...).",

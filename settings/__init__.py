@@ -16,6 +16,8 @@
 | HUBSERVER_MQTT_TLS_PORT | 0 (off) | port of an MQTT-over-TLS listener |
 | HUBSERVER_MQTT_TLS_CERTFILE, HUBSERVER_MQTT_TLS_KEYFILE | (none) | its certificate (chain) and private key, PEM |
 | HUBSERVER_BROKER_AUTH_TOKEN | (none) | bearer token an external broker must send to /iot/broker/auth/ and /acl/ |
+| HUBSERVER_HTTP_MAX_BODY_SIZE | 1048576 | bytes of an HTTP request body, refused (413) from its headers |
+| HUBSERVER_HTTP_BODY_LIMITS | (none) | per URL name, e.g. hubserver:device-data=65536,hubserver:broker-auth=4096 |
 | HUBSERVER_METRICS_PUBLIC | 0 | serve /metrics to anyone, not only to this machine and staff users |
 | HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
 | HUBSERVER_EVENT_LOOP | uvloop | loop of ``hubserver run``: uvloop (asyncio's own if uvloop is missing) or asyncio |
@@ -23,7 +25,7 @@
 
 import os
 
-from .environment import data_dir, env_bool, env_int, env_list, secret_key, user_devices_app
+from .environment import data_dir, env_bool, env_int, env_list, env_sizes, secret_key, user_devices_app
 from .environment import database as _database
 
 DATA_DIR = data_dir()
@@ -142,6 +144,8 @@ HUBSERVER = {
     "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
     "BROKER_AUTH_TOKEN": os.environ.get("HUBSERVER_BROKER_AUTH_TOKEN", ""),
     "METRICS_PUBLIC": env_bool("HUBSERVER_METRICS_PUBLIC", False),
+    "HTTP_MAX_BODY_SIZE": env_int("HUBSERVER_HTTP_MAX_BODY_SIZE", 1024 * 1024),
+    "HTTP_BODY_LIMITS": env_sizes("HUBSERVER_HTTP_BODY_LIMITS", {}),
     "MQTT_TLS_PORT": env_int("HUBSERVER_MQTT_TLS_PORT", 0),
     "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),

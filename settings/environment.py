@@ -41,6 +41,25 @@ def env_list(name, default):
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_sizes(name, default):
+    """``name=bytes,name=bytes`` (e.g. ``hubserver:device-data=1048576``) as a dict of ints."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return dict(default)
+    sizes = {}
+    for item in raw.split(","):
+        key, eq, value = item.strip().rpartition("=")
+        if not item.strip():
+            continue
+        try:
+            if not eq or not key.strip():
+                raise ValueError
+            sizes[key.strip()] = int(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be name=bytes pairs separated by commas; got {raw!r}") from None
+    return sizes
+
+
 def data_dir():
     path = Path(os.environ.get("HUBSERVER_DATA_DIR", "hubserver-data")).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)

@@ -53,10 +53,11 @@ class Command(BaseCommand):
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
         self.check_http_port(host, http_port)
 
-        from daphne.server import Server
         from twisted.internet import defer, reactor
 
         from ...asgi import application
+
+        BoundedServer = _bounded_server_class()
 
         loop = reactor._asyncioEventloop
         asyncio.set_event_loop(loop)
@@ -73,7 +74,7 @@ class Command(BaseCommand):
             return defer.Deferred.fromFuture(asyncio.ensure_future(engine.stop()))
 
         reactor.addSystemEventTrigger("before", "shutdown", stop_engine)
-        server = Server(
+        server = BoundedServer(
             application=application,
             endpoints=[f"tcp:port={http_port}:interface={_twisted_interface(host)}"],
             signal_handlers=True,
@@ -151,6 +152,26 @@ class Command(BaseCommand):
             )
         )
         sys.stdout.flush()
+
+
+def _bounded_server_class():
+    from daphne.server import Server
+
+    from ...web.bodies import bounded_http_factory
+
+    class BoundedServer(Server):
+        """daphne's Server, whose HTTP requests have their bodies limited before they are read
+        (``hubserver.web.bodies``). daphne builds its HTTP factory inside ``run()``; this takes its place."""
+
+        @property
+        def http_factory(self):
+            return self._bounded_http_factory
+
+        @http_factory.setter
+        def http_factory(self, factory):
+            self._bounded_http_factory = bounded_http_factory(self)
+
+    return BoundedServer
 
 
 def install_reactor(event_loop):
