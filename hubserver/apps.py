@@ -14,6 +14,9 @@ class HubserverConfig(AppConfig):
         from .access.revocation import connect_revocation_signals
 
         connect_revocation_signals()
+        from .web import connections
+
+        connections.connect()
 
 
 def discover(site=None):

@@ -101,7 +101,9 @@ async def _ingest(request, type_name, device_id, kind):
     models = registry.get_models(type_name) if device_type is not None else None
     if models is None:
         return _error(kind, "not_found", 404, f"unknown device type {type_name!r}")
-    device = await database_sync_to_async(_find_device)(models[0], device_id)
+    # On the loop's thread pool, not in a thread made for this request: its few threads keep their
+    # connections, so a burst of requests opens none (hubserver.web.connections).
+    device = await database_sync_to_async(_find_device, thread_sensitive=False)(models[0], device_id)
     if device is None:
         return _error(kind, "not_found", 404, f"unknown device {device_id!r}")
     if not await device_verifier.verify(device.api_key, key, username=device.mqtt_username):
