@@ -9,7 +9,7 @@ from hubserver.access.acl import can_publish
 from hubserver.access.authenticate import authenticate_mqtt
 from hubserver.access.principals import AnonymousPrincipal
 
-from .session import set_principal
+from .session import BAD_CREDENTIALS, set_principal
 
 logger = logging.getLogger("hubserver.mqtt.auth")
 
@@ -28,6 +28,7 @@ class HubAuthPlugin(BaseAuthPlugin):
                     session.username,
                     session.remote_address,
                 )
+                session.attributes[BAD_CREDENTIALS] = True  # MQTT 5 says so in CONNACK (0x86)
                 return False
             if session.will_flag and not can_publish(principal, session.will_topic):
                 logger.info(

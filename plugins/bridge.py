@@ -32,9 +32,10 @@ class RouterBridge:
         self.refused = Counter()
         self.closing = False
 
-    async def submit(self, session, topic, payload, qos):
+    async def submit(self, session, topic, payload, qos, properties=None):
         """The reader's short path for a device's PUBLISH: the router's future, or None when the ACL refuses
-        it (acknowledge it, store and deliver nothing). Raises when it cannot be queued (do not acknowledge)."""
+        it (acknowledge it, store and deliver nothing). Raises when it cannot be queued (do not acknowledge).
+        ``properties``: the message's MQTT 5 properties (``plugins/mqtt5/session.message_properties``)."""
         if not self._permitted(session, principal_of(session), topic):
             return None
         return await self.router.submit(topic, payload, qos=qos, client_id=session.client_id)
@@ -49,11 +50,11 @@ class RouterBridge:
             return False
         return True
 
-    def deliver(self, session, topic, payload, qos):
+    def deliver(self, session, topic, payload, qos, properties=None):
         """Pass a stored message on to the subscribers whose filters match it (none: nothing to do)."""
         broker = self.broker
         if broker is not None and broker.has_subscribers(topic):
-            broker.deliver_nowait(session, topic, payload, qos)
+            broker.deliver_nowait(session, topic, payload, qos, properties)
 
     async def inbound(self, session, message):
         """amqtt's path (QoS 2, RETAIN, service clients): the Outcome, once the message is committed."""

@@ -13,24 +13,35 @@ import types
 from collections import Counter
 from functools import partial
 
-from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
-from amqtt.broker import Broker
+from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
 from .acl import check
 from .handler import HubProtocolHandler
-from .session import HubSession, LeanQueue, principal_of
+from .mqtt5 import connect as mqtt5_connect
+from .mqtt5 import reasons
+from .mqtt5.handler import MQTT5Handler
+from .mqtt5.session import NEVER, outgoing_properties
+from .session import BAD_CREDENTIALS, HubSession, LeanQueue, principal_of
 from .topic_index import FilterIndex
 
 logger = logging.getLogger("hubserver.mqtt")
 
 # The QoS of the PUBLISH being delivered, for _broadcast_message (set per client loop task).
 _publish_qos = contextvars.ContextVar("hubserver_publish_qos", default=None)
+# The MQTT 5 properties and RETAIN flag of the message being delivered (for _broadcast_message and
+# retain_message, which upstream calls without them).
+_publish_props = contextvars.ContextVar("hubserver_publish_props", default=None)
+_publish_retain = contextvars.ContextVar("hubserver_publish_retain", default=False)
+SHARE_PREFIX = "$share/"
 _AUTHENTICATED = "hubserver.authenticated"
 _CONNECTING = "hubserver.connecting"
 
@@ -64,6 +75,13 @@ class HubBroker(Broker):
         self.refused = Counter()
         self._index = FilterIndex()
         self._filters_by_client = {}
+        # Shared subscriptions: "$share/<group>/<filter>" subscriptions live in _subscriptions under that key;
+        # _shared_index holds their filters, _share_groups each filter's keys, _share_turn the round robin.
+        self._shared_index = FilterIndex()
+        self._share_groups = {}
+        self._share_turn = Counter()
+        self._retained_props = {}  # topic -> MQTT 5 properties of its retained message
+        self.disconnects = Counter()  # MQTT 5 connections the hub closed with a DISCONNECT, by reason
         self._live = {}  # client_id -> number of open connections (a take-over briefly makes it 2)
 
     # --- connections -------------------------------------------------------------------------------
@@ -111,7 +129,15 @@ class HubBroker(Broker):
     # comes first, and a refused client gets its CONNACK and is gone before any session state is touched.
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
         try:
-            handler, session = await _init_from_connect(HubProtocolHandler, reader, writer, self.plugins_manager)
+            # The protocol level of the CONNECT picks the handler: MQTT 5 here, everything else amqtt's.
+            raw, first, body = await mqtt5_connect.read_first_packet(reader)
+            if mqtt5_connect.protocol_level(first, body) == 5:
+                handler, session = await mqtt5_connect.accept(first, body, writer, self.plugins_manager)
+                handler.violations = self.disconnects
+            else:
+                handler, session = await _init_from_connect(
+                    HubProtocolHandler, BufferReader(raw), writer, self.plugins_manager
+                )
         except MQTTError:
             await writer.close()
             raise
@@ -126,8 +152,12 @@ class HubBroker(Broker):
             session.client_id = gen_client_id()
         if not await super()._authenticate(session, None):
             self.refused["not_authorized"] += 1
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
+            if session.v5 is not None:
+                bad = session.attributes.get(BAD_CREDENTIALS)
+                await mqtt5_connect.refuse(writer, reasons.BAD_USER_NAME_OR_PASSWORD if bad else reasons.NOT_AUTHORIZED)
+            else:
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+                await writer.close()
             raise AMQTTError(f"{session.client_id}: not authorized")
         session.attributes[_AUTHENTICATED] = True
 
@@ -135,18 +165,22 @@ class HubBroker(Broker):
         if existing is not None and existing.transitions.is_connected() and existing_handler is not None:
             # [MQTT-3.1.4-2]: a second connection with the same client id replaces the first.
             logger.info("%s connected again; closing its previous connection", session.client_id)
-            if existing_handler.writer is not None:
-                await existing_handler.writer.close()
+            await _close(existing_handler, reasons.SESSION_TAKEN_OVER)
             # Upstream (_handle_client_session, take-over): the new connection goes ahead while the old one's
             # client loop is still ending, and that loop then marks the shared session "disconnected": the new
             # connection got no live messages (they went to the offline queue). Here the old connection ends
             # first (its Last Will included); upstream's take-over remains the fallback after TAKE_OVER_WAIT.
             await self._until_disconnected(existing)
             existing, existing_handler = self._sessions.get(session.client_id, (None, None))
-        if existing is not None and principal_of(existing) != principal_of(session):
-            await self._delete_session(session.client_id)  # never resume another principal's session
+        if existing is not None and (
+            principal_of(existing) != principal_of(session) or (existing.v5 is None) != (session.v5 is None)
+        ):
+            # Never resume another principal's session; a client that changed protocol starts afresh.
+            await self._end_session(existing)
             existing = None
         if session.clean_session:
+            if existing is not None:
+                await self._end_session(existing)
             await self._delete_session(session.client_id)
             session.parent = 0
         elif existing is not None:
@@ -163,10 +197,16 @@ class HubBroker(Broker):
                 setattr(existing, name, getattr(session, name))
             existing.attributes.update(session.attributes)
             existing.is_anonymous = session.is_anonymous
+            if session.v5 is not None:
+                existing.v5.take_over(session.v5)
             session = existing
             session.parent = 1
         else:
             session.parent = 0
+        if session.v5 is not None:
+            # MQTT 5: Clean Start only decided what happened to an old session; from now on the session
+            # lives on after the connection unless its Session Expiry Interval is 0.
+            session.clean_session = session.v5.session_expiry == 0
         # Upstream: keepalive is never enforced. MQTT 3.1.1 §3.1.2.10: disconnect after 1.5x keepalive.
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
@@ -266,15 +306,86 @@ class HubBroker(Broker):
         except Exception:
             logger.exception("the %s callback failed for %s", event, principal)
 
-    async def kick(self, client_id, *, forget=False):
-        """Close a client's live connection now (no Last Will); ``forget`` also drops its persistent session."""
+    async def kick(self, client_id, *, forget=False, reason=reasons.ADMINISTRATIVE_ACTION):
+        """Close a client's live connection now (no Last Will); ``forget`` also drops its persistent session.
+        An MQTT 5 client is told ``reason`` in a DISCONNECT first."""
         session, handler = self._sessions.get(client_id, (None, None))
         if session is not None:
             session.will_flag = False
-        if handler is not None and handler.writer is not None:
-            await handler.writer.close()
+        if handler is not None:
+            await _close(handler, reason)
         if forget:
             await self._delete_session(client_id)
+
+    async def _end_session(self, session):
+        """Drop a session a new connection does not resume; a Will it was still delaying goes out now."""
+        v5 = session.v5
+        if v5 is not None and v5.will_timer is not None:
+            v5.cancel_timers()
+            await self._send_will(session)
+        elif v5 is not None:
+            v5.cancel_timers()
+        await self._delete_session(session.client_id)
+
+    async def shutdown(self):
+        """MQTT 5 clients are told the server is shutting down (0x8B) before their connections close."""
+        for _, handler in list(self._sessions.values()):
+            if isinstance(handler, MQTT5Handler):
+                await handler.send_disconnect(reasons.SERVER_SHUTTING_DOWN)
+        for session, _ in list(self._sessions.values()):
+            if session.v5 is not None:
+                session.v5.cancel_timers()
+        await super().shutdown()
+
+    # --- MQTT 5: Will Delay Interval and Session Expiry Interval -----------------------------------
+
+    async def _handle_disconnect(self, client_session, handler, disconnect_waiter):
+        """Upstream's, plus for MQTT 5: the Will goes out with its properties, after its Will Delay Interval
+        unless the session is resumed first [MQTT-3.1.3-9], and the session ends after its Session Expiry
+        Interval [MQTT-3.1.2-23]. (A normal DISCONNECT discards the Will [MQTT-3.14.4-3].)"""
+        v5 = client_session.v5
+        if v5 is None:
+            return await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        result = disconnect_waiter.result()
+        abnormal = not isinstance(result, DisconnectPacket)
+        delay = v5.will_delay if v5.session_expiry else 0
+        delayed = abnormal and client_session.will_flag and delay > 0
+        token = _publish_props.set(v5.will_properties)
+        if delayed:
+            client_session.will_flag = False
+        try:
+            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        finally:
+            _publish_props.reset(token)
+            if delayed:
+                client_session.will_flag = True
+        loop = asyncio.get_running_loop()
+        if delayed:
+            v5.will_timer = loop.call_later(min(delay, v5.session_expiry), self._will_due, client_session)
+        if not client_session.clean_session and v5.session_expiry != NEVER:
+            v5.expiry_timer = loop.call_later(v5.session_expiry, self._expiry_due, client_session)
+
+    def _will_due(self, session):
+        session.v5.will_timer = None
+        if session.transitions.is_connected():
+            return
+        _spawn(self._send_will(session))
+
+    async def _send_will(self, session):
+        token = _publish_props.set(session.v5.will_properties)
+        try:
+            await self._broadcast_message(session, session.will_topic, session.will_message, session.will_qos)
+            if session.will_retain:
+                await self.retain_message(session, session.will_topic, session.will_message, session.will_qos)
+        finally:
+            _publish_props.reset(token)
+
+    def _expiry_due(self, session):
+        session.v5.expiry_timer = None
+        current, _ = self._sessions.get(session.client_id, (None, None))
+        if current is session and not session.transitions.is_connected():
+            logger.info("%s: session expired", session.client_id)
+            _spawn(self._end_session(session))
 
     def connected_principals(self):
         return list(self._live)
@@ -284,22 +395,36 @@ class HubBroker(Broker):
     # Upstream (_topic_filtering): every check fans out to the plugins through tasks and gather; the hub's
     # ACL is a synchronous in-memory rule, so it is called directly (same plugin code, no tasks).
     async def _topic_filtering(self, session, topic, action):
+        if action == Action.SUBSCRIBE and topic.startswith(SHARE_PREFIX):
+            topic = shared_filter(topic)
+            if topic is None:
+                return False
         return check(session, topic, action)
 
     # --- subscriptions, indexed --------------------------------------------------------------------------
 
     # Upstream (add_subscription): a repeated SUBSCRIBE keeps the old QoS; [MQTT-3.8.4-3] says replace it.
+    # Refusals carry their MQTT 5 reason (topic filter invalid, not authorized); a 3.1.1 client gets 0x80.
+    # "$share/<group>/<filter>" is a shared subscription: checked on <filter>, indexed apart.
     async def add_subscription(self, subscription, session):
         topic_filter, qos = subscription
+        shared = topic_filter.startswith(SHARE_PREFIX)
+        inner = shared_filter(topic_filter) if shared else topic_filter
+        if inner is None or not _valid_filter(inner):
+            return reasons.TOPIC_FILTER_INVALID
+        if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+            return reasons.NOT_AUTHORIZED
         existing = self._subscriptions.get(topic_filter)
         if existing and any(s.client_id == session.client_id for s, _ in existing):
-            if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
-                return 0x80
             existing[:] = [(s, qos if s.client_id == session.client_id else q) for s, q in existing]
             return qos
         granted = await super().add_subscription(subscription, session)
-        if granted != 0x80:
-            self._index.add(topic_filter)
+        if granted < 0x80:
+            if shared:
+                self._shared_index.add(inner)
+                self._share_groups.setdefault(inner, set()).add(topic_filter)
+            else:
+                self._index.add(topic_filter)
             self._filters_by_client.setdefault(session.client_id, set()).add(topic_filter)
             if self.lifecycle is not None:
                 await self._notify("subscribed", principal_of(session))
@@ -313,9 +438,21 @@ class HubBroker(Broker):
         deleted = super()._del_subscription(a_filter, session)
         if deleted:
             self._filters_by_client.get(session.client_id, set()).discard(a_filter)
+            if session.v5 is not None:
+                session.v5.options.pop(a_filter, None)
             if not self._subscriptions.get(a_filter):
                 self._subscriptions.pop(a_filter, None)
-                self._index.discard(a_filter)
+                if a_filter.startswith(SHARE_PREFIX):
+                    inner = shared_filter(a_filter)
+                    keys = self._share_groups.get(inner)
+                    if keys is not None:
+                        keys.discard(a_filter)
+                        if not keys:
+                            del self._share_groups[inner]
+                            self._shared_index.discard(inner)
+                    self._share_turn.pop(a_filter, None)
+                else:
+                    self._index.discard(a_filter)
         return deleted
 
     # Upstream (_del_all_subscriptions): scans every filter of every client.
@@ -323,62 +460,185 @@ class HubBroker(Broker):
         for topic_filter in self._filters_by_client.pop(session.client_id, set()):
             self._del_subscription(topic_filter, session)
 
+    # Upstream (_handle_subscription): return codes are 3.1.1's, and retained messages go to every new
+    # subscription. MQTT 5 adds the subscription's options and identifier, reason codes per filter, and
+    # Retain Handling [MQTT-3.3.1-9..11]; no shared subscription gets retained messages [MQTT-4.8.2-?].
+    async def _handle_subscription(self, client_session, handler, subscribe_waiter):
+        subscriptions = subscribe_waiter.result()
+        v5 = client_session.v5
+        options = getattr(subscriptions, "options", None)
+        codes = []
+        retained = []
+        for index, (topic_filter, qos) in enumerate(subscriptions.topics):
+            existed = topic_filter in self._filters_by_client.get(client_session.client_id, ())
+            code = await self.add_subscription((topic_filter, qos), client_session)
+            if code < 0x80:
+                handling = 0
+                if v5 is not None and options is not None:
+                    v5.options[topic_filter] = options[index]
+                    handling = options[index].retain_handling
+                if not topic_filter.startswith(SHARE_PREFIX) and (handling == 0 or (handling == 1 and not existed)):
+                    retained.append((topic_filter, code))
+            codes.append(code if v5 is not None or code < 0x80 else 0x80)
+        await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
+        for (topic_filter, qos), code in zip(subscriptions.topics, codes, strict=True):
+            if code < 0x80:
+                await self.plugins_manager.fire_event(
+                    BrokerEvents.CLIENT_SUBSCRIBED, client_id=client_session.client_id, topic=topic_filter, qos=qos
+                )
+        for subscription in retained:
+            await self._publish_retained_messages_for_subscription(subscription, client_session)
+
+    # Upstream (_handle_unsubscription): MQTT 5 answers each filter: 0x00, or 0x11 when there was none.
+    async def _handle_unsubscription(self, client_session, handler, unsubscribe_waiter):
+        unsubscription = unsubscribe_waiter.result()
+        codes = []
+        for topic_filter in unsubscription.topics:
+            deleted = self._del_subscription(topic_filter, client_session)
+            codes.append(reasons.SUCCESS if deleted else reasons.NO_SUBSCRIPTION_EXISTED)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=client_session.client_id, topic=topic_filter
+            )
+        if client_session.v5 is not None:
+            await handler.mqtt_acknowledge_unsubscription(unsubscription.packet_id, codes)
+        else:
+            await handler.mqtt_acknowledge_unsubscription(unsubscription.packet_id)
+
     # --- delivery ---------------------------------------------------------------------------------------
 
     async def _handle_message_delivery(self, client_session, handler, wait_deliver):
         message = wait_deliver.result()
         _publish_qos.set(message.qos if message is not None else None)
+        _publish_props.set(getattr(message, "properties", None))
+        _publish_retain.set(bool(message.retain) if message is not None else False)
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
 
     async def _broadcast_message(self, session, topic, data, force_qos=None):
         qos = force_qos if force_qos is not None else _publish_qos.get()
         await self._broadcast_queue.put(
-            {"session": session, "topic": topic, "data": data, "qos": QOS_0 if qos is None else qos}
+            {
+                "session": session,
+                "topic": topic,
+                "data": data,
+                "qos": QOS_0 if qos is None else qos,
+                "properties": _publish_props.get(),
+                "retain": _publish_retain.get(),
+            }
         )
 
     def has_subscribers(self, topic):
         """Whether any subscription filter matches ``topic`` (an index lookup; no ACL check)."""
-        return bool(self._index.match(topic))
+        return bool(self._index.match(topic)) or bool(self._share_groups and self._shared_index.match(topic))
 
-    def deliver_nowait(self, session, topic, data, qos):
+    def deliver_nowait(self, session, topic, data, qos, properties=None):
         """Queue a message from ``session`` for delivery at ``qos`` (what _broadcast_message does, without
-        awaiting: the broadcast queue is unbounded)."""
-        self._broadcast_queue.put_nowait({"session": session, "topic": topic, "data": data, "qos": qos})
+        awaiting: the broadcast queue is unbounded). ``properties``: its MQTT 5 properties, if any."""
+        self._broadcast_queue.put_nowait(
+            {"session": session, "topic": topic, "data": data, "qos": qos, "properties": properties, "retain": False}
+        )
 
-    async def publish(self, topic, data, qos=QOS_1, retain=False):
-        """Publish as the hub itself (commands); delivery obeys each recipient's ACL like any message."""
-        await self._broadcast_message(None, topic, data, force_qos=qos)
-        if retain:
-            await self.retain_message(None, topic, data, qos)
+    async def publish(self, topic, data, qos=QOS_1, retain=False, properties=None):
+        """Publish as the hub itself (commands); delivery obeys each recipient's ACL like any message.
+        ``properties`` (MQTT 5: correlation data, response topic...) reach MQTT 5 subscribers."""
+        token = _publish_props.set(properties)
+        try:
+            await self._broadcast_message(None, topic, data, force_qos=qos)
+            if retain:
+                await self.retain_message(None, topic, data, qos)
+        finally:
+            _publish_props.reset(token)
+
+    async def retain_message(self, source_session, topic_name, data, qos=None):
+        await super().retain_message(source_session, topic_name, data, qos)
+        properties = _publish_props.get()
+        if properties and topic_name in self._retained_messages:
+            self._retained_props[topic_name] = properties
+        else:
+            self._retained_props.pop(topic_name, None)
 
     # Upstream (_run_broadcast): every publish is matched against every filter, a subscriber whose filters
     # overlap gets one copy per filter, and delivery uses the subscription's QoS even when the PUBLISH had
     # a lower one. Here: indexed matching, one copy per client at its highest matching QoS, and
-    # min(publish QoS, subscription QoS) [MQTT-3.8.4-6].
+    # min(publish QoS, subscription QoS) [MQTT-3.8.4-6]. MQTT 5: No Local [MQTT-3.8.3-3], Retain As
+    # Published [MQTT-3.3.1-12/13], every matching Subscription Identifier [MQTT-3.3.4-3], an expired
+    # message is dropped [MQTT-3.3.2-5]; each shared subscription group gets one copy, for one member.
     async def _run_broadcast(self, running_tasks):
         broadcast = await self._broadcast_queue.get()
         topic = broadcast["topic"]
+        properties = broadcast.get("properties")
+        if properties and outgoing_properties(properties) is False:
+            return  # expired before it could be delivered
+        source = broadcast.get("session")
+        source_id = source.client_id if source is not None else None
         recipients = {}
         for topic_filter in self._index.match(topic):
             for session, sub_qos in self._subscriptions.get(topic_filter, ()):
+                v5 = session.v5
+                if v5 is not None:
+                    options = v5.options.get(topic_filter)
+                    if options is not None and options.no_local and session.client_id == source_id:
+                        continue
                 known = recipients.get(session.client_id)
-                if known is None or sub_qos > known[1]:
-                    recipients[session.client_id] = (session, sub_qos)
+                if known is None:
+                    recipients[session.client_id] = known = [session, sub_qos, []]
+                elif sub_qos > known[1]:
+                    known[1] = sub_qos
+                known[2].append(topic_filter)
+        deliveries = list(recipients.values())
+        if self._share_groups:
+            for inner in self._shared_index.match(topic):
+                for key in self._share_groups.get(inner, ()):
+                    member = self._share_member(key, topic)
+                    if member is not None:
+                        deliveries.append([member[0], member[1], [key]])
         publish_qos = broadcast.get("qos", QOS_0)
-        for session, sub_qos in recipients.values():
+        for session, sub_qos, filters in deliveries:
             if not check(session, topic, Action.RECEIVE):
                 continue
             qos = min(publish_qos, sub_qos)
             state = session.transitions.state
             if state != "connected":
                 if not session.clean_session and qos in (QOS_1, QOS_2) and not session.is_anonymous:
-                    await self._retain_broadcast_message(broadcast, qos, session)
+                    await self._retain_broadcast_message(broadcast, qos, session, filters)
                 continue
             handler = self._get_handler(session)
-            if handler is not None:
-                running_tasks.append(
-                    asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
-                )
+            if handler is None:
+                continue
+            if session.v5 is None:
+                publish = handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+            else:
+                retain, out = _for_subscriber(session.v5, filters, broadcast.get("retain"), properties)
+                publish = handler.mqtt_publish(topic, broadcast["data"], qos, retain=retain, properties=out)
+            running_tasks.append(asyncio.ensure_future(publish))
+
+    def _share_member(self, key, topic):
+        """The member of shared subscription ``key`` that gets this message: the next connected one that may
+        receive it, round robin; else a persistent offline one (it is queued for it); else None."""
+        members = self._subscriptions.get(key)
+        if not members:
+            return None
+        turn = self._share_turn[key]
+        count = len(members)
+        offline = None
+        for step in range(count):
+            session, qos = members[(turn + step) % count]
+            if not check(session, topic, Action.RECEIVE):
+                continue
+            if session.transitions.is_connected():
+                self._share_turn[key] = (turn + step + 1) % count
+                return session, qos
+            if offline is None and not session.clean_session:
+                offline = (session, qos)
+        return offline
+
+    async def _retain_broadcast_message(self, broadcast, qos, target_session, filters=()):
+        """Queue a message for an offline persistent session, with what an MQTT 5 delivery needs later."""
+        message = QueuedMessage(broadcast["session"], broadcast["topic"], broadcast["data"], qos)
+        if target_session.v5 is not None:
+            message.retain, message.properties = _for_subscriber(
+                target_session.v5, filters, broadcast.get("retain"), broadcast.get("properties")
+            )
+        await target_session.retained_messages.put(message)
 
     # Upstream (_handle_client_session): on CONNECT, retained messages matching *every* client's filters are
     # sent to the new client, and none of them is checked against its receive ACL. Here retained messages
@@ -390,18 +650,17 @@ class HubBroker(Broker):
         handler = self._get_handler(session)
         if handler is None:
             return
-        tasks = [
-            asyncio.ensure_future(
-                handler.mqtt_publish(
-                    retained.topic,
-                    retained.data,
-                    min(sub_qos, retained.qos if retained.qos is not None else sub_qos),
-                    retain=True,
-                )
-            )
-            for topic, retained in list(self._retained_messages.items())
-            if self._matches(topic, topic_filter) and check(session, topic, Action.RECEIVE)
-        ]
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter) or not check(session, topic, Action.RECEIVE):
+                continue
+            qos = min(sub_qos, retained.qos if retained.qos is not None else sub_qos)
+            if session.v5 is None:
+                publish = handler.mqtt_publish(retained.topic, retained.data, qos, retain=True)
+            else:
+                _, out = _for_subscriber(session.v5, (topic_filter,), True, self._retained_props.get(topic))
+                publish = handler.mqtt_publish(retained.topic, retained.data, qos, retain=True, properties=out)
+            tasks.append(asyncio.ensure_future(publish))
         if tasks:
             await asyncio.wait(tasks)
 
@@ -412,11 +671,82 @@ class HubBroker(Broker):
         tasks = []
         while handler is not None and not session.retained_messages.empty():
             queued = session.retained_messages.get_nowait()
-            tasks.append(
-                asyncio.ensure_future(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
-            )
+            if session.v5 is not None and isinstance(queued, QueuedMessage):
+                publish = handler.mqtt_publish(
+                    queued.topic, queued.data, queued.qos, retain=queued.retain, properties=queued.properties
+                )
+            else:
+                publish = handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)
+            tasks.append(asyncio.ensure_future(publish))
         if tasks:
             await asyncio.wait(tasks)
+
+
+class QueuedMessage(RetainedApplicationMessage):
+    """A message waiting for an offline persistent session, with its MQTT 5 RETAIN flag and properties."""
+
+    __slots__ = ("properties",)
+
+    def __init__(self, source_session, topic, data, qos):
+        super().__init__(source_session, topic, data, qos)
+        self.retain = False
+        self.properties = None
+
+
+def _for_subscriber(v5, filters, retain, properties):
+    """``(RETAIN flag, properties)`` of a delivery to an MQTT 5 subscriber through ``filters``: RETAIN as
+    published if one of them asks for it (else 0), and every Subscription Identifier they carry."""
+    keep_retain = False
+    ids = []
+    for topic_filter in filters:
+        options = v5.options.get(topic_filter)
+        if options is not None:
+            keep_retain = keep_retain or options.retain_as_published
+            if options.subscription_id is not None:
+                ids.append(options.subscription_id)
+    if ids:
+        properties = {**(properties or {}), "subscription_identifier": ids}
+    return bool(retain) and keep_retain, properties
+
+
+def shared_filter(topic_filter):
+    """The filter of a "$share/<group>/<filter>" subscription, or None if it is not a valid one: the group
+    is at least one character without "/", "+" or "#", and a filter follows [MQTT-4.8.2-1] [MQTT-4.8.2-2]."""
+    group, slash, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not group or not slash or not inner or "+" in group or "#" in group:
+        return None
+    return inner
+
+
+def _valid_filter(topic_filter):
+    """A non-empty filter whose "#" is alone and last and whose "+" occupy whole levels [MQTT-4.7.1-1..3]."""
+    if not topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+_background = set()
+
+
+def _spawn(coroutine):
+    """Run ``coroutine`` from a timer callback, keeping a reference until it is done."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _close(handler, reason):
+    """Close a handler's connection; an MQTT 5 client is told ``reason`` in a DISCONNECT first."""
+    if isinstance(handler, MQTT5Handler):
+        await handler.send_disconnect(reason)
+    elif handler.writer is not None:
+        await handler.writer.close()
 
 
 def _next(loop, queue):

@@ -16,6 +16,7 @@ from amqtt.session import Session
 from transitions import MachineError
 
 PRINCIPAL = "hubserver.principal"
+BAD_CREDENTIALS = "hubserver.bad_credentials"  # set by the auth plugin when it refused the credentials
 
 
 def principal_of(session):
@@ -128,7 +129,11 @@ class SessionState:
 
 
 class HubSession(Session):
-    """amqtt's Session with a ``SessionState`` instead of a ``transitions.Machine`` and ``LeanQueue``s."""
+    """amqtt's Session with a ``SessionState`` instead of a ``transitions.Machine`` and ``LeanQueue``s.
+
+    ``v5`` is the session's MQTT 5 state (``plugins/mqtt5/session.py``), None for an MQTT 3.1.1 client."""
+
+    v5 = None
 
     def __init__(self):
         super().__init__()

@@ -222,3 +222,148 @@ class RawClient:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+class Client5(Client):
+    """A paho client speaking MQTT 5: properties, reason codes and session expiry are the client's own."""
+
+    def __init__(
+        self,
+        port,
+        client_id="",
+        username=None,
+        password=None,
+        *,
+        clean_start=True,
+        session_expiry=None,
+        keepalive=60,
+        will=None,
+        will_properties=None,
+        connect_properties=None,
+        transport="tcp",
+        ws_path="/mqtt",
+    ):
+        self.port = port
+        self.paho = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, transport=transport
+        )
+        if transport == "websockets":
+            self.paho.ws_set_options(path=ws_path)
+        if username is not None:
+            self.paho.username_pw_set(username, password)
+        if will is not None:
+            self.paho.will_set(*will, properties=_properties("WILLMESSAGE", will_properties))
+        self.clean_start = clean_start
+        self.connect_properties = dict(connect_properties or {})
+        if session_expiry is not None:
+            self.connect_properties["SessionExpiryInterval"] = session_expiry
+        self.keepalive = keepalive
+        self.connack = None
+        self.connack_properties = None
+        self.session_present = None
+        self.connected = False
+        self.disconnects = 0
+        self.disconnect_reason = None
+        self.disconnect_properties = None
+        self.messages = []
+        self.granted = {}
+        self.unsubscribed = {}
+        self.acks = {}
+        self._lock = threading.Lock()
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = self._on_disconnect
+        self.paho.on_message = self._on_message
+        self.paho.on_subscribe = self._on_subscribe
+        self.paho.on_unsubscribe = self._on_unsubscribe
+        self.paho.on_publish = self._on_publish
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+        self.connack_properties = properties
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code.value
+        self.disconnect_properties = properties
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _on_message(self, client, userdata, msg):
+        with self._lock:
+            self.messages.append(Received5(msg.topic, msg.payload, msg.qos, msg.retain, msg.properties))
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties):
+        self.unsubscribed[mid] = [code.value for code in reason_codes]
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self.acks[mid] = (reason_code.value, properties)
+
+    async def connect(self, expect_success=True):
+        self.paho.reconnect_delay_set(60, 120)
+        self.paho.connect_async(
+            "127.0.0.1",
+            self.port,
+            keepalive=self.keepalive,
+            clean_start=self.clean_start,
+            properties=_properties("CONNECT", self.connect_properties),
+        )
+        self.paho.loop_start()
+        await until(lambda: self.connack is not None or self.disconnects, message="CONNACK")
+        if expect_success:
+            assert self.connack == 0, f"CONNACK {self.connack}"
+        return self.connack
+
+    async def subscribe(self, topic, qos=1, subscription_id=None, **options):
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        properties = _properties("SUBSCRIBE", {"SubscriptionIdentifier": subscription_id} if subscription_id else {})
+        result, mid = self.paho.subscribe((topic, SubscribeOptions(qos=qos, **options)), properties=properties)
+        assert result == paho.MQTT_ERR_SUCCESS
+        await until(lambda: mid in self.granted, message=f"SUBACK for {topic}")
+        return self.granted[mid][0]
+
+    async def unsubscribe(self, topic):
+        result, mid = self.paho.unsubscribe(topic)
+        assert result == paho.MQTT_ERR_SUCCESS
+        await until(lambda: mid in self.unsubscribed, message=f"UNSUBACK for {topic}")
+        return self.unsubscribed[mid][0]
+
+    async def publish(self, topic, payload, qos=1, retain=False, wait=True, **properties):
+        info = self.paho.publish(topic, payload, qos=qos, retain=retain, properties=_properties("PUBLISH", properties))
+        if wait and qos:
+            await until(lambda: info.mid in self.acks, message=f"acknowledgement of {topic}")
+            return self.acks[info.mid]
+        return info
+
+    async def disconnect(self, reason_code=0, **properties):
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        self.paho.disconnect(
+            ReasonCode(paho.PacketTypes.DISCONNECT, identifier=reason_code),
+            properties=_properties("DISCONNECT", properties) if properties else None,
+        )
+        await until(lambda: not self.connected, message="clean disconnect")
+        self.paho.loop_stop()
+
+
+@dataclass
+class Received5:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: object
+
+    def prop(self, name, default=None):
+        return getattr(self.properties, name, default)
+
+
+def _properties(packet_type, values):
+    """paho Properties of ``packet_type`` (a PacketTypes name) from ``{"CorrelationData": b"..."}``."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    if not values:
+        return None
+    props = Properties(getattr(PacketTypes, packet_type))
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
