@@ -173,9 +173,13 @@ class HubBroker(Broker):
             await self._until_disconnected(existing)
             existing, existing_handler = self._sessions.get(session.client_id, (None, None))
         if existing is not None and (
-            principal_of(existing) != principal_of(session) or (existing.v5 is None) != (session.v5 is None)
+            principal_of(existing) != principal_of(session)
+            or (existing.v5 is None) != (session.v5 is None)
+            or (existing.clean_session and not existing.transitions.is_connected())
         ):
-            # Never resume another principal's session; a client that changed protocol starts afresh.
+            # Never resume another principal's session; a client that changed protocol starts afresh; a
+            # session that ended with its connection (clean session, or Session Expiry Interval 0) is gone
+            # even while amqtt's session monitor has not removed it yet [MQTT-3.1.2-6] [MQTT-3.1.2-23].
             await self._end_session(existing)
             existing = None
         if session.clean_session:
@@ -306,9 +310,9 @@ class HubBroker(Broker):
         except Exception:
             logger.exception("the %s callback failed for %s", event, principal)
 
-    async def kick(self, client_id, *, forget=False, reason=reasons.ADMINISTRATIVE_ACTION):
+    async def kick(self, client_id, *, forget=False, reason=reasons.NOT_AUTHORIZED):
         """Close a client's live connection now (no Last Will); ``forget`` also drops its persistent session.
-        An MQTT 5 client is told ``reason`` in a DISCONNECT first."""
+        An MQTT 5 client is told ``reason`` in a DISCONNECT first (by default: its access was revoked)."""
         session, handler = self._sessions.get(client_id, (None, None))
         if session is not None:
             session.will_flag = False

@@ -103,6 +103,7 @@ class MQTT5Handler(HubProtocolHandler):
 
     protocol_level = 5
     max_packet_size = 0  # the hub's Maximum Packet Size for this connection (set by the broker; 0: none)
+    assigned_client_id = None  # the client id the hub chose for a CONNECT without one
 
     def _init_session(self, session):
         super()._init_session(session)
@@ -111,7 +112,6 @@ class MQTT5Handler(HubProtocolHandler):
         self._inflight_in = 0  # the client's unacknowledged QoS 1/2 PUBLISHes (at most RECEIVE_MAXIMUM)
         self._send_slots = None  # the client's Receive Maximum, as a semaphore on QoS 1/2 deliveries
         self._closing = False  # a DISCONNECT was sent or received: send nothing more
-        self.assigned_client_id = None
 
     # --- sending ------------------------------------------------------------------------------------
 
