@@ -58,7 +58,8 @@ def load_generators(host, port, devices, args, processes, qos):
 
     def worker_args(index, share, events, results):
         messages = args.messages_per_device
-        return (index, host, port, share, messages, qos, args.window, args.timeout, (None, *events), results)
+        events = (None, *events)
+        return (index, host, port, share, messages, qos, args.window, args.timeout, events, results, args.protocol)
 
     return Generators(mqttload.run_worker, devices, processes, worker_args, "mqttload")
 
@@ -124,6 +125,7 @@ def run_load(hub, devices, topic_prefix, args, processes):
     elapsed = end - first
     publish_elapsed = (max(lasts) - first) if lasts else None
     return {
+        "protocol": args.protocol,
         "qos": args.qos,
         "devices": len(devices),
         "messages": total,
@@ -145,7 +147,7 @@ def run_load(hub, devices, topic_prefix, args, processes):
 
 def figures_line(f):
     parts = [
-        f"ingest qos={f['qos']}",
+        f"ingest protocol={f['protocol']} qos={f['qos']}",
         f"devices={f['devices']}",
         f"messages={f['messages']}",
         f"committed={f['committed']}",
@@ -174,6 +176,9 @@ def parse_args(argv=None):
     parser.add_argument("--devices", type=int, default=100, help="publishing devices, one connection each")
     parser.add_argument("--messages-per-device", type=int, default=300, help="messages each device publishes")
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS of the PUBLISHes")
+    parser.add_argument(
+        "--protocol", type=int, choices=(4, 5), default=4, help="MQTT protocol level: 4 (3.1.1) or 5 (MQTT 5)"
+    )
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--window", type=int, default=20, help="unacknowledged QoS 1 messages per device")
     parser.add_argument(
@@ -246,7 +251,8 @@ def main(argv=None):
         runs = []
         for processes in counts:
             print(
-                f"running: qos={args.qos} devices={args.devices} messages/device={args.messages_per_device} "
+                f"running: protocol={args.protocol} qos={args.qos} devices={args.devices} "
+                f"messages/device={args.messages_per_device} "
                 f"window={args.window} generator_processes={processes}",
                 flush=True,
             )

@@ -1,4 +1,5 @@
-"""A lightweight MQTT 3.1.1 load generator for the benchmarks: asyncio protocols, no MQTT library.
+"""A lightweight MQTT load generator for the benchmarks (MQTT 3.1.1, or 5 with ``protocol=5``): asyncio
+protocols, no MQTT library.
 
 Each device is one TCP connection (CONNECT with its own credentials, clean session) that publishes its
 share of messages at QoS 0 or 1. At QoS 1 up to ``window`` messages are unacknowledged at any time per
@@ -42,16 +43,19 @@ def _length(n):
             return bytes(out)
 
 
-def connect_packet(client_id, username, password, keepalive=0):
-    flags = 0x02 | 0x80 | 0x40  # clean session, username, password
-    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+def connect_packet(client_id, username, password, keepalive=0, protocol=4):
+    """CONNECT at protocol level ``protocol`` (4: MQTT 3.1.1, 5: MQTT 5 with no properties)."""
+    flags = 0x02 | 0x80 | 0x40  # clean session (clean start), username, password
+    body = _string("MQTT") + bytes([protocol, flags]) + struct.pack("!H", keepalive)
+    if protocol == 5:
+        body += b"\x00"  # no properties
     body += _string(client_id) + _string(username) + _string(password)
     return bytes([CONNECT << 4]) + _length(len(body)) + body
 
 
-def publish_packet(topic, payload, qos, packet_id=0):
-    """One PUBLISH packet (``packet_id`` only at QoS 1 and 2)."""
-    variable = _string(topic) + (struct.pack("!H", packet_id) if qos else b"")
+def publish_packet(topic, payload, qos, packet_id=0, protocol=4):
+    """One PUBLISH packet (``packet_id`` only at QoS 1 and 2; MQTT 5: an empty property block)."""
+    variable = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + (b"\x00" if protocol == 5 else b"")
     return bytes([(PUBLISH << 4) | (qos << 1)]) + _length(len(variable) + len(payload)) + variable + payload
 
 
@@ -100,8 +104,9 @@ class DeviceResult:
 class Publisher(asyncio.Protocol):
     """One device connection. Parses CONNACK, PUBACK and PINGRESP; everything else is ignored."""
 
-    def __init__(self, window):
+    def __init__(self, window, protocol=4):
         self.window = window
+        self.protocol = protocol
         self.transport = None
         self.buffer = bytearray()
         self.connack = asyncio.get_running_loop().create_future()
@@ -181,7 +186,8 @@ class Publisher(asyncio.Protocol):
             chunk = 50
             for start in range(0, total, chunk):
                 self._check()
-                self.transport.write(b"".join(publish_packet(topic, p, 0) for p in payloads[start : start + chunk]))
+                packets = (publish_packet(topic, p, 0, protocol=self.protocol) for p in payloads[start : start + chunk])
+                self.transport.write(b"".join(packets))
                 result.sent = min(total, start + chunk)
                 await self._writable()
                 await asyncio.sleep(0)  # let the other devices of this process write too
@@ -189,6 +195,7 @@ class Publisher(asyncio.Protocol):
             result.acked = result.sent
             return result
         fixed = bytes([(PUBLISH << 4) | (qos << 1)])
+        properties = b"\x00" if self.protocol == 5 else b""
         next_id = 0
         deadline = loop.time() + timeout
         while result.acked < total:
@@ -200,7 +207,7 @@ class Publisher(asyncio.Protocol):
                 for payload in payloads[result.sent : result.sent + room]:
                     next_id = next_id % 65535 + 1
                     self.sent_at[next_id] = now
-                    variable = header + struct.pack("!H", next_id)
+                    variable = header + struct.pack("!H", next_id) + properties
                     packets.append(fixed + _length(len(variable) + len(payload)) + variable + payload)
                 result.sent += room
                 self.transport.write(b"".join(packets))
@@ -223,11 +230,17 @@ class Publisher(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_device(host, port, credentials, window, timeout):
+async def open_device(host, port, credentials, window, timeout, mqtt_protocol=4):
     loop = asyncio.get_running_loop()
-    _, protocol = await asyncio.wait_for(loop.create_connection(lambda: Publisher(window), host, port), timeout)
+    connection = loop.create_connection(lambda: Publisher(window, mqtt_protocol), host, port)
+    _, protocol = await asyncio.wait_for(connection, timeout)
     protocol.transport.write(
-        connect_packet(credentials["client_id"], credentials["mqtt_username"], credentials["mqtt_password"])
+        connect_packet(
+            credentials["client_id"],
+            credentials["mqtt_username"],
+            credentials["mqtt_password"],
+            protocol=mqtt_protocol,
+        )
     )
     code = await asyncio.wait_for(protocol.connack, timeout)
     if code != 0:
@@ -241,7 +254,7 @@ def _payloads(credentials, count, seed):
     return [json.dumps(weather_reading(rng), separators=(",", ":")).encode() for _ in range(count)]
 
 
-async def _run(index, host, port, devices, messages, qos, window, timeout, events, results):
+async def _run(index, host, port, devices, messages, qos, window, timeout, events, results, protocol=4):
     _ready, go, stop = events
     payloads = [_payloads(d, messages, index) for d in devices]
     report = {"index": index, "devices": len(devices), "error": None}
@@ -251,7 +264,7 @@ async def _run(index, host, port, devices, messages, qos, window, timeout, event
 
         async def connect(credentials):
             async with connect_sem:
-                return await open_device(host, port, credentials, window, timeout)
+                return await open_device(host, port, credentials, window, timeout, protocol)
 
         protocols = await asyncio.gather(*(connect(d) for d in devices))
     except Exception as exc:
@@ -299,12 +312,12 @@ async def _run(index, host, port, devices, messages, qos, window, timeout, event
     await asyncio.sleep(0.05)
 
 
-def run_worker(index, host, port, devices, messages, qos, window, timeout, events, results):
-    """Entry point of one load-generator process (see the module docstring)."""
+def run_worker(index, host, port, devices, messages, qos, window, timeout, events, results, protocol=4):
+    """Entry point of one load-generator process (see the module docstring); ``protocol`` 4 or 5."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl+C and stops us
     if host not in LOCAL_HOSTS:
         raise SystemExit(f"refusing to send load to {host}: only 127.0.0.1")
     try:
-        asyncio.run(_run(index, host, port, devices, messages, qos, window, timeout, events, results))
+        asyncio.run(_run(index, host, port, devices, messages, qos, window, timeout, events, results, protocol))
     except Exception as exc:
         results.put({"index": index, "phase": "crash", "error": f"{type(exc).__name__}: {exc}"})
