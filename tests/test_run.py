@@ -168,9 +168,11 @@ def test_mqtt_over_websocket_on_the_http_port(running):
         assert db.execute("SELECT temperature FROM devicetypes_weatherstationreading").fetchall() == [(12.5,)]
 
 
-def publish_one(credentials, port, temperature, transport="tcp", ca_certs=None):
+def publish_one(credentials, port, temperature, transport="tcp", ca_certs=None, protocol=paho.MQTTv311):
     """CONNECT, PUBLISH at QoS 1 and wait for the PUBACK (sent by the hub after commit), then DISCONNECT."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"], transport=transport)
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=credentials["client_id"], transport=transport, protocol=protocol
+    )
     if transport == "websockets":
         client.ws_set_options(path="/mqtt")
     if ca_certs:
@@ -219,6 +221,21 @@ def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, certificate, 
     with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
         stored = db.execute("SELECT temperature FROM devicetypes_weatherstationreading ORDER BY temperature")
         assert stored.fetchall() == [(1.5,), (2.5,), (3.5,)]
+
+
+def test_mqtt5_on_every_listener(running, certificate):  # noqa: F811
+    tls_port = free_port()
+    tls = {"HUBSERVER_MQTT_TLS_PORT": str(tls_port)}
+    tls |= {"HUBSERVER_MQTT_TLS_CERTFILE": certificate[0], "HUBSERVER_MQTT_TLS_KEYFILE": certificate[1]}
+    hub = running(env=tls)
+    tcp, websocket, secure = hub.provision(3, prefix="five-")
+    publish_one(tcp, hub.mqtt_port, 5.1, protocol=paho.MQTTv5)
+    publish_one(websocket, hub.http_port, 5.2, transport="websockets", protocol=paho.MQTTv5)
+    publish_one(secure, tls_port, 5.3, ca_certs=certificate[0], protocol=paho.MQTTv5)
+    assert hub.stop(signal.SIGINT) == 0, hub.text()
+    with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
+        stored = db.execute("SELECT temperature FROM devicetypes_weatherstationreading ORDER BY temperature")
+        assert stored.fetchall() == [(5.1,), (5.2,), (5.3,)]
 
 
 def test_without_uvloop_the_hub_falls_back_to_asyncio_and_says_so(running, tmp_path):
