@@ -223,6 +223,7 @@ def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, certificate, 
         assert stored.fetchall() == [(1.5,), (2.5,), (3.5,)]
 
 
+@pytest.mark.slow
 def test_mqtt5_on_every_listener(running, certificate):  # noqa: F811
     tls_port = free_port()
     tls = {"HUBSERVER_MQTT_TLS_PORT": str(tls_port)}
