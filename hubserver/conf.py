@@ -46,8 +46,12 @@ DEFAULTS = {
     "MQTT_TLS_CERTFILE": (str, ""),
     "MQTT_TLS_KEYFILE": (str, ""),
     "MQTT_WEBSOCKET_PATH": (str, "/mqtt"),
-    # Host name printed in provisioning output for devices to connect to ("" = this machine's host name).
+    # Where devices connect, as printed by provisioning (hubserver.endpoints): "" / 0 = what the hub running on
+    # this database listens on (the host name of this machine when it listens on every address).
     "PUBLIC_HOST": (str, ""),
+    "PUBLIC_MQTT_PORT": (int, 0),
+    "PUBLIC_MQTT_TLS_PORT": (int, 0),
+    "PUBLIC_WEBSOCKET_URL": (str, ""),
     # Who may connect, and how much.
     "ALLOW_ANONYMOUS": (bool, False),
     "ANONYMOUS_DENY": (STR_LIST, []),
@@ -154,6 +158,9 @@ def validate(user):
         if limit < 0:
             raise ConfigurationError(f"{where} must be 0 or more bytes, got {limit}")
     resolved["HTTP_BODY_LIMITS"] = dict(resolved["HTTP_BODY_LIMITS"])
+    for key in ("PUBLIC_MQTT_PORT", "PUBLIC_MQTT_TLS_PORT"):
+        if not 0 <= resolved[key] <= 65535:
+            raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be a port (1-65535, or 0: the listening one)")
     for key in (
         "MAX_PAYLOAD_SIZE",
         "HTTP_MAX_BODY_SIZE",

@@ -1,6 +1,11 @@
 """The global registry of DeviceType classes and the models generated for them."""
 
+import inspect
+
 from .exceptions import RegistryError
+
+# Where the built-in catalogue of device types lives (a conflict with it has its own way out).
+CATALOGUE_MODULE = "hubserver.devicetypes"
 
 
 def normalize_name(name):
@@ -10,6 +15,34 @@ def normalize_name(name):
 
 def _qualified(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _declared_at(cls):
+    """``module.Class (path/to/file.py:12)``, or just the dotted name when the source cannot be found."""
+    try:
+        path = inspect.getsourcefile(cls)
+        line = inspect.getsourcelines(cls)[1]
+    except (OSError, TypeError):
+        return _qualified(cls)
+    return f"{_qualified(cls)} ({path}:{line})"
+
+
+def conflict_message(new, existing):
+    """One paragraph: both definitions, why they clash, and how to get out of it."""
+    name = normalize_name(new.__name__)
+    message = (
+        f"Two device types are named {name!r}: {_declared_at(new)} and {_declared_at(existing)}, which was "
+        "registered first. A type's name is its class name in lower case without underscores; it names the "
+        "type's topics, URLs and tables, so it must be unique in a hub."
+    )
+    in_catalogue = [cls for cls in (new, existing) if cls.__module__.startswith(CATALOGUE_MODULE + ".")]
+    if in_catalogue and len(in_catalogue) == 1:
+        return message + (
+            f" {in_catalogue[0].__name__} is in the hub's built-in catalogue: rename your class, or leave the "
+            "catalogue out (the hubserver binary leaves it out when you give --devices or HUBSERVER_DEVICES, "
+            f"unless HUBSERVER_CATALOGUE=1; in a Django project, remove {CATALOGUE_MODULE!r} from INSTALLED_APPS)."
+        )
+    return message + " Rename one of the two classes, or stop importing one of them."
 
 
 class DeviceTypeRegistry:
@@ -23,10 +56,7 @@ class DeviceTypeRegistry:
         key = normalize_name(device_type.__name__)
         existing = self._types.get(key)
         if existing is not None and _qualified(existing) != _qualified(device_type):
-            raise RegistryError(
-                f"DeviceType name conflict: {device_type.__name__!r} ({_qualified(device_type)}) -- "
-                f"already registered by {_qualified(existing)}"
-            )
+            raise RegistryError(conflict_message(device_type, existing))
         # Re-importing the same module (autoreload, tests) replaces the class in place.
         self._types[key] = device_type
         return device_type

@@ -2,14 +2,16 @@
 
 | variable | default | meaning |
 |---|---|---|
-| HUBSERVER_DATA_DIR | ./hubserver-data | database, secret key, generated migrations |
+| HUBSERVER_DATA_DIR | ~/.local/share/hubserver | database, secret key, generated migrations |
 | DATABASE_URL | sqlite:///<data dir>/hubserver.sqlite3 | any dj-database-url URL (postgres://...) |
 | HUBSERVER_SECRET_KEY | generated once into <data dir>/secret_key | Django SECRET_KEY |
 | HUBSERVER_DEBUG | 0 | Django DEBUG |
 | HUBSERVER_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma-separated; * allows any |
 | HUBSERVER_CSRF_TRUSTED_ORIGINS | (none) | comma-separated origins, e.g. https://hub.example.com |
 | HUBSERVER_DEVICES | (none) | a devices.py of your own, loaded as the app ``userdevices`` |
-| HUBSERVER_CATALOGUE | 1 | 0 leaves out the built-in catalogue of device types |
+| HUBSERVER_CATALOGUE | 1 (0 with HUBSERVER_DEVICES) | include the built-in catalogue of device types |
+| HUBSERVER_PUBLIC_HOST, HUBSERVER_PUBLIC_MQTT_PORT | the running hub's | where provisioning says devices connect |
+| HUBSERVER_PUBLIC_MQTT_TLS_PORT, HUBSERVER_PUBLIC_WEBSOCKET_URL | the running hub's | the same, for TLS and WebSocket |
 | HUBSERVER_TOPIC_PREFIX | things | MQTT topic prefix |
 | HUBSERVER_ALLOW_ANONYMOUS | 0 | let clients without credentials connect (outside the device namespace) |
 | HUBSERVER_ANONYMOUS_DENY | (none) | comma-separated topic patterns anonymous clients may not use |
@@ -48,7 +50,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "hubserver",
 ]
-if env_bool("HUBSERVER_CATALOGUE", True):
+# The built-in catalogue is there to try the hub; a user who brings their own devices file gets only
+# their own types (a type of theirs may share a catalogue type's name) unless they ask for both.
+if env_bool("HUBSERVER_CATALOGUE", not os.environ.get("HUBSERVER_DEVICES")):
     INSTALLED_APPS.append("hubserver.devicetypes")
 MIGRATION_MODULES = {}
 _user_app = user_devices_app(DATA_DIR)
@@ -140,6 +144,10 @@ STORAGES = {
 
 HUBSERVER = {
     "TOPIC_PREFIX": os.environ.get("HUBSERVER_TOPIC_PREFIX", "things"),
+    "PUBLIC_HOST": os.environ.get("HUBSERVER_PUBLIC_HOST", ""),
+    "PUBLIC_MQTT_PORT": env_int("HUBSERVER_PUBLIC_MQTT_PORT", 0),
+    "PUBLIC_MQTT_TLS_PORT": env_int("HUBSERVER_PUBLIC_MQTT_TLS_PORT", 0),
+    "PUBLIC_WEBSOCKET_URL": os.environ.get("HUBSERVER_PUBLIC_WEBSOCKET_URL", ""),
     "ALLOW_ANONYMOUS": env_bool("HUBSERVER_ALLOW_ANONYMOUS", False),
     "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
     "BROKER_AUTH_TOKEN": os.environ.get("HUBSERVER_BROKER_AUTH_TOKEN", ""),

@@ -60,9 +60,25 @@ def env_sizes(name, default):
     return sizes
 
 
+def default_data_dir():
+    """The user's data directory (``$XDG_DATA_HOME/hubserver``, by default ``~/.local/share/hubserver``): the
+    same whatever the current directory, so every command of one user finds the same hub."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return base / "hubserver"
+
+
 def data_dir():
-    path = Path(os.environ.get("HUBSERVER_DATA_DIR", "hubserver-data")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    """HUBSERVER_DATA_DIR (``--data-dir``), else default_data_dir(); created if missing."""
+    raw = os.environ.get("HUBSERVER_DATA_DIR")
+    path = (Path(raw).expanduser() if raw else default_data_dir()).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"cannot create the data directory {path}: {error.strerror}; "
+            "give a writable one with --data-dir or HUBSERVER_DATA_DIR"
+        ) from None
     return path
 
 

@@ -805,6 +805,8 @@ def test_connection_info(provisioned_device, settings):
         "api_key": credentials["api_key"],
         "host": "hub.example.com",
         "mqtt_port": 1884,
+        "mqtt_tls_port": None,
+        "websocket_url": "ws://hub.example.com:8000/mqtt",
         "topics": {
             "data": "things/thermometer/kitchen-1/data",
             "status": "things/thermometer/kitchen-1/status",

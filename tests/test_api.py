@@ -328,11 +328,12 @@ def test_provision_returns_credentials_once(admin_client, device, settings):
     info = response.json()
     assert set(info) == {
         "device_id", "device_type", "client_id", "mqtt_username", "mqtt_password", "api_key", "host", "mqtt_port",
-        "topics",
+        "mqtt_tls_port", "websocket_url", "topics",
     }  # fmt: skip
     assert info["device_id"] == "t-1" and info["device_type"] == "thermometer"
     assert info["mqtt_username"] == info["client_id"] == "thermometer.t-1"
-    assert info["host"] == "hub.example.test" and info["mqtt_port"] == 1883
+    assert info["host"] == "hub.example.test" and info["mqtt_port"] == 1883 and info["mqtt_tls_port"] is None
+    assert info["websocket_url"] == "ws://hub.example.test:8000/mqtt"
     assert info["topics"] == {
         "data": "things/thermometer/t-1/data",
         "status": "things/thermometer/t-1/status",

@@ -91,11 +91,8 @@ def test_devices_file_without_a_project(tmp_path, how):
     assert migration.exists(), "the user's migrations are written into the data directory"
     with sqlite3.connect(data_dir / "hubserver.sqlite3") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {
-        "userdevices_soilprobedevice",
-        "userdevices_irrigationvalvereading",
-        "devicetypes_smartplugdevice",
-    } <= tables
+    assert {"userdevices_soilprobedevice", "userdevices_irrigationvalvereading"} <= tables
+    assert not any(table.startswith("devicetypes_") for table in tables), "a devices file leaves the catalogue out"
 
     # A new Reading in the file gives a second migration on the next command; then nothing changes.
     devices.write_text(
@@ -126,6 +123,110 @@ def test_catalogue_can_be_left_out(tmp_path):
     assert "weatherstation" not in out
     out = hubserver("types", data_dir=tmp_path).stdout
     assert "weatherstation" in out and "smartplug" in out
+
+
+README_TYPE = """from hubserver import Command, DeviceType, Reading, StateField
+
+
+class WeatherStation(DeviceType):
+    temperature = Reading(float, unit="°C", min_value=-60, max_value=70)
+    humidity = Reading(float, unit="%", min_value=0, max_value=100)
+    report_interval = StateField(int, default=300)
+    reboot = Command(description="Restart the station", timeout=60)
+"""
+
+
+def test_a_devices_file_may_declare_a_type_named_like_one_of_the_catalogue(tmp_path):
+    devices = tmp_path / "my_devices.py"
+    devices.write_text(README_TYPE)
+    out = hubserver("--devices", str(devices), "types", data_dir=tmp_path / "data").stdout
+    assert "readings: temperature (°C), humidity (%)" in out
+    assert "smartplug" not in out and "pressure" not in out, "the catalogue is left out"
+    provisioned = hubserver("--devices", str(devices), "provision", "weatherstation", "ws-1", "--format", "json",
+                            data_dir=tmp_path / "data")  # fmt: skip
+    assert json.loads(provisioned.stdout)["mqtt_username"] == "weatherstation.ws-1"
+    with sqlite3.connect(tmp_path / "data" / "hubserver.sqlite3") as db:
+        assert db.execute("SELECT device_id FROM userdevices_weatherstationdevice").fetchall() == [("ws-1",)]
+
+    # Both, on request: a one-paragraph error naming both definitions and the ways out, no traceback.
+    both = hubserver("--devices", str(devices), "types", data_dir=tmp_path / "data",
+                     env={"HUBSERVER_CATALOGUE": "1"}, check=False)  # fmt: skip
+    assert both.returncode == 1
+    assert "Traceback" not in both.stderr
+    error = both.stderr.strip().splitlines()[-1]
+    assert error.startswith("hubserver: error: Two device types are named 'weatherstation': my_devices.WeatherStation")
+    assert f"({devices}:4)" in error
+    assert "hubserver.devicetypes.devices.WeatherStation (" in error
+    assert "rename your class, or leave the catalogue out" in error and "HUBSERVER_CATALOGUE=1" in error
+
+
+def test_a_devices_file_on_a_database_with_catalogue_devices_says_how_to_keep_them(tmp_path):
+    hubserver("provision", "smartplug", "plug-1", "--format", "json", data_dir=tmp_path)
+    devices = tmp_path / "greenhouse_devices.py"
+    shutil.copy(EXAMPLE_DEVICES, devices)
+    result = hubserver("--devices", str(devices), "types", data_dir=tmp_path)
+    assert "set HUBSERVER_CATALOGUE=1 to keep using those devices" in result.stderr
+    both = hubserver("--devices", str(devices), "types", data_dir=tmp_path, env={"HUBSERVER_CATALOGUE": "1"})
+    assert "smartplug" in both.stdout and "soilprobe" in both.stdout
+    assert "HUBSERVER_CATALOGUE" not in both.stderr
+
+
+def test_configuration_errors_are_one_line_without_a_traceback(tmp_path):
+    result = hubserver("types", data_dir=tmp_path, env={"HUBSERVER_ALLOW_ANONYMOUS": "maybe"}, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "hubserver: error: HUBSERVER_ALLOW_ANONYMOUS must be one of 1/0, true/false, yes/no, on/off; got 'maybe'"
+    )
+
+
+def test_version_is_the_hub_s(tmp_path):
+    from importlib.metadata import version
+
+    import django
+
+    out = hubserver("--version", data_dir=tmp_path).stdout
+    assert out.startswith(f"hubserver {version('hubserver')} (Django {django.get_version()}, amqtt 0.12.1, Python ")
+    assert hubserver("version", data_dir=tmp_path).stdout == out
+
+
+def without_data_dir(*args, home, cwd, env=None):
+    """The binary as a user runs it: no --data-dir, no HUBSERVER_DATA_DIR, HOME=home, from directory cwd."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSERVER_", "DJANGO_", "XDG_"))}
+    environ.update({"HOME": str(home), **(env or {})})
+    binary = shutil.which("hubserver") or str(Path(sys.executable).parent / "hubserver")
+    return subprocess.run([binary, *args], env=environ, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_the_default_data_directory_is_the_user_s_whatever_the_current_directory(tmp_path):
+    home, first, second = tmp_path / "home", tmp_path / "a", tmp_path / "b"
+    for folder in (home, first, second):
+        folder.mkdir()
+    created = without_data_dir("provision", "smartplug", "plug-1", "--format", "json", home=home, cwd=first)
+    expected = home / ".local" / "share" / "hubserver"
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.splitlines()[:2] == [
+        f"hubserver: data directory {expected}",
+        f"hubserver: creating a new database in {expected}",
+    ]
+    # From another directory: the same database, which already knows the device.
+    again = without_data_dir("provision", "smartplug", "plug-1", "--format", "json", home=home, cwd=second)
+    assert again.stderr.splitlines()[0] == f"hubserver: data directory {expected}"
+    assert "creating a new database" not in again.stderr and "rotated" in again.stderr
+    assert not (first / "hubserver-data").exists() and not (second / "hubserver-data").exists()
+    # XDG_DATA_HOME moves it; -v 0 keeps quiet about it.
+    elsewhere = without_data_dir("types", "-v", "0", home=home, cwd=first, env={"XDG_DATA_HOME": str(tmp_path / "x")})
+    assert elsewhere.stderr == "" and (tmp_path / "x" / "hubserver" / "secret_key").exists()
+
+
+def test_an_old_data_directory_in_the_current_directory_is_pointed_out(tmp_path):
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    hubserver("migrate", "--no-input", data_dir=project / "hubserver-data")
+    result = without_data_dir("types", home=home, cwd=project)
+    assert "./hubserver-data here holds a hub database, but this command uses the default data directory" in (
+        result.stderr
+    )
+    assert "--data-dir hubserver-data ..." in result.stderr
 
 
 def test_provision_works_as_the_first_command_on_a_new_data_directory(tmp_path):

@@ -19,6 +19,8 @@ INFO_KEYS = {
     "api_key",
     "host",
     "mqtt_port",
+    "mqtt_tls_port",
+    "websocket_url",
     "topics",
 }
 

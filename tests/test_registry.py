@@ -16,18 +16,35 @@ def test_names_are_normalized(name):
     assert name in registry
 
 
-def test_collision_names_both_classes():
+def test_collision_names_both_classes_and_the_way_out():
     first = DeviceTypeMeta("PoolPump", (DeviceType,), {"__module__": "garden.devices"})
     try:
         with pytest.raises(RegistryError) as caught:
             DeviceTypeMeta("Pool_Pump", (DeviceType,), {"__module__": "backyard.devices"})
         message = str(caught.value)
-        assert "DeviceType name conflict: 'Pool_Pump'" in message
-        assert "backyard.devices.Pool_Pump" in message
-        assert "already registered by garden.devices.PoolPump" in message
+        both = "backyard.devices.Pool_Pump and garden.devices.PoolPump"
+        assert f"Two device types are named 'poolpump': {both}" in message
+        assert "Rename one of the two classes" in message
+        assert "\n" not in message
         assert registry.get("poolpump") is first
     finally:
         registry.unregister("poolpump")
+
+
+def test_collision_with_the_catalogue_message():
+    with pytest.raises(RegistryError) as caught:
+
+        class Weather_Station(DeviceType):
+            pass
+
+    message = str(caught.value)
+    here = f"tests.test_registry.test_collision_with_the_catalogue_message.<locals>.Weather_Station ({__file__}:"
+    assert message.startswith(f"Two device types are named 'weatherstation': {here}")
+    assert "hubserver.devicetypes.devices.WeatherStation (" in message and "devices.py:" in message
+    assert "Weather_Station is in the hub's built-in catalogue" not in message
+    assert "WeatherStation is in the hub's built-in catalogue" in message
+    assert "HUBSERVER_CATALOGUE=1" in message and "INSTALLED_APPS" in message
+    assert registry.get("weatherstation").__module__ == "hubserver.devicetypes.devices"
 
 
 def test_lookups():

@@ -132,7 +132,8 @@ def test_first_run_creates_the_admin_once_and_serves_http(running):
         assert again.stop() == 0
 
 
-def test_a_busy_port_stops_start_up_with_a_clear_message(tmp_path):
+@pytest.mark.slow
+def test_a_busy_port_stops_start_up_before_anything_is_created(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -146,6 +147,99 @@ def test_a_busy_port_stops_start_up_with_a_clear_message(tmp_path):
             time.sleep(0.1)
             assert code != 0
             assert f"cannot listen for {kind} on 127.0.0.1:{port}" in hub.text()
+            assert "Created the admin account" not in hub.text()
+            assert not (hub.data_dir / "hubserver.sqlite3").exists(), "no database (and no admin) before the ports"
+
+
+@pytest.mark.slow
+def test_the_admin_password_is_printed_once_with_the_way_to_reset_it(running, tmp_path):
+    hub = running()
+    printed = next(line for line in hub.output if "Log in at" in line)
+    assert f"Log in at http://127.0.0.1:{hub.http_port}/admin/ as  admin  with password  " in printed
+    password = printed.split()[-1]
+    reset = next(line for line in hub.output if "shown only once" in line)
+    program = reset.split("To set a new one: ")[1].split()[0]
+    assert program in (BINARY, "hubserver")  # as the user runs it: by its path, or by name from PATH
+    assert reset.strip().endswith(f"{program} --data-dir {hub.data_dir} changepassword admin")
+    assert hub.stop() == 0
+
+    # The documented way works: changepassword (asking twice, here on stdin instead of a terminal).
+    changed = subprocess.run(
+        [BINARY, "--data-dir", str(hub.data_dir), "changepassword", "admin"],
+        env=environment(hub.data_dir),
+        input="a-new-admin-pass-42\na-new-admin-pass-42\n",
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # no controlling terminal: getpass reads stdin
+        timeout=120,
+    )
+    assert "Password changed successfully for user 'admin'" in changed.stdout, changed.stderr
+    check = "from django.contrib.auth import authenticate as a; print(bool(a(username='admin', password={!r})))"
+    for secret, valid in ((password, "False"), ("a-new-admin-pass-42", "True")):
+        out = subprocess.run(
+            [BINARY, "shell", "-v", "0", "-c", check.format(secret)],
+            env=environment(hub.data_dir),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.stdout.strip() == valid, out.stderr
+
+
+def binary(*args, data_dir, env=None, check=True):
+    result = subprocess.run(
+        [BINARY, *args], env=environment(data_dir, **(env or {})), capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_other_commands_find_the_running_hub_on_their_database(tmp_path):
+    runtime = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    hub = RunningHub(tmp_path / "data", env=runtime).start()
+    try:
+        # Provisioning prints where this hub really listens (not the default 1883), and the WebSocket URL.
+        info = json.loads(binary("provision", "weatherstation", "ws-1", "--format", "json",
+                                 data_dir=hub.data_dir, env=runtime).stdout)  # fmt: skip
+        assert (info["host"], info["mqtt_port"]) == ("127.0.0.1", hub.mqtt_port)
+        assert info["websocket_url"] == f"ws://127.0.0.1:{hub.http_port}/mqtt"
+        publish_one(info, info["mqtt_port"], 7.5)
+
+        # What a deployment says wins: a hub behind NAT or in a container.
+        public = {
+            "HUBSERVER_PUBLIC_HOST": "hub.example.com",
+            "HUBSERVER_PUBLIC_MQTT_PORT": "11883",
+            "HUBSERVER_PUBLIC_MQTT_TLS_PORT": "18883",
+            "HUBSERVER_PUBLIC_WEBSOCKET_URL": "wss://hub.example.com/mqtt",
+        }
+        out = binary("provision", "weatherstation", "ws-2", "--format", "csv", data_dir=hub.data_dir,
+                     env=runtime | public).stdout  # fmt: skip
+        row = dict(zip(*[line.split(",") for line in out.splitlines()], strict=True))
+        assert (row["host"], row["mqtt_port"], row["mqtt_tls_port"]) == ("hub.example.com", "11883", "18883")
+        assert row["websocket_url"] == "wss://hub.example.com/mqtt"
+
+        # The simulator connects to the running hub's port without being told.
+        simulated = binary("simulate", "weatherstation", "--count", "1", "--interval", "0.2", "--duration", "2",
+                           "--live", "no", data_dir=hub.data_dir, env=runtime)  # fmt: skip
+        assert f"127.0.0.1:{hub.mqtt_port}" in simulated.stdout + simulated.stderr
+
+        # A command that would create another database says which hub runs where, and how to reach its data.
+        other = binary("provision", "weatherstation", "ws-3", data_dir=tmp_path / "other", env=runtime)
+        lines = other.stderr.splitlines()
+        assert f"hubserver: creating a new database in {tmp_path / 'other'}" in lines
+        warning = next(line for line in lines if "a hub is running" in line)
+        assert f"(pid {hub.process.pid}, MQTT port {hub.mqtt_port}) on another database" in warning
+        assert warning.endswith(f"--data-dir {hub.data_dir} ...")
+        assert "No hub is running on this database" in other.stderr
+    finally:
+        assert hub.stop() == 0
+    assert not list((tmp_path / "runtime").rglob("*.json")), "the hub's note is removed when it stops"
+    after = binary("provision", "weatherstation", "ws-4", "--format", "json", data_dir=hub.data_dir, env=runtime)
+    assert json.loads(after.stdout)["mqtt_port"] == 1883 and "No hub is running on this database" in after.stderr
+    with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
+        assert db.execute("SELECT temperature FROM devicetypes_weatherstationreading").fetchall()[0] == (7.5,)
 
 
 def test_mqtt_over_websocket_on_the_http_port(running):
@@ -306,3 +400,4 @@ def test_sigterm_under_load_loses_no_acknowledged_message(running):
         }
     missing = acked - stored
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages are not in the database"
+

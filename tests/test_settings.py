@@ -33,6 +33,7 @@ def test_seed_minimal_broker_config_is_completed_with_defaults():
         ({"BROKERS": {"default": {"HOSTNAME": "x"}}}, "HOSTNAME"),
         ({"TOPIC_PREFIX": "things/#"}, "TOPIC_PREFIX"),
         ({"WRITER_BATCH_SIZE": 0}, "WRITER_BATCH_SIZE"),
+        ({"PUBLIC_MQTT_PORT": 70000}, "PUBLIC_MQTT_PORT"),
     ],
 )
 def test_invalid_settings_name_the_key(user, named):

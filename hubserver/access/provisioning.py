@@ -7,7 +7,6 @@ receiver (say, one storing the secrets in a vault) fails, the rotation is rolled
 credentials stay valid, rather than leaving a device whose new secrets nobody ever saw.
 """
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -15,7 +14,7 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
-from ..conf import hub_settings
+from ..endpoints import public_endpoints
 from ..exceptions import ValidationError
 from ..registry import registry
 from ..signals import device_provisioned
@@ -150,9 +149,15 @@ def provision_many(device_type, device_ids, *, names=None, workers=None, progres
     return results
 
 
-def public_host():
-    """Where devices should connect: ``PUBLIC_HOST``, else this machine's host name."""
-    return hub_settings.PUBLIC_HOST or socket.gethostname()
+def connection_endpoints():
+    """``host``, ``mqtt_port``, ``mqtt_tls_port`` (None without TLS) and ``websocket_url`` devices connect to."""
+    endpoints = public_endpoints()
+    return {
+        "host": endpoints.host,
+        "mqtt_port": endpoints.mqtt_port,
+        "mqtt_tls_port": endpoints.mqtt_tls_port,
+        "websocket_url": endpoints.websocket_url,
+    }
 
 
 def connection_info(device, credentials):
@@ -165,7 +170,6 @@ def connection_info(device, credentials):
         "mqtt_username": credentials["mqtt_username"],
         "mqtt_password": credentials["mqtt_password"],
         "api_key": credentials["api_key"],
-        "host": public_host(),
-        "mqtt_port": hub_settings.MQTT_PORT,
+        **connection_endpoints(),
         "topics": device_topics(type_name, device.device_id),
     }

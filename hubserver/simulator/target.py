@@ -1,14 +1,16 @@
 """Where simulated devices connect: a ``BROKERS`` entry (``--broker``), or the hub's own embedded broker.
 
 For the embedded engine (the default entry of ``hubserver run``) the address is ``--host`` / ``--port``,
-defaulting to this machine and ``MQTT_PORT``; for an external broker (EMQX, Mosquitto) its ``HOST``,
-``PORT`` and TLS settings, unless ``--host`` / ``--port`` say otherwise.
+defaulting to where the hub running on this database listens (else this machine and ``MQTT_PORT``); for an
+external broker (EMQX, Mosquitto) its ``HOST``, ``PORT`` and TLS settings, unless ``--host`` / ``--port``
+say otherwise.
 """
 
 from dataclasses import dataclass
 
 from ..conf import EMBEDDED_ENGINE, hub_settings
 from ..exceptions import ConfigurationError
+from ..running import hub_on
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
@@ -34,9 +36,10 @@ def resolve_target(broker="default", host=None, port=None):
         raise ConfigurationError(f"unknown broker {broker!r}; configured brokers: {', '.join(sorted(brokers))}")
     entry = brokers[broker]
     if entry["ENGINE"] == EMBEDDED_ENGINE:
-        listen = hub_settings.MQTT_HOST
+        hub = hub_on()  # ``hubserver run`` on this database, with the ports it was started with
+        listen = hub.host if hub else hub_settings.MQTT_HOST
         default_host = "127.0.0.1" if listen in WILDCARD_HOSTS else listen
-        return Target(host or default_host, port or hub_settings.MQTT_PORT, broker)
+        return Target(host or default_host, port or (hub.mqtt_port if hub else hub_settings.MQTT_PORT), broker)
     return Target(
         host or entry["HOST"],
         port or entry["PORT"],

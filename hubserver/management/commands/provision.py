@@ -16,6 +16,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from ...access.provisioning import connection_info, device_username, provision, provision_many
+from ...conf import hub_settings
+from ...endpoints import public_endpoints
 from ...exceptions import ValidationError
 from ...registry import registry
 from ..database import ensure_database
@@ -30,6 +32,8 @@ CSV_COLUMNS = (
     "api_key",
     "host",
     "mqtt_port",
+    "mqtt_tls_port",
+    "websocket_url",
     "topic_data",
     "topic_status",
     "topic_cmd",
@@ -71,7 +75,7 @@ class Command(BaseCommand):
             if count is None:
                 if prefix is not None:
                     raise CommandError("--prefix only applies with --count")
-                self._one(device_type, device_id, name, fmt or "table")
+                self._one(device_type, device_id, name, fmt or "table", options)
             else:
                 if name is not None:
                     raise CommandError("--name only applies to one device")
@@ -84,7 +88,7 @@ class Command(BaseCommand):
 
     # -- one device --------------------------------------------------------------------------------------
 
-    def _one(self, device_type, device_id, name, fmt):
+    def _one(self, device_type, device_id, name, fmt, options):
         model = device_type._device_model
         device_username(device_type, device_id, model)  # refuse a bad id before creating anything
         with transaction.atomic():
@@ -107,6 +111,7 @@ class Command(BaseCommand):
             self._write_table(info)
         if fmt == "table":
             self._warn("Store these now: the password and API key are shown only this once.")
+        self._note_endpoints(options.get("verbosity", 1))
 
     # -- many devices ------------------------------------------------------------------------------------
 
@@ -131,6 +136,14 @@ class Command(BaseCommand):
             self._write_many_table(infos)
         if options.get("verbosity", 1) > 0:
             self._warn(f"Provisioned {len(infos)} {device_type.type_name()} device(s){self._rotated(rotated)}.")
+        self._note_endpoints(options.get("verbosity", 1))
+
+    def _note_endpoints(self, verbosity):
+        if verbosity > 0 and not public_endpoints().running and not hub_settings.PUBLIC_MQTT_PORT:
+            self._warn(
+                "No hub is running on this database, so the host and ports shown are the ones 'hubserver run' "
+                "starts with by default (HUBSERVER_PUBLIC_HOST and HUBSERVER_PUBLIC_MQTT_PORT set them)."
+            )
 
     @staticmethod
     def _rotated(rotated):
@@ -182,7 +195,7 @@ class Command(BaseCommand):
             if key == "topics":
                 for suffix, topic in value.items():
                     table.add_row(f"topic ({suffix})", topic)
-            else:
+            elif value is not None:
                 table.add_row(key, str(value))
         self._console(self.stdout).print(table)
 
@@ -206,7 +219,7 @@ class Command(BaseCommand):
         writer.writerow(CSV_COLUMNS)
         for info in infos:
             row = {**info, **{f"topic_{suffix}": topic for suffix, topic in info["topics"].items()}}
-            writer.writerow([row[column] for column in CSV_COLUMNS])
+            writer.writerow(["" if row[column] is None else row[column] for column in CSV_COLUMNS])
         self.stdout.write(buffer.getvalue(), ending="")
 
     def _warn(self, message):

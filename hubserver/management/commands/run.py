@@ -9,16 +9,20 @@ import secrets
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from ... import running
 from ...brokers import set_engine
 from ...brokers.embedded import EmbeddedBroker, PortInUse
+from ...cli import program_name
 from ...conf import EVENT_LOOPS, hub_settings
 from ...routing import MessageRouter
-from ..database import migrate_quietly
+from ..database import BINARY_SETTINGS, migrate_quietly
 from ..gc_tuning import tune_for_serving
+from ..location import is_new_database, new_database_notices
 
 logger = logging.getLogger("hubserver")
 
@@ -49,9 +53,14 @@ class Command(BaseCommand):
     def handle(self, *args, host, http_port, mqtt_port, event_loop=None, **options):
         install_reactor(event_loop or hub_settings.EVENT_LOOP)  # first: before anything imports Twisted's reactor
         self.raise_open_files_limit()
-        self.prepare_database()
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
-        self.check_http_port(host, http_port)
+        tls_port = hub_settings.MQTT_TLS_PORT
+        # Every port before anything is created: a start that fails leaves no database and no admin account.
+        self.check_port(host, http_port, "HTTP", "--http-port")
+        self.check_port(host, mqtt_port, "MQTT", "--mqtt-port")
+        if tls_port:
+            self.check_port(host, tls_port, "MQTT over TLS", "HUBSERVER_MQTT_TLS_PORT")
+        self.prepare_database()
 
         from twisted.internet import defer, reactor
 
@@ -67,10 +76,15 @@ class Command(BaseCommand):
         except PortInUse as exc:
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
         set_engine(engine)
+        # Only once the broker listens: an account whose password was printed by a start that then failed
+        # would be lost.
+        self.ensure_admin(host, http_port)
         tune_for_serving()
+        running.record(running.this_hub(host, http_port, mqtt_port, tls_port, hub_settings.MQTT_WEBSOCKET_PATH))
 
         def stop_engine():
             self.stdout.write("Stopping: no new connections; committing what is queued...")
+            running.forget()
             return defer.Deferred.fromFuture(asyncio.ensure_future(engine.stop()))
 
         reactor.addSystemEventTrigger("before", "shutdown", stop_engine)
@@ -85,7 +99,10 @@ class Command(BaseCommand):
         failed = []
         original_listen_error = server.listen_error
         server.listen_error = lambda failure: (failed.append(failure.getErrorMessage()), original_listen_error(failure))
-        server.run()
+        try:
+            server.run()
+        finally:
+            running.forget()
         set_engine(None)
         if failed:
             raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
@@ -113,34 +130,49 @@ class Command(BaseCommand):
             )
 
     def prepare_database(self):
-        """Migrate, and on first start create an admin account and print its login once."""
-        migrate_quietly()
+        """Bring the database up to date, with the migrations of a devices file of the user's."""
+        if settings.SETTINGS_MODULE == BINARY_SETTINGS and is_new_database():
+            for line in new_database_notices(program_name(sys.argv[0])):
+                self.stderr.write(line, style_func=self.style.WARNING if "warning:" in line else str)
+        if os.environ.get("HUBSERVER_DEVICES") and settings.SETTINGS_MODULE == BINARY_SETTINGS:
+            from ...cli import sync_user_migrations, warn_about_catalogue_data
+
+            sync_user_migrations(self.stdout)
+            warn_about_catalogue_data(self.stderr)
+        else:
+            migrate_quietly()
+
+    def ensure_admin(self, host, http_port):
+        """On first start, create an ``admin`` account and print its password, once."""
         from django.contrib.auth import get_user_model
 
         User = get_user_model()
-        if not User.objects.filter(is_superuser=True).exists():
-            password = secrets.token_urlsafe(12)
-            User.objects.create_superuser("admin", "", password)
-            self.stdout.write(
-                self.style.WARNING(
-                    f"Created the admin account. Log in at /admin/ as  admin  with password  {password}\n"
-                    "This password is shown only once; change it in the admin."
-                )
+        if User.objects.filter(is_superuser=True).exists():
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "", password)
+        self.stdout.write(
+            self.style.WARNING(
+                f"Created the admin account. Log in at http://{_shown(host)}:{http_port}/admin/ as  admin  with "
+                f"password  {password}\n"
+                f"This password is shown only once. To set a new one: {reset_command()}"
             )
+        )
 
-    def check_http_port(self, host, port):
+    def check_port(self, host, port, what, option):
         probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise CommandError(f"cannot listen for HTTP on {host}:{port}: {reason}. Use --http-port.") from exc
+            hint = " Is another hub or MQTT broker running?" if what.startswith("MQTT") else ""
+            raise CommandError(f"cannot listen for {what} on {host}:{port}: {reason}.{hint} Use {option}.") from exc
         finally:
             probe.close()
 
     def print_ready(self, host, http_port, mqtt_port):
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        shown = _shown(host)
         self.stdout.write(
             self.style.SUCCESS(
                 f"hubserver is running (data in {settings.DATA_DIR})\n"
@@ -201,6 +233,20 @@ def install_reactor(event_loop):
     else:
         logger.info("Event loop: asyncio (%s)", type(loop).__name__)
     return loop
+
+
+def _shown(host):
+    return "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+
+
+def reset_command():
+    """The command that sets a new admin password, as this user runs the binary, on this data directory."""
+    if settings.SETTINGS_MODULE != BINARY_SETTINGS:
+        return "python manage.py changepassword admin"
+    from ...settings.environment import default_data_dir  # the binary's settings are loaded already
+
+    where = f" --data-dir {settings.DATA_DIR}" if Path(settings.DATA_DIR) != default_data_dir().resolve() else ""
+    return f"{program_name(sys.argv[0])}{where} changepassword admin"
 
 
 def _twisted_interface(host):

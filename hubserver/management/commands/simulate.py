@@ -60,7 +60,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--prefix", default="sim-", help="device id prefix (default 'sim-')")
         parser.add_argument("--host", help="broker address (default: 127.0.0.1 for the embedded broker)")
-        parser.add_argument("--port", type=int, help="broker MQTT port (default: MQTT_PORT for the embedded broker)")
+        parser.add_argument(
+            "--port", type=int, help="broker MQTT port (embedded broker: the running hub's, else MQTT_PORT)"
+        )
         parser.add_argument("--seed", type=int, help="random seed, for repeatable values")
         parser.add_argument(
             "--live",
