@@ -63,8 +63,10 @@ DEFAULTS = {
     "HTTP_BODY_LIMITS": (dict, {}),
     # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...").
     "BROKER_AUTH_TOKEN": (str, ""),
-    # /metrics for anyone (not only this machine and staff users).
+    # /metrics for anyone (not only this machine and staff users), or for these networks too (CIDR, e.g. a
+    # container bridge's 172.16.0.0/12).
     "METRICS_PUBLIC": (bool, False),
+    "METRICS_ALLOWED_NETWORKS": (STR_LIST, []),
     # Seconds without any message after which a connected device is marked offline (0: never).
     "HEARTBEAT_TIMEOUT": (NUMBER, 300),
     # Live views: events buffered per WebSocket before a viewer is dropped as too slow, the seconds it then
@@ -125,6 +127,15 @@ def _validate_brokers(brokers):
     return resolved
 
 
+def _networks(values):
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(value, strict=False) for value in values]
+    except ValueError as error:
+        raise ConfigurationError(f"{SETTINGS_NAME}['METRICS_ALLOWED_NETWORKS']: {error}") from None
+
+
 def validate(user):
     """Merge the user's dict with the defaults; raise ConfigurationError naming the first bad key."""
     if not isinstance(user, dict):
@@ -158,6 +169,7 @@ def validate(user):
         if limit < 0:
             raise ConfigurationError(f"{where} must be 0 or more bytes, got {limit}")
     resolved["HTTP_BODY_LIMITS"] = dict(resolved["HTTP_BODY_LIMITS"])
+    resolved["METRICS_ALLOWED_NETWORKS"] = _networks(resolved["METRICS_ALLOWED_NETWORKS"])
     for key in ("PUBLIC_MQTT_PORT", "PUBLIC_MQTT_TLS_PORT"):
         if not 0 <= resolved[key] <= 65535:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be a port (1-65535, or 0: the listening one)")

@@ -9,6 +9,7 @@
 | ``api/docs/`` | a browsable UI of the schema (Swagger UI, served by this process: no CDN) |
 | ``""`` | the live dashboard (login required) |
 | ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
+| ``healthz`` | 200 while HTTP and the database answer (container health checks), no login |
 """
 
 from django.contrib import admin
@@ -16,12 +17,14 @@ from django.urls import include, path
 
 from .api.docs import ASSET_URL_NAME, DOCS_URL_NAME, SCHEMA_URL_NAME, HubDocsView, HubSchemaView, docs_asset
 from .conf import hub_settings
+from .views.health import health_view
 from .views.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("iot/", include("hubserver.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("healthz", health_view, name="health"),
 ]
 
 if hub_settings.AUTO_API:

@@ -1,28 +1,7 @@
 """Settings of the ``hubserver`` binary, configured entirely from the environment.
 
-| variable | default | meaning |
-|---|---|---|
-| HUBSERVER_DATA_DIR | ~/.local/share/hubserver | database, secret key, generated migrations |
-| DATABASE_URL | sqlite:///<data dir>/hubserver.sqlite3 | any dj-database-url URL (postgres://...) |
-| HUBSERVER_SECRET_KEY | generated once into <data dir>/secret_key | Django SECRET_KEY |
-| HUBSERVER_DEBUG | 0 | Django DEBUG |
-| HUBSERVER_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma-separated; * allows any |
-| HUBSERVER_CSRF_TRUSTED_ORIGINS | (none) | comma-separated origins, e.g. https://hub.example.com |
-| HUBSERVER_DEVICES | (none) | a devices.py of your own, loaded as the app ``userdevices`` |
-| HUBSERVER_CATALOGUE | 1 (0 with HUBSERVER_DEVICES) | include the built-in catalogue of device types |
-| HUBSERVER_PUBLIC_HOST, HUBSERVER_PUBLIC_MQTT_PORT | the running hub's | where provisioning says devices connect |
-| HUBSERVER_PUBLIC_MQTT_TLS_PORT, HUBSERVER_PUBLIC_WEBSOCKET_URL | the running hub's | the same, for TLS and WebSocket |
-| HUBSERVER_TOPIC_PREFIX | things | MQTT topic prefix |
-| HUBSERVER_ALLOW_ANONYMOUS | 0 | let clients without credentials connect (outside the device namespace) |
-| HUBSERVER_ANONYMOUS_DENY | (none) | comma-separated topic patterns anonymous clients may not use |
-| HUBSERVER_MQTT_TLS_PORT | 0 (off) | port of an MQTT-over-TLS listener |
-| HUBSERVER_MQTT_TLS_CERTFILE, HUBSERVER_MQTT_TLS_KEYFILE | (none) | its certificate (chain) and private key, PEM |
-| HUBSERVER_BROKER_AUTH_TOKEN | (none) | bearer token an external broker must send to /iot/broker/auth/ and /acl/ |
-| HUBSERVER_HTTP_MAX_BODY_SIZE | 1048576 | bytes of an HTTP request body, refused (413) from its headers |
-| HUBSERVER_HTTP_BODY_LIMITS | (none) | per URL name, e.g. hubserver:device-data=65536,hubserver:broker-auth=4096 |
-| HUBSERVER_METRICS_PUBLIC | 0 | serve /metrics to anyone, not only to this machine and staff users |
-| HUBSERVER_LOG_LEVEL | INFO | log level of the hub's own loggers |
-| HUBSERVER_EVENT_LOOP | uvloop | loop of ``hubserver run``: uvloop (asyncio's own if uvloop is missing) or asyncio |
+Every variable read here is documented in ``docs/configuration.md``, a table per area (a test keeps the two
+in step): add a row there when you add one here.
 """
 
 import os
@@ -33,7 +12,9 @@ from .environment import database as _database
 DATA_DIR = data_dir()
 SECRET_KEY = secret_key(DATA_DIR)
 DEBUG = env_bool("HUBSERVER_DEBUG", False)
-ALLOWED_HOSTS = env_list("HUBSERVER_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# The loopback names are always allowed: health checks and tools on the hub's own machine use them.
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = list(dict.fromkeys([*env_list("HUBSERVER_ALLOWED_HOSTS", []), *LOOPBACK_HOSTS]))
 CSRF_TRUSTED_ORIGINS = env_list("HUBSERVER_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -154,6 +135,7 @@ HUBSERVER = {
     "METRICS_PUBLIC": env_bool("HUBSERVER_METRICS_PUBLIC", False),
     "HTTP_MAX_BODY_SIZE": env_int("HUBSERVER_HTTP_MAX_BODY_SIZE", 1024 * 1024),
     "HTTP_BODY_LIMITS": env_sizes("HUBSERVER_HTTP_BODY_LIMITS", {}),
+    "METRICS_ALLOWED_NETWORKS": env_list("HUBSERVER_METRICS_ALLOWED_NETWORKS", []),
     "MQTT_TLS_PORT": env_int("HUBSERVER_MQTT_TLS_PORT", 0),
     "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),

@@ -94,6 +94,13 @@ def test_access_rules():
     assert Client().post("/metrics").status_code == 405
     with override_settings(HUBSERVER={"METRICS_PUBLIC": True}):
         assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    # A container's published port: requests arrive from the bridge's gateway.
+    with override_settings(HUBSERVER={"METRICS_ALLOWED_NETWORKS": ["172.16.0.0/12", "fd00::/8"]}):
+        assert Client(REMOTE_ADDR="172.17.0.1").get("/metrics").status_code == 200
+        assert Client(REMOTE_ADDR="fd00::5").get("/metrics").status_code == 200
+        assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 403
+        proxied = Client(REMOTE_ADDR="172.17.0.1").get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9")
+        assert proxied.status_code == 403
     from django.contrib.auth.models import User
 
     staff = Client(REMOTE_ADDR="10.1.2.3")

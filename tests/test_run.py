@@ -401,3 +401,37 @@ def test_sigterm_under_load_loses_no_acknowledged_message(running):
     missing = acked - stored
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages are not in the database"
 
+
+@pytest.mark.slow
+def test_the_container_health_check_follows_the_hub(tmp_path):
+    runtime = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    # As in a container: only the hub's public name is configured; the check comes from inside, over loopback.
+    hub = RunningHub(tmp_path / "data", env=runtime | {"HUBSERVER_ALLOWED_HOSTS": "hub.example.com"}).start()
+
+    def health_check():  # the image's HEALTHCHECK command
+        return subprocess.run(
+            [sys.executable, "-m", "hubserver.healthcheck"],
+            env=environment(tmp_path, **runtime),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        healthy = health_check()
+        assert healthy.returncode == 0, healthy.stderr
+        with socket.create_connection(("127.0.0.1", hub.http_port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status": "ok"}')
+        hub.process.send_signal(signal.SIGSTOP)  # a hub that hangs
+        try:
+            unhealthy = health_check()
+        finally:
+            hub.process.send_signal(signal.SIGCONT)
+        assert unhealthy.returncode == 1
+        assert unhealthy.stderr.startswith(f"unhealthy: no HTTP answer on 127.0.0.1:{hub.http_port}")
+    finally:
+        assert hub.stop() == 0

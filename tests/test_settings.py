@@ -33,6 +33,7 @@ def test_seed_minimal_broker_config_is_completed_with_defaults():
         ({"BROKERS": {"default": {"HOSTNAME": "x"}}}, "HOSTNAME"),
         ({"TOPIC_PREFIX": "things/#"}, "TOPIC_PREFIX"),
         ({"WRITER_BATCH_SIZE": 0}, "WRITER_BATCH_SIZE"),
+        ({"METRICS_ALLOWED_NETWORKS": ["172.16.0.0/33"]}, "METRICS_ALLOWED_NETWORKS"),
         ({"PUBLIC_MQTT_PORT": 70000}, "PUBLIC_MQTT_PORT"),
     ],
 )
@@ -58,3 +59,19 @@ def test_invalid_override_raises_on_access():
 def test_unknown_attribute():
     with pytest.raises(AttributeError):
         hub_settings.NOT_A_SETTING  # noqa: B018
+
+
+def test_every_environment_variable_of_the_binary_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    read = set()
+    for source in (root / "settings").glob("*.py"):
+        read |= set(re.findall(r"[\"'](HUBSERVER_[A-Z0-9_]+|DATABASE_URL)[\"']", source.read_text()))
+    doc = (root / "docs" / "configuration.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", doc, flags=re.MULTILINE))
+    assert sorted(read - rows) == [], "add a row to docs/configuration.md for each"
+    assert sorted(rows - read) == [], "docs/configuration.md documents variables nobody reads"
+    readme = (root / "README.md").read_text()
+    assert "(docs/configuration.md)" in readme
