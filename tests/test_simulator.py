@@ -5,8 +5,10 @@ import asyncio
 import io
 import itertools
 import json
+import math
 import random
 import sqlite3
+import statistics
 import subprocess
 
 import pytest
@@ -16,6 +18,7 @@ from django.core.management import CommandError, call_command
 from hubserver import Reading, registry
 from hubserver.simulator import Simulator, Target, simulated_device_ids
 from hubserver.simulator.display import Display, format_values
+from hubserver.simulator.profiles import profile_for
 from hubserver.simulator.state import apply_command, initial_state
 from hubserver.simulator.values import ReadingValues, ValueSource
 from tests.mqtt import until
@@ -61,6 +64,81 @@ def test_realistic_values_walk_smoothly_and_counters_only_grow():
     energy = ValueSource(reading(float, min_value=0, unit="kWh"), realistic=True, rng=rng)
     counter = [energy.next() for _ in range(200)]
     assert counter == sorted(counter)
+
+
+CATALOGUE = ("weatherstation", "smartplug", "gpstracker", "energymeter")
+
+
+def reports(type_name, count, interval, state=None, seed=5):
+    values = ReadingValues(registry.get(type_name), realistic=True, rng=random.Random(seed), interval=interval)
+    return [values.next(state) for _ in range(count)]
+
+
+def test_every_catalogue_reading_has_a_realistic_profile_and_stays_valid():
+    for type_name in CATALOGUE:
+        device_type = registry.get(type_name)
+        readings = device_type._readings
+        generic = [n for n, r in readings.items() if profile_for(n, r, readings, random.Random(1)) is None]
+        assert generic == [], f"{type_name}: no realistic profile for {generic}"
+        for row in reports(type_name, 2000, interval=5, state={"relay": "on"}):
+            for name, value in row.items():
+                readings[name].validate(value)
+
+
+def test_weather_is_plausible():
+    day = reports("weatherstation", 288 * 7, interval=300)  # a week of five-minute reports
+    rain = [row["rain"] for row in day]
+    assert all(value == round(round(value / 0.2) * 0.2, 1) for value in rain), "a gauge counts 0.2 mm tips"
+    assert max(rain) <= 10, "no more than 10 mm in five minutes"
+    assert 0 < sum(rain) < 400, "some rain in a week, not a flood"
+    assert sum(1 for value in rain if value == 0) > len(rain) / 2, "mostly dry"
+    fast = [row["rain"] for row in reports("weatherstation", 1000, interval=2)]
+    assert sum(fast) < 5, "reported every 2 s, rain accumulates slowly"
+    wind = [row["wind_speed"] for row in reports("weatherstation", 20_000, interval=60)]
+    assert sum(1 for value in wind if value > 24.5) < len(wind) / 500, "storm force is rare"
+    assert 2 < statistics.median(wind) < 8
+    temperature = [row["temperature"] for row in day]
+    assert max(abs(b - a) for a, b in itertools.pairwise(temperature)) < 2.5
+    assert min(temperature) > -30 and max(temperature) < 45
+    pressure = [row["pressure"] for row in day]
+    assert min(pressure) > 940 and max(pressure) < 1070
+
+
+def test_a_plug_draws_what_its_appliance_does_and_counts_it():
+    on = reports("smartplug", 500, interval=10, state={"relay": "on"})
+    for row in on:
+        assert 220 < row["voltage"] < 240
+        assert row["current"] == pytest.approx(row["power"] / row["voltage"], abs=0.01)
+    for before, after in itertools.pairwise(on):
+        assert after["energy"] - before["energy"] == pytest.approx(after["power"] * 10 / 3_600_000, abs=0.002)
+    assert max(row["power"] for row in on) > 5
+    off = reports("smartplug", 100, interval=10, state={"relay": "off"})
+    assert {row["power"] for row in off} == {0.0} and {row["current"] for row in off} == {0.0}
+    assert len({row["energy"] for row in off}) == 1
+
+
+def test_a_tracker_moves_at_its_speed_and_parks():
+    rows = reports("gpstracker", 2000, interval=10)
+    for before, after in itertools.pairwise(rows):
+        if not after["moving"]:
+            assert after["speed"] == 0
+            assert (after["latitude"], after["longitude"]) == (before["latitude"], before["longitude"])
+        else:
+            scale = math.cos(math.radians(after["latitude"]))
+            metres = 111_320 * math.dist(
+                (after["latitude"], after["longitude"] * scale), (before["latitude"], before["longitude"] * scale)
+            )
+            assert metres == pytest.approx(after["speed"] / 3.6 * 10, abs=2)
+    assert {True, False} == {row["moving"] for row in rows}
+
+
+def test_a_meter_sums_its_phases_and_counts_imported_energy():
+    rows = reports("energymeter", 500, interval=60)
+    for row in rows:
+        assert row["active_power"] == pytest.approx(row["power_l1"] + row["power_l2"] + row["power_l3"], abs=0.02)
+        assert 49.8 < row["frequency"] < 50.2
+    imported = [row["import_energy"] for row in rows]
+    assert imported == sorted(imported) and imported[-1] > imported[0]
 
 
 def test_state_changes_from_commands():

@@ -39,7 +39,7 @@ class SimulatedDevice:
         self.interval = interval
         self.keepalive = keepalive
         self.rng = rng or random.Random()
-        self.values = ReadingValues(device_type, realistic, self.rng)
+        self.values = ReadingValues(device_type, realistic, self.rng, interval=interval)
         self.state = initial_state(device_type)
         self.battery = round(self.rng.uniform(60, 100), 1)
         # What the display shows.
@@ -121,7 +121,7 @@ class SimulatedDevice:
     # -- behaviour ----------------------------------------------------------------------------------------
 
     def publish_data(self):
-        readings = self.values.next()
+        readings = self.values.next(self.state)
         payload = {**readings, "timestamp": datetime.now(UTC).isoformat()}
         info = self._publish(self.topics["data"], payload)
         if info.rc == paho.MQTT_ERR_SUCCESS:

@@ -1,16 +1,19 @@
 """What a simulated device reports: one generator per declared Reading.
 
 Without ``realistic`` every report draws fresh uniform values (within the declared range, or 0..100 where
-none is declared), so the hub stores valid data of no particular shape. With ``realistic`` each numeric
-reading starts near the middle of its range and moves as a bounded random walk with a little pull back
-towards the middle (a temperature drifts, it does not jump from -60 to 70); readings in energy or volume
-units (kWh, Wh, m³, l) are counters that only grow; booleans flip now and then; strings keep their value
-most of the time. Every value is clamped to the declared range, so a realistic run never produces a
-reading the hub refuses.
+none is declared), so the hub stores valid data of no particular shape. With ``realistic`` a reading
+of a common quantity (temperature, wind, rain, power, position...: see ``profiles``) behaves like one;
+any other numeric reading starts near the middle of its range and moves as a bounded random walk with a
+little pull back towards the middle (a temperature drifts, it does not jump from -60 to 70); readings in
+energy or volume units (kWh, Wh, m³, l) are counters that only grow; booleans flip now and then; strings
+keep their value most of the time. Every value is clamped to the declared range, so a realistic run never
+produces a reading the hub refuses.
 """
 
 import math
 import random
+
+from .profiles import profile_for
 
 DEFAULT_SPAN = 100.0
 COUNTER_UNITS = frozenset({"kWh", "Wh", "MWh", "m³", "m3", "l", "L"})
@@ -36,9 +39,11 @@ def bounds(reading):
     return low, high
 
 
-def _finish(reading, value):
+def _finish(reading, value, decimals=DECIMALS):
     """Round for the wire and clamp to the declared range (rounding must not step over a bound)."""
-    value = round(value) if reading.value_type is int else round(value, DECIMALS)
+    if isinstance(value, bool) or reading.value_type is bool:
+        return bool(value)
+    value = round(value) if reading.value_type is int else round(value, decimals)
     if reading.min_value is not None:
         value = max(value, reading.min_value)
     if reading.max_value is not None:
@@ -102,11 +107,40 @@ class ValueSource:
 
 
 class ReadingValues:
-    """One ValueSource per Reading of a DeviceType; ``next()`` is a data payload's readings."""
+    """One value source per Reading of a DeviceType; ``next()`` is a data payload's readings.
 
-    def __init__(self, device_type, realistic=False, rng=None):
-        rng = rng or random.Random()
-        self.sources = {name: ValueSource(reading, realistic, rng) for name, reading in device_type._readings.items()}
+    ``interval`` is the seconds between reports (rain and energy accumulate over it); ``next(state)`` may be
+    given the device's StateFields (a plug whose relay is off draws no power)."""
 
-    def next(self):
-        return {name: source.next() for name, source in self.sources.items()}
+    def __init__(self, device_type, realistic=False, rng=None, interval=5.0):
+        self.rng = rng or random.Random()
+        self.interval = interval
+        readings = device_type._readings
+        self.order = list(readings)
+        self.sources = {}
+        for name, reading in readings.items():
+            profile = profile_for(name, reading, readings, self.rng) if realistic else None
+            self.sources[name] = profile or ValueSource(reading, realistic, self.rng)
+        self.readings = readings
+        self.phases = sorted(self.order, key=lambda name: getattr(self.sources[name], "phase", 0))
+        self.shared = {}
+        self.reports = 0
+
+    def next(self, state=None):
+        self.reports += 1
+        context = {
+            "values": {},
+            "interval": self.interval,
+            "state": state or {},
+            "shared": self.shared,
+            "report": self.reports,
+        }
+        for name in self.phases:
+            source = self.sources[name]
+            if isinstance(source, ValueSource):
+                value = source.next()
+            else:
+                decimals = getattr(source, "decimals", None)
+                value = _finish(self.readings[name], source.next(self.rng, context), decimals or DECIMALS)
+            context["values"][name] = value
+        return {name: context["values"][name] for name in self.order}
