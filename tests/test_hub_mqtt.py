@@ -182,6 +182,23 @@ class TestAccessControl:
         anonymous = clients(hub.port, "anon")
         assert await anonymous.connect(expect_success=False) == 135
 
+    async def test_a_wrong_client_id_is_refused_with_the_rule_in_the_log(self, hub, clients, caplog):
+        _, credentials = await provision_device("thermometer", "t-13")
+        username, password = credentials["mqtt_username"], credentials["mqtt_password"]
+        device = clients(hub.port, "foo", username, password)
+        assert await device.connect(expect_success=False) == 135
+        assert (
+            f"refused MQTT connection of '{username}': a device's client id must equal its username "
+            f"('{username}'), got 'foo'" in caplog.text
+        )
+        await make_service_user()
+        service = clients(hub.port, username, "dashboard", "s3cret-pass")
+        assert await service.connect(expect_success=False) == 135
+        assert (
+            f"refused MQTT connection of 'dashboard': client id '{username}' is the username of a device, which "
+            "only that device may use; connect with another client id" in caplog.text
+        )
+
     async def test_a_wrong_password_cannot_knock_a_device_off(self, hub, clients):
         victim, credentials = await device_client(hub, clients, "thermometer", "t-11")
         assert await victim.subscribe("things/thermometer/t-11/cmd") == 1

@@ -238,7 +238,20 @@ def client_id_allowed(principal, client_id):
 def _checked(principal, client_id, username):
     if principal is None or client_id is None or client_id_allowed(principal, client_id):
         return principal
-    logger.warning("refused MQTT connection of %r: client id %r is reserved", username, client_id)
+    if isinstance(principal, DevicePrincipal):
+        logger.warning(
+            "refused MQTT connection of %r: a device's client id must equal its username (%r), got %r",
+            username,
+            principal.mqtt_username,
+            client_id,
+        )
+    else:
+        logger.warning(
+            "refused MQTT connection of %r: client id %r is the username of a device, which only that device "
+            "may use; connect with another client id",
+            username,
+            client_id,
+        )
     return None
 
 
