@@ -4,18 +4,21 @@
 |---|---|
 | ``admin/`` | the Django admin |
 | ``iot/`` | the hub's own URLs (``hubserver.urls``) |
+| ``api/`` | the API root: the device types the user may view, with their URLs |
 | ``api/{type}/...`` | the REST API of every device type (when ``HUBSERVER["AUTO_API"]``) |
 | ``api/schema/`` | its OpenAPI 3.1 schema, with each type's MQTT payload schemas (``?format=json`` for JSON) |
 | ``api/docs/`` | a browsable UI of the schema (Swagger UI, served by this process: no CDN) |
+| ``api/...`` | anything else under ``api/``: a JSON 404 naming the known types |
 | ``""`` | the live dashboard (login required) |
 | ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
 | ``healthz`` | 200 while HTTP and the database answer (container health checks), no login |
 """
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from .api.docs import ASSET_URL_NAME, DOCS_URL_NAME, SCHEMA_URL_NAME, HubDocsView, HubSchemaView, docs_asset
+from .api.root import api_not_found
 from .conf import hub_settings
 from .views.health import health_view
 from .views.metrics import metrics_view
@@ -36,5 +39,6 @@ urlpatterns += [
     path("api/schema/", HubSchemaView.as_view(), name=SCHEMA_URL_NAME),
     path("api/docs/", HubDocsView.as_view(), name=DOCS_URL_NAME),
     path("api/docs/assets/<str:name>", docs_asset, name=ASSET_URL_NAME),
+    re_path(r"^api/(?P<rest>.*)$", api_not_found),  # JSON, not the HTML 404 page
     path("", include("hubserver.dashboard.urls")),
 ]

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.urls import reverse
+from django.test import Client
+from django.urls import NoReverseMatch, reverse
 from rest_framework.authtoken.models import Token
 
 from hubserver.access.hashing import verify_secret
@@ -85,9 +86,9 @@ def test_prefix_argument():
     from django.urls import URLResolver
 
     patterns = get_iot_urlpatterns("api/things")
-    assert len(patterns) == 1 and isinstance(patterns[0], URLResolver)
-    assert str(patterns[0].pattern) == "api/things/"
-    routes = {str(p.pattern) for p in patterns[0].url_patterns}
+    assert [str(p.pattern) for p in patterns] == ["api/things/", "api/things/"]  # the root, then the types
+    assert patterns[0].name == "hub-api-root" and isinstance(patterns[1], URLResolver)
+    routes = {str(p.pattern) for p in patterns[1].url_patterns}
     assert "^thermometer/devices/$" in routes
     assert "^weatherstation/readings/$" in routes
     unprefixed = {str(p.pattern) for p in get_iot_urlpatterns("")}
@@ -108,10 +109,13 @@ def test_generated_classes_are_per_type_and_made_once():
 # --- Permissions -----------------------------------------------------------------------------------------------
 
 
-def test_anonymous_is_refused(client, device):
-    for url in (devices_url(), devices_url("t-1"), devices_url("t-1", "readings"), readings_url()):
-        assert client.get(url).status_code in (401, 403), url
-    assert client.post(devices_url("t-1", "provision")).status_code in (401, 403)
+def test_anonymous_is_asked_for_credentials(client, device):
+    for url in (devices_url(), devices_url("t-1"), devices_url("t-1", "readings"), readings_url(), "/api/"):
+        response = client.get(url)
+        assert response.status_code == 401, url
+        assert response["WWW-Authenticate"] == "Token", url
+    assert client.post(devices_url("t-1", "provision")).status_code == 401
+    assert client.get(devices_url(), HTTP_AUTHORIZATION="Token not-a-key").status_code == 401
 
 
 def test_authenticated_without_permissions_is_refused(as_user, device):
@@ -507,17 +511,106 @@ def test_readings_filters(admin_client, device):
     assert uptimes("?device=nobody") == []
 
 
-@pytest.mark.parametrize("query", ["since=yesterday", "until=2025-13-40T00:00:00Z"])
-def test_readings_bad_dates_are_400(admin_client, device, query):
+@pytest.mark.parametrize("query", ["since=yesterday", "until=2025-13-40T00:00:00Z", "since=2025-01-01T14:00:00 1"])
+def test_readings_bad_dates_are_400_naming_the_format(admin_client, device, query):
     response = admin_client.get(readings_url() + "?" + query)
     assert response.status_code == 400
-    assert query.split("=")[0] in response.json()
+    assert response.json() == {
+        query.split("=")[0]: [
+            "Enter an ISO 8601 time, e.g. 2026-11-29T10:30:00Z or 2026-11-29T10:30:00+01:00 (in a URL, write + "
+            "as %2B); a time without an offset is UTC."
+        ]
+    }
+
+
+def test_an_unencoded_plus_in_an_offset_is_understood(admin_client, device):
+    add_readings(device, 10, step=timedelta(hours=1))
+    uptimes = lambda query: [r["uptime"] for r in admin_client.get(readings_url() + query).json()["results"]]  # noqa: E731
+    # curl "...?until=2025-01-01T14:00:00+01:00" sends the "+" raw, which a query string decodes to a space.
+    assert uptimes("?device=t-1&until=2025-01-01T14:00:00+01:00") == [0]
+    assert uptimes("?device=t-1&since=2025-01-01T20:00:00+00:00") == [9, 8]
+    assert uptimes("?device=t-1&since=2025-01-01T20:00:00.000+0000") == [9, 8]
 
 
 def test_readings_ordering(admin_client, device):
     add_readings(device, 3)
     ascending = admin_client.get(readings_url() + "?ordering=timestamp").json()["results"]
     assert [r["uptime"] for r in ascending] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "accepted"),
+    [
+        (readings_url, "?ordering=temperature", "timestamp, received_at"),
+        (readings_url, "?ordering=-timestamp,nope", "timestamp, received_at"),
+        (devices_url, "?ordering=secret", "device_id, name, status, battery_level, last_seen, created_at"),
+    ],
+)
+def test_an_unknown_ordering_is_refused_naming_the_accepted_fields(admin_client, device, url, query, accepted):
+    response = admin_client.get(url() + query)
+    assert response.status_code == 400
+    [message] = response.json()["ordering"]
+    assert message.startswith("Cannot order by ") and f"order by one of {accepted} " in message
+
+
+def test_timestamps_read_the_same_in_json_and_csv(admin_client, device):
+    add_readings(device, 1, start=datetime(2025, 1, 1, 12, 0, 0, 250000, tzinfo=UTC))
+    from_json = admin_client.get(readings_url()).json()["results"][0]
+    response = admin_client.get(readings_url() + "?format=csv")
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert from_json["timestamp"] == rows[0]["timestamp"] == "2025-01-01T12:00:00.250000Z"
+    assert from_json["received_at"] == rows[0]["received_at"] and rows[0]["received_at"].endswith("Z")
+
+
+# --- The API root and what is not there ----------------------------------------------------------------------
+
+
+def test_the_api_root_lists_the_types_the_user_may_view(as_user, admin_client):
+    body = admin_client.get("/api/").json()
+    names = [entry["name"] for entry in body["types"]]
+    assert names == sorted(names) and {"thermometer", "hygrometer", "weatherstation"} <= set(names)
+    thermometer = next(entry for entry in body["types"] if entry["name"] == "thermometer")
+    assert thermometer == {
+        "name": "thermometer",
+        "verbose_name": "Test thermometer",
+        "readings": {"temperature": "°C", "uptime": "s", "door_open": "", "label": ""},
+        "state_fields": ["mode", "setpoint"],
+        "commands": ["reboot", "set_mode"],
+        "devices_url": "http://testserver/api/thermometer/devices/",
+        "readings_url": "http://testserver/api/thermometer/readings/",
+    }
+    assert body["schema"] == "http://testserver/api/schema/" and body["docs"] == "http://testserver/api/docs/"
+    limited = as_user("view_hygrometerdevice").get("/api/").json()
+    assert [entry["name"] for entry in limited["types"]] == ["hygrometer"]
+
+
+def test_unknown_paths_under_the_api_are_json_404s(admin_client):
+    response = admin_client.get("/api/ghost/devices/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail.startswith("Unknown device type 'ghost'. Known types: ") and "thermometer" in detail
+    assert response.json()["api_root"] == "http://testserver/api/"
+    known_type = admin_client.get("/api/thermometer/")
+    assert known_type.status_code == 404 and "<type>/devices/" in known_type.json()["detail"]
+    assert admin_client.get("/api/thermometer/devices/nobody/").json() == {
+        "detail": "No ThermometerDevice matches the given query."
+    }
+    anonymous = Client().get("/api/ghost/devices/")
+    assert anonymous.status_code == 404 and anonymous.json()["detail"] == "Unknown device type 'ghost'."
+    assert admin_client.get("/api/schema/").status_code == 200  # still served
+
+
+def test_a_type_without_commands_has_no_commands_endpoint(admin_client):
+    from hubserver.devicetypes.models import EnergyMeterDevice
+
+    EnergyMeterDevice.objects.create(device_id="m-1")
+    with pytest.raises(NoReverseMatch):
+        reverse("energymeter-device-commands", args=["m-1"])
+    assert admin_client.get("/api/energymeter/devices/m-1/commands/").status_code == 404
+    assert admin_client.get("/api/energymeter/devices/m-1/readings/").status_code == 200
+    paths = admin_client.get("/api/schema/?format=json").json()["paths"]
+    assert not any(path.startswith("/api/energymeter/") and "commands" in path for path in paths)
+    assert "/api/smartplug/devices/{device_id}/commands/" in paths
 
 
 def test_readings_csv_export(admin_client, device):

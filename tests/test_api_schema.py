@@ -32,11 +32,13 @@ def test_schema_lists_every_types_endpoints(schema):
             f"/api/{name}/devices/{{device_id}}/",
             f"/api/{name}/devices/{{device_id}}/readings/",
             f"/api/{name}/devices/{{device_id}}/provision/",
-            f"/api/{name}/devices/{{device_id}}/commands/",
             f"/api/{name}/readings/",
             f"/api/{name}/readings/{{id}}/",
         ):
             assert path in schema["paths"], path
+        # A type without commands has no commands/ endpoint.
+        commands_path = f"/api/{name}/devices/{{device_id}}/commands/"
+        assert (commands_path in schema["paths"]) == bool(device_type._commands), commands_path
     commands = schema["paths"]["/api/thermometer/devices/{device_id}/commands/"]
     assert set(commands) >= {"get", "post"}
     assert "202" in commands["post"]["responses"]

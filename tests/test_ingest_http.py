@@ -87,18 +87,18 @@ async def test_x_api_key_header_and_type_name_spellings(engine):
     assert [r["humidity"] for r in await rows(HygrometerReading)] == [40.0]
 
 
-async def test_unusable_payload_is_stored_as_failed_and_answered_202(engine):
+async def test_an_unusable_payload_is_answered_400_and_kept_as_failed(engine):
     _, creds = await provision_device("thermometer", "t-1")
     response = await send(url("thermometer", "t-1"), b"{not json", creds["api_key"])
-    assert response.status_code == 202, response.content
+    assert response.status_code == 400, response.content
     body = response.json()
     assert body["stored"] is True and body["status"] == "failed" and "invalid JSON" in body["error"]
     messages = await rows(ThermometerMessage)
-    assert len(messages) == 1
+    assert len(messages) == 1, "the audit trail keeps it"
     assert messages[0]["processing_status"] == "failed" and bytes(messages[0]["payload_raw"]) == b"{not json"
     assert await rows(ThermometerReading) == []
     response = await send(url("thermometer", "t-1"), {"temperature": "hot"}, creds["api_key"])
-    assert response.status_code == 202 and response.json()["status"] == "failed"
+    assert response.status_code == 400 and response.json()["status"] == "failed"
     assert "temperature" in response.json()["error"]
     assert ingest.stats.snapshot() == {"data:failed": 2}
 

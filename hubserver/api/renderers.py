@@ -15,7 +15,11 @@ class _Line:
 def _cell(value):
     if value is None:
         return ""
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    if hasattr(value, "isoformat"):
+        # UTC as "Z", as the JSON of the same API writes it.
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return value
 
 
 def stream_csv(header, rows):

@@ -6,6 +6,7 @@ gives, per type (``{type}`` is ``DeviceType.type_name()``, e.g. ``weatherstation
 
 | URL | view |
 |---|---|
+| ``api/`` | ``ApiRoot``: the types the user may view, with their URLs (with a prefix only) |
 | ``api/{type}/devices/`` | ``{Type}DeviceViewSet``: list, create |
 | ``api/{type}/devices/{device_id}/`` | retrieve, update, partial update, delete |
 | ``api/{type}/devices/{device_id}/readings/`` | GET: the latest readings (``?limit=``, default 100, max 1000) |
@@ -21,6 +22,7 @@ URL names are ``{type}-device-list``, ``{type}-device-detail``, ``{type}-device-
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
+from ..api.root import API_ROOT_URL_NAME, ApiRoot
 from ..registry import registry
 from .viewsets import create_viewsets
 
@@ -36,7 +38,7 @@ def get_iot_urlpatterns(prefix="api"):
     prefix = prefix.strip("/")
     if not prefix:
         return list(router.urls)
-    return [path(f"{prefix}/", include(router.urls))]
+    return [path(f"{prefix}/", ApiRoot.as_view(), name=API_ROOT_URL_NAME), path(f"{prefix}/", include(router.urls))]
 
 
 __all__ = ["get_iot_urlpatterns"]

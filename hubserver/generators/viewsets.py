@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from ..access.provisioning import connection_info, provision
+from ..api.filters import StrictOrderingFilter, TimeFilter
 from ..api.pagination import DEFAULT_LIMIT, MAX_LIMIT, HubPagination
 from ..api.permissions import HubModelPermissions
 from ..api.renderers import CSVRenderer, stream_csv
@@ -79,10 +80,10 @@ def create_reading_filterset(device_type):
     attrs = {
         "Meta": meta,
         "device": django_filters.CharFilter(field_name="device__device_id", help_text="A device id."),
-        "since": django_filters.IsoDateTimeFilter(
+        "since": TimeFilter(
             field_name="timestamp", lookup_expr="gte", help_text="Readings at or after this ISO 8601 time."
         ),
-        "until": django_filters.IsoDateTimeFilter(
+        "until": TimeFilter(
             field_name="timestamp", lookup_expr="lt", help_text="Readings before this ISO 8601 time (exclusive)."
         ),
     }
@@ -127,7 +128,7 @@ def _device_viewset(device_type):
         pagination_class = HubPagination
         lookup_field = "device_id"
         lookup_value_regex = r"[^/]+"
-        filter_backends = [DjangoFilterBackend, filters.SearchFilter, filters.OrderingFilter]
+        filter_backends = [DjangoFilterBackend, filters.SearchFilter, StrictOrderingFilter]
         filterset_fields = ["status", "is_active"]
         search_fields = ["device_id", "name"]
         ordering_fields = ["device_id", "name", "status", "battery_level", "last_seen", "created_at"]
@@ -232,6 +233,8 @@ def _device_viewset(device_type):
                 return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
             return Response(command_serializer(message).data, status=status.HTTP_202_ACCEPTED)
 
+    if not device_type._commands:
+        del DeviceViewSet.commands  # no commands/ endpoint (nor its schema) for a type without commands
     DeviceViewSet.__name__ = DeviceViewSet.__qualname__ = f"{device_type.__name__}DeviceViewSet"
     DeviceViewSet.__doc__ = f"{device_type._meta.verbose_name_plural}: CRUD, readings, provisioning, commands."
     return DeviceViewSet
@@ -249,7 +252,7 @@ def _reading_viewset(device_type):
         permission_classes = [IsAuthenticated, HubModelPermissions]
         pagination_class = HubPagination
         renderer_classes = READING_RENDERERS
-        filter_backends = [DjangoFilterBackend, filters.OrderingFilter]
+        filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
         filterset_class = create_reading_filterset(device_type)
         ordering_fields = ["timestamp", "received_at"]
         ordering = ["-timestamp", "-id"]

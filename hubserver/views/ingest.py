@@ -10,7 +10,9 @@ Answers (JSON):
 
 | status | when |
 |---|---|
-| 202 ``{"stored": true, "status": "completed"\\|"failed", "error": ..., "message_id": ...}`` | committed |
+| 202 ``{"stored": true, "status": "completed", "message_id": ...}`` | committed, every part of it used |
+| 400 ``{"stored": true, "status": "failed", "error": ..., "message_id": ...}`` | committed as failed: invalid
+        JSON, a reading of the wrong type or out of range (the valid readings are kept) |
 | 401 | no key, or a key that is not this device's |
 | 403 | the key is right but the device is inactive |
 | 404 | unknown device type or device |
@@ -19,9 +21,9 @@ Answers (JSON):
         stopping, or the batch could not be committed (nothing stored: retry) |
 
 A payload the router cannot use (invalid JSON, a bad field) is still stored, as a Message with
-``processing_status=failed`` and the reason (the audit trail): the request answers 202 with
-``"status": "failed"`` and the ``error``, not 400, because the message *was* accepted and stored; a client
-must not retry it. The 202 comes after the commit, like an MQTT QoS 1 acknowledgement.
+``processing_status=failed`` and the reason (the audit trail), and answered 400 with ``"stored": true``
+and the ``error``: the request was bad and must not be sent again unchanged. Both answers come after the
+commit, like an MQTT QoS 1 acknowledgement.
 """
 
 import logging
@@ -143,7 +145,7 @@ async def _ingest(request, type_name, device_id, kind):
         body["readings"] = result.readings
     elif result.new_status is not None:
         body["device_status"] = result.new_status
-    return JsonResponse(body, status=202)
+    return JsonResponse(body, status=400 if result.processing_status == "failed" else 202)
 
 
 @csrf_exempt
