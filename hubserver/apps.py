@@ -17,6 +17,11 @@ class HubserverConfig(AppConfig):
         from .web import connections
 
         connections.connect()
+        from django.db.models.signals import post_migrate
+
+        from .lifecycle.backfill import after_migrate
+
+        post_migrate.connect(after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.backfill")
 
 
 def discover(site=None):

@@ -78,6 +78,7 @@ class DeviceType(metaclass=DeviceTypeMeta):
     _device_model = None
     _reading_model = None
     _message_model = None
+    _rollup_model = None
 
     @classmethod
     def type_name(cls):
@@ -94,6 +95,11 @@ class DeviceType(metaclass=DeviceTypeMeta):
     @classmethod
     def get_models(cls):
         return cls._device_model, cls._reading_model, cls._message_model
+
+    @classmethod
+    def get_rollup_model(cls):
+        """``<Type>Rollup`` (per-minute, -hour and -day aggregates of the numeric Readings), or None."""
+        return cls._rollup_model
 
     @classmethod
     def send_command(cls, device, name, payload=None):

@@ -132,6 +132,28 @@ class BaseMessage(models.Model):
             self.save(update_fields=["processing_status", "processing_error", "processed_at"])
 
 
+class BaseRollup(models.Model):
+    """Downsampled history of one device: per bucket (a minute, an hour or a day, starting at a multiple of
+    its length in UTC) the count, minimum, maximum, sum and last value of each numeric Reading.
+
+    The generated model adds ``device`` and, per numeric Reading ``r``, the columns ``r_count``, ``r_min``,
+    ``r_max``, ``r_sum``, ``r_last`` and ``r_last_at`` (the timestamp of ``r_last``). The writer keeps the
+    rows current in the transaction that stores the readings.
+    """
+
+    reading_names = ()  # the numeric Readings it aggregates, in declaration order (set on the generated model)
+
+    bucket = models.PositiveIntegerField(help_text="Length of the bucket in seconds: 60, 3600 or 86400.")
+    start = models.DateTimeField(help_text="When the bucket starts (UTC).")
+
+    class Meta:
+        abstract = True
+        ordering = ["start"]
+
+    def __str__(self):
+        return f"{self.device_id} {self.bucket}s @ {self.start:%Y-%m-%d %H:%M}"
+
+
 class HubAccess(models.Model):
     """Carries the hub's own permissions; it has no table (``managed = False``) and is never queried."""
 

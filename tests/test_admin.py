@@ -293,3 +293,17 @@ def test_json_payload_default_is_an_empty_object():
     assert form.is_valid(), form.errors
     assert form.cleaned_data["payload_object"] == {}
     assert json.loads(form.fields["payload"].initial) == {}
+
+
+@pytest.mark.django_db
+def test_rollups_are_listed_read_only(admin_client):
+    from datetime import UTC, datetime
+
+    device, _ = make_device()
+    rollup_model = registry.get("thermometer").get_rollup_model()
+    rollup_model.objects.create(
+        device=device, bucket=3600, start=datetime(2025, 1, 1, tzinfo=UTC), temperature_count=3, temperature_min=18.25
+    )
+    page = admin_client.get(url(rollup_model), {"bucket": 3600}).content.decode()
+    assert "18.25" in page and "d-1" in page
+    assert admin_client.get(url(rollup_model, "add")).status_code == 403

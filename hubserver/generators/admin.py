@@ -327,6 +327,33 @@ def create_admin(device_type):
     return device_admin, reading_admin, message_admin
 
 
+class HubRollupAdmin(admin.ModelAdmin):
+    """Base of every generated Rollup admin: read-only, written by the hub."""
+
+    list_filter = ["bucket"]
+    list_select_related = ["device"]
+    search_fields = ["device__device_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def create_rollup_admin(device_type):
+    """The admin class of ``device_type``'s Rollup model (None when the type has no numeric Readings)."""
+    rollup_model = device_type.get_rollup_model()
+    if rollup_model is None:
+        return None
+    shown = [f"{name}_{suffix}" for name in rollup_model.reading_names for suffix in ("count", "min", "max")]
+    return type(
+        f"{device_type.__name__}RollupAdmin",
+        (HubRollupAdmin,),
+        {"__module__": __name__, "list_display": ["device", "bucket", "start", *shown]},
+    )
+
+
 def auto_register_admin(site=None):
     """Register admin classes for every type that has models and is not registered yet."""
     site = site or admin.site
@@ -335,3 +362,6 @@ def auto_register_admin(site=None):
         for model, model_admin in zip((device_model, reading_model, message_model), classes, strict=True):
             if not site.is_registered(model):
                 site.register(model, model_admin)
+        rollup_model = device_type.get_rollup_model()
+        if rollup_model is not None and not site.is_registered(rollup_model):
+            site.register(rollup_model, create_rollup_admin(device_type))

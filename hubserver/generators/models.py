@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 
 from ..exceptions import ConfigurationError
-from ..models import BaseDevice, BaseMessage, BaseReading
+from ..models import BaseDevice, BaseMessage, BaseReading, BaseRollup
 from ..registry import registry
 
 RESERVED_READING_NAMES = {f.name for f in BaseReading._meta.local_fields} | {"id", "device", "device_id", "pk"}
@@ -38,7 +38,9 @@ def _check_names(device_type):
 def create_models(device_type, module=None):
     """Return ``(Device, Reading, Message)`` for ``device_type``, defined in ``module`` (default: the caller).
 
-    Calling it again for the same type and module returns the models already made, so re-imports are safe.
+    A type with numeric Readings also gets ``<Type>Rollup`` (``device_type.get_rollup_model()``), its
+    downsampled history. Calling it again for the same type and module returns the models already made, so
+    re-imports are safe.
     """
     module = module or _caller_module()
     if device_type._device_model is not None and device_type._device_model.__module__ == module:
@@ -96,11 +98,54 @@ def create_models(device_type, module=None):
         },
     )
 
+    rollup_model = _rollup_model(device_type, device_model, build, base, options)
+    reading_model._rollup_model = rollup_model
+
     device_type._device_model = device_model
     device_type._reading_model = reading_model
     device_type._message_model = message_model
+    device_type._rollup_model = rollup_model
     registry.register_models(device_type, device_model, reading_model, message_model)
     return device_model, reading_model, message_model
+
+
+def _rollup_model(device_type, device_model, build, base, options):
+    """``<Type>Rollup`` when the type has numeric Readings (None otherwise): see ``BaseRollup``."""
+    from ..lifecycle.rollups import SUFFIXES, numeric_readings
+
+    numeric = numeric_readings(device_type)
+    if not numeric:
+        return None
+    fields = {
+        "device": models.ForeignKey(device_model, on_delete=models.CASCADE, related_name="rollups", db_index=False)
+    }
+    for name, reading in numeric.items():
+        value_field = models.BigIntegerField if reading.value_type is int else models.FloatField
+        for suffix in SUFFIXES:
+            if suffix == "count":
+                field = models.PositiveIntegerField(default=0)
+            elif suffix == "sum":
+                field = models.FloatField(null=True, blank=True)
+            elif suffix == "last_at":
+                field = models.DateTimeField(null=True, blank=True)
+            else:
+                field = value_field(null=True, blank=True)
+            fields[f"{name}_{suffix}"] = field
+    model = build(
+        "Rollup",
+        BaseRollup,
+        fields,
+        {
+            "verbose_name": f"{options.verbose_name} rollup",
+            "constraints": [
+                models.UniqueConstraint(fields=["device", "bucket", "start"], name=_index_name(base, "rollup_key"))
+            ],
+            # Retention removes a bucket size's oldest rows across devices.
+            "indexes": [models.Index(fields=["bucket", "start"], name=_index_name(base, "rollup_age"))],
+        },
+    )
+    model.reading_names = tuple(numeric)
+    return model
 
 
 def message_indexes(base):

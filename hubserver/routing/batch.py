@@ -2,7 +2,8 @@
 
 Per message: parse, validate, build a plain row (a tuple of values, no model instance) for its Message
 and Reading, and apply status, battery, firmware and ``last_seen`` to the cached device instance. Then one
-transaction: a multi-row INSERT per model (``inserts.RowInserter``) and one ``executemany`` UPDATE per
+transaction: a multi-row INSERT per model (``inserts.RowInserter``), the readings merged into their
+type's per-minute, -hour and -day rollups (``lifecycle.rollups``), and one ``executemany`` UPDATE per
 Device model for every device the batch touched, so ``last_seen`` costs one statement per batch whatever
 the message rate. If the commit fails the in-memory device state is rolled back too, so the next batch
 computes status changes from what is really stored.
@@ -14,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..exceptions import PayloadError
+from ..lifecycle.rollups import upsert_readings
 from ..models import BaseMessage
 from . import payloads
 from .inserts import RowInserter, RowUpdater, StoredRow
@@ -130,9 +132,11 @@ class Rows:
             inserter = _inserters.get(key)
             if inserter is None:
                 inserter = _inserters[key] = RowInserter(*key)
-            pks = inserter.insert([row.values for row in stored], converted=converted)
+            values = [row.values for row in stored]
+            pks = inserter.insert(values, converted=converted)
             for row, pk in zip(stored, pks, strict=True):
                 row.pk = pk
+            upsert_readings(*key, values)  # a Reading model's rollups, in the same transaction
         by_model = {}
         for device, _ in self.devices.values():
             by_model.setdefault(type(device), []).append(device)
