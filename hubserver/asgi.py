@@ -1,6 +1,7 @@
 """The hub's ASGI application: Django over HTTP (request bodies limited per route before Django reads
-them, ``hubserver.web.bodies``); on WebSocket the MQTT endpoint (subprotocol ``mqtt``, no
-session lookup) and the live-view protocol at ``/ws/hub/`` (session or token auth, applied per route)."""
+them, ``hubserver.web.bodies``); on WebSocket the MQTT endpoint (subprotocol ``mqtt``, no session lookup),
+the live-view protocol at ``/ws/hub/`` and the DASF topic broker under ``DASF_WEBSOCKET_URL_ROUTE`` (both
+with session or token auth, applied per route)."""
 
 import os
 
@@ -14,6 +15,7 @@ from django.urls import path  # noqa: E402
 
 from hubserver.brokers import get_engine  # noqa: E402
 from hubserver.conf import hub_settings  # noqa: E402
+from hubserver.dasf.routing import websocket_urlpatterns as dasf_websocket_urlpatterns  # noqa: E402
 from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
 from hubserver.realtime.routing import hub_websocket_urlpatterns  # noqa: E402
 from hubserver.web.bodies import BodyLimitMiddleware  # noqa: E402
@@ -21,6 +23,7 @@ from hubserver.web.bodies import BodyLimitMiddleware  # noqa: E402
 websocket_urlpatterns = [
     path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(get_engine)),
     *hub_websocket_urlpatterns,
+    *dasf_websocket_urlpatterns(),  # after ws/hub/: the slug "hub" is the hub's own
 ]
 
 application = ProtocolTypeRouter(

@@ -13,7 +13,7 @@ from pathlib import Path
 from django.core.management import ManagementUtility, call_command, get_commands, load_command_class
 
 SETTINGS_MODULE = "hubserver.settings"
-HUB_APPS = ("hubserver",)
+HUB_APPS = ("hubserver", "hubserver.dasf")
 GLOBAL_OPTIONS = {"--devices": "HUBSERVER_DEVICES", "--data-dir": "HUBSERVER_DATA_DIR"}
 HELP = {"help", "--help", "-h"}
 VERSION = {"version", "--version"}

@@ -24,6 +24,9 @@ Names (all prefixed ``hubserver_``):
 | ``http_broker_requests_total{endpoint,outcome}`` | counter | ``/iot/broker/auth/`` and ``acl/`` |
 | ``http_ingest_requests_total{kind,outcome}`` | counter | ``/iot/devices/.../data/`` and ``status/`` |
 | ``http_bodies_refused_total{route}`` | counter | HTTP bodies over their route's limit, refused unread (413) |
+| ``dasf_connections``, ``dasf_topics``, ``dasf_writer_queue_depth`` | gauge | DASF topic broker |
+| ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
+| ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
 
 Router counters restart with the engine; Prometheus' ``rate()`` handles such resets.
 """
@@ -99,6 +102,25 @@ class HubCollector(Collector):
             logger.exception("collecting the engine's metrics failed")
         yield from self._verifier_metrics()
         yield from self._http_metrics()
+        yield from self._dasf_metrics()
+
+    def _dasf_metrics(self):
+        from .dasf.service import get_service
+
+        service = get_service()
+        stats = service.stats() if service is not None else {}
+        yield _gauge("dasf_connections", "DASF consumer connections to this process.", stats.get("connections", 0))
+        yield _gauge("dasf_topics", "DASF topics the broker knows.", stats.get("topics", 0))
+        yield _gauge("dasf_writer_queue_depth", "DASF items queued for their writer.", stats.get("queued", 0))
+        yield _counter(
+            "dasf_messages",
+            "DASF messages by outcome: received from producers, delivered to consumers, refused.",
+            labels=["outcome"],
+            samples=[([outcome], stats.get(outcome, 0)) for outcome in ("received", "delivered", "refused")],
+        )
+        yield _counter(
+            "dasf_slow_consumers", "DASF connections closed for falling behind (4429).", stats.get("too_slow", 0)
+        )
 
     def _engine_metrics(self, engine):
         router = getattr(engine, "router", None)

@@ -12,6 +12,7 @@
 | ``""`` | the live dashboard (login required) |
 | ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
 | ``healthz`` | 200 while HTTP and the database answer (container health checks), no login |
+| ``<slug>/status/``, ``<slug>/ping/`` | a DASF topic's availability, and a ping of it (``hubserver.dasf.urls``) |
 """
 
 from django.contrib import admin
@@ -41,4 +42,5 @@ urlpatterns += [
     path("api/docs/assets/<str:name>", docs_asset, name=ASSET_URL_NAME),
     re_path(r"^api/(?P<rest>.*)$", api_not_found),  # JSON, not the HTML 404 page
     path("", include("hubserver.dashboard.urls")),
+    path("", include("hubserver.dasf.urls")),
 ]

@@ -6,7 +6,7 @@ in step): add a row there when you add one here.
 
 import os
 
-from .environment import data_dir, env_bool, env_int, env_list, env_sizes, secret_key, user_devices_app
+from .environment import data_dir, env_bool, env_float, env_int, env_list, env_sizes, secret_key, user_devices_app
 from .environment import database as _database
 
 DATA_DIR = data_dir()
@@ -29,7 +29,9 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "guardian",
     "hubserver",
+    "hubserver.dasf",
 ]
 # The built-in catalogue is there to try the hub; a user who brings their own devices file gets only
 # their own types (a type of theirs may share a catalogue type's name) unless they ask for both.
@@ -52,6 +54,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# django-guardian answers object permissions (who may produce to / consume from a DASF topic).
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+# A DASF response topic's object permissions are those of its parent BrokerTopic.
+GUARDIAN_GET_CONTENT_TYPE = "hubserver.dasf.ctypes.get_content_type"
 
 ROOT_URLCONF = "hubserver.site_urls"
 LOGIN_URL = "dashboard:login"
@@ -156,3 +166,16 @@ LOGGING = {
         "transitions": {"level": "WARNING"},
     },
 }
+
+# The DASF topic broker (hubserver.dasf): dasf-broker-django's setting names and defaults.
+DASF_STORE_MESSAGES = os.environ.get("HUBSERVER_DASF_STORE_MESSAGES", "cache")
+DASF_STORE_SOURCE_MESSAGES = os.environ.get("HUBSERVER_DASF_STORE_SOURCE_MESSAGES") or None
+DASF_STORE_RESPONSE_MESSAGES = os.environ.get("HUBSERVER_DASF_STORE_RESPONSE_MESSAGES") or None
+DASF_CREATE_TOPIC_ON_MESSAGE = env_bool("HUBSERVER_DASF_CREATE_TOPIC_ON_MESSAGE", True)
+DASF_WEBSOCKET_URL_ROUTE = os.environ.get("HUBSERVER_DASF_WEBSOCKET_URL_ROUTE", "ws/")
+ROOT_URL = os.environ.get("HUBSERVER_ROOT_URL") or None
+DASF_PING_INTERVAL = env_float("HUBSERVER_DASF_PING_INTERVAL", 60)
+DASF_PONG_TIMEOUT = env_float("HUBSERVER_DASF_PONG_TIMEOUT", 10)
+DASF_GARBAGE_COLLECT_AFTER = env_float("HUBSERVER_DASF_GARBAGE_COLLECT_AFTER", 600)
+DASF_CONSUMER_QUEUE_SIZE = env_int("HUBSERVER_DASF_CONSUMER_QUEUE_SIZE", 1000)
+DASF_MAX_MESSAGE_SIZE = env_int("HUBSERVER_DASF_MAX_MESSAGE_SIZE", 1024 * 1024)

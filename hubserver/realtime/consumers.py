@@ -294,6 +294,10 @@ class HubConsumer(AsyncWebsocketConsumer):
             return
         kind = event.get("type")
         if not isinstance(kind, str):
+            if "payload" in event or "properties" in event:  # a DASF message sent to ws/hub/
+                message = "ws/hub/ is the hub's live stream: 'hub' is a reserved name, not a DASF topic"
+                self.send_error(BAD_REQUEST, message, request_id)
+                return
             self.send_error(BAD_REQUEST, "an event needs a string 'type'", request_id)
             return
         name = self.EVENT_MAP.get(kind)

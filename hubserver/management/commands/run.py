@@ -19,6 +19,9 @@ from ...brokers import set_engine
 from ...brokers.embedded import EmbeddedBroker, PortInUse
 from ...cli import program_name
 from ...conf import EVENT_LOOPS, hub_settings
+from ...dasf import app_settings as dasf_settings
+from ...dasf.service import start_service as start_dasf_service
+from ...dasf.service import stop_service as stop_dasf_service
 from ...routing import MessageRouter
 from ..database import BINARY_SETTINGS, migrate_quietly
 from ..gc_tuning import tune_for_serving
@@ -76,16 +79,21 @@ class Command(BaseCommand):
         except PortInUse as exc:
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
         set_engine(engine)
+        loop.run_until_complete(start_dasf_service())
         # Only once the broker listens: an account whose password was printed by a start that then failed
         # would be lost.
         self.ensure_admin(host, http_port)
         tune_for_serving()
         running.record(running.this_hub(host, http_port, mqtt_port, tls_port, hub_settings.MQTT_WEBSOCKET_PATH))
 
+        async def stop():
+            await engine.stop()
+            await stop_dasf_service()
+
         def stop_engine():
             self.stdout.write("Stopping: no new connections; committing what is queued...")
             running.forget()
-            return defer.Deferred.fromFuture(asyncio.ensure_future(engine.stop()))
+            return defer.Deferred.fromFuture(asyncio.ensure_future(stop()))
 
         reactor.addSystemEventTrigger("before", "shutdown", stop_engine)
         server = BoundedServer(
@@ -180,6 +188,7 @@ class Command(BaseCommand):
                 f"  admin, API               http://{shown}:{http_port}/admin/  http://{shown}:{http_port}/api/docs/\n"
                 f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
                 f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
+                f"  DASF topics (WebSocket)  ws://{shown}:{http_port}/{dasf_settings.DASF_WEBSOCKET_URL_ROUTE}<topic>\n"
                 "Press Ctrl+C to stop."
             )
         )
