@@ -228,8 +228,10 @@ async def test_malformed_messages_are_answered(dasf, people):
     ack = await produce(producer, {"properties": "x", "context": 1})
     assert ack["result"] == "error: 'properties' must be a JSON object"
     with override_settings(DASF_MAX_MESSAGE_SIZE=2000):
-        ack = await produce(producer, request("x" * 3000))
+        small = await open_ws("/ws/calc/", alice)
+        ack = await produce(small, request("x" * 3000))
         assert "larger than DASF_MAX_MESSAGE_SIZE (2000)" in ack["result"]
+        await small.disconnect()
     assert (await produce(producer, request()))["result"] == "ok"
     await producer.disconnect()
 

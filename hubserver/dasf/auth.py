@@ -29,27 +29,37 @@ def token_from_scope(scope):
     return values[0] if values and values[0] else None
 
 
-class DasfTokenMiddleware(BaseMiddleware):
-    """``scope["user"]`` from a token when one is given; ``scope["auth"]`` is ``"token"``, ``"session"`` or
-    None; ``scope["auth_error"]`` says why a given token was not accepted."""
+class _SessionUser(BaseMiddleware):
+    """Inside channels' session stack: ``scope["auth"]`` is ``"session"`` for a logged-in user, else None."""
 
     async def __call__(self, scope, receive, send):
-        scope = dict(scope)
-        key = token_from_scope(scope)
-        if key is not None:
-            user = await user_for_token(key)
-            scope["user"] = user
-            scope["auth"] = TOKEN
-            if not user.is_authenticated:
-                scope["auth_error"] = "the API token is not valid (unknown, or its user is inactive)"
-        else:
-            user = scope.get("user")
-            scope["auth"] = SESSION if user is not None and user.is_authenticated else None
+        user = scope.get("user")
+        scope = {**scope, "auth": SESSION if user is not None and user.is_authenticated else None}
         return await super().__call__(scope, receive, send)
 
 
+class DasfAuthMiddleware:
+    """``scope["user"]`` from a token when one is given (``scope["auth"] = "token"``; ``scope["auth_error"]``
+    says why a token was not accepted), else from the session. Token connections skip channels' session
+    middleware altogether: it would wrap every frame the connection sends."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.with_session = AuthMiddlewareStack(_SessionUser(inner))
+
+    async def __call__(self, scope, receive, send):
+        key = token_from_scope(scope)
+        if key is None:
+            return await self.with_session(scope, receive, send)
+        user = await user_for_token(key)
+        scope = {**scope, "user": user, "auth": TOKEN}
+        if not user.is_authenticated:
+            scope["auth_error"] = "the API token is not valid (unknown, or its user is inactive)"
+        return await self.inner(scope, receive, send)
+
+
 def DasfAuthMiddlewareStack(inner):
-    return AuthMiddlewareStack(DasfTokenMiddleware(inner))
+    return DasfAuthMiddleware(inner)
 
 
 @dataclass(frozen=True, slots=True)

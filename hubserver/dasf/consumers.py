@@ -74,6 +74,7 @@ class DasfConnection(AsyncWebsocketConsumer):
         self.slug = self.scope["url_route"]["kwargs"].get("slug")
         limit = app_settings.DASF_CONSUMER_QUEUE_SIZE
         self._limit = limit
+        self._max_size = app_settings.DASF_MAX_MESSAGE_SIZE
         self._queue = asyncio.Queue(maxsize=limit + 2)  # room for the refusal and the close after an overflow
         await self.accept()
         self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name=f"dasf-sender {self.describe()}")
@@ -163,7 +164,7 @@ class DasfConnection(AsyncWebsocketConsumer):
                 text_data = bytes_data.decode()
             except UnicodeDecodeError:
                 return None, "error: frames must be JSON text"
-        limit = app_settings.DASF_MAX_MESSAGE_SIZE
+        limit = self._max_size
         if len(text_data) > limit:
             return None, f"error: message of {len(text_data)} bytes is larger than DASF_MAX_MESSAGE_SIZE ({limit})"
         try:

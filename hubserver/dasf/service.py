@@ -170,6 +170,7 @@ class DasfService:
         except Exception:
             self._stale = True
             raise
+        fresh.refresh_store_rules()  # the settings of now, not of when the thread read the topics
         self.grants = fresh
         self.version += 1
 
@@ -183,19 +184,19 @@ class DasfService:
             await self.reload()
 
     async def recheck(self):
-        """Before refusing: make sure the snapshot is fresh. Returns True when it may have changed."""
+        """Before refusing: make sure the snapshot is fresh. Returns True when it may have changed.
+
+        A reload in flight (or due) is waited for; then, at most once a second, the tables' fingerprint is
+        compared, which catches what another process changed since."""
+        before = self.grants
         if self._reload is not None and not self._reload.done():
             await asyncio.shield(self._reload)
-            return True
-        if self._stale:
+        elif self._stale:
             await self.reload()
-            return True
         now = time.monotonic()
-        if now - self._last_recheck < REFUSAL_RECHECK_SECONDS:
-            return False  # at most one fingerprint query a second for refusals
-        self._last_recheck = now
-        before = self.grants
-        await self.check_fingerprint()
+        if now - self._last_recheck >= REFUSAL_RECHECK_SECONDS:
+            self._last_recheck = now
+            await self.check_fingerprint()
         return self.grants is not before
 
     async def topic(self, slug):

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 
 from django.db import IntegrityError, transaction
 
+from ..routing.inserts import RowInserter
 from .models import BrokerMessage, BrokerTopic, ResponseTopic
 from .signals import suppressed
 
@@ -129,47 +130,52 @@ def write_batch(items):
             BrokerTopic.objects.filter(pk=item.topic_id).update(**item.fields)
 
 
+_MESSAGE_COLUMNS = ("message_id", "context", "topic_id", "user_id", "content", "date_created")
+_messages = RowInserter(BrokerMessage, _MESSAGE_COLUMNS)
+_links = RowInserter(ResponseTopic.source_messages.through, ("responsetopic_id", "brokermessage_id"))
+
+
 def _store(items):
+    """One multi-row INSERT for the batch. A message id the topic already has (a producer sending it again)
+    fails the statement inside its savepoint; then the batch is checked against the table and only the new
+    ones are written."""
+    try:
+        with transaction.atomic(savepoint=True):
+            _insert(items)
+        return
+    except IntegrityError:
+        pass
+    wanted = {item.message_id for item in items}
+    existing = {
+        (topic_id, str(message_id))
+        for topic_id, message_id in BrokerMessage.objects.filter(message_id__in=wanted).values_list(
+            "topic_id", "message_id"
+        )
+    }
     fresh = []
-    seen = set()
-    wanted = {(item.topic.id, item.message_id) for item in items}
-    existing = set()
-    if wanted:
-        existing = {
-            (topic_id, str(message_id))
-            for topic_id, message_id in BrokerMessage.objects.filter(
-                message_id__in={message_id for _, message_id in wanted}
-            ).values_list("topic_id", "message_id")
-        }
     for item in items:
         key = (item.topic.id, item.message_id)
-        if key in existing or key in seen:
+        if key in existing:
             item.result = DUPLICATE
             continue
-        seen.add(key)
+        existing.add(key)
         fresh.append(item)
-    if not fresh:
-        return
-    rows = [
-        BrokerMessage(
-            message_id=item.message_id,
-            context=item.context,
-            topic_id=item.topic.id,
-            user_id=item.user_id,
-            content=item.content,
-            date_created=item.created,
-        )
-        for item in fresh
-    ]
-    BrokerMessage.objects.bulk_create(rows)
+    if fresh:
+        _insert(fresh)
+
+
+def _insert(items):
+    converted = {}
+    pks = _messages.insert(
+        [(item.message_id, item.context, item.topic.id, item.user_id, item.content, item.created) for item in items],
+        converted,
+    )
     links = [
-        ResponseTopic.source_messages.through(responsetopic_id=item.response_topic_id, brokermessage_id=row.pk)
-        for item, row in zip(fresh, rows, strict=True)
-        if item.response_topic_id is not None
+        (item.response_topic_id, pk) for item, pk in zip(items, pks, strict=True) if item.response_topic_id is not None
     ]
     if links:
-        ResponseTopic.source_messages.through.objects.bulk_create(links)
-    for item in fresh:
+        _links.insert(links)
+    for item in items:
         item.result = STORED
 
 
@@ -219,14 +225,15 @@ def _acknowledge(items):
 
 
 def _delete(messages):
-    """Delete messages and their many-to-many rows in three statements (``QuerySet.delete()`` would first
-    load every row, content and all, to collect what depends on it)."""
-    pks = list(messages.values_list("pk", flat=True))
-    if not pks:
-        return
-    BrokerMessage.delivered_to.through.objects.filter(brokermessage_id__in=pks).delete()
-    ResponseTopic.source_messages.through.objects.filter(brokermessage_id__in=pks).delete()
-    BrokerMessage.objects.filter(pk__in=pks)._raw_delete(BrokerMessage.objects.db)
+    """Delete messages and their many-to-many rows: three statements, the messages selected by a subquery
+    (``QuerySet.delete()`` would first load every row, content and all, to collect what depends on it)."""
+    ids = messages.values("pk")
+    BrokerMessage.delivered_to.through.objects.filter(brokermessage_id__in=ids)._raw_delete(_DB)
+    ResponseTopic.source_messages.through.objects.filter(brokermessage_id__in=ids)._raw_delete(_DB)
+    messages._raw_delete(_DB)
+
+
+_DB = "default"
 
 
 def _touch(items):
