@@ -14,6 +14,9 @@ class HubserverConfig(AppConfig):
         from .access.revocation import connect_revocation_signals
 
         connect_revocation_signals()
+        from .brokers import accounts
+
+        accounts.connect_signals()  # device accounts on external Mosquitto brokers follow the registry
         from .web import connections
 
         connections.connect()

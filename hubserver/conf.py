@@ -31,6 +31,9 @@ BROKER_DEFAULTS = {
     "USE_SHARED_SUBSCRIPTIONS": (bool, True),
     "SHARE_GROUP": (str, "hubserver"),
     "AUTH_BACKEND": (bool, False),
+    # The hub keeps device accounts on this broker through Mosquitto's dynamic-security plugin. Default:
+    # on, unless AUTH_BACKEND is (then the broker asks /iot/broker/auth/ and /acl/ instead).
+    "DYNAMIC_SECURITY": (bool, True),
 }
 
 # Top-level keys: django-devicehub's names first, then the hub's own.
@@ -123,6 +126,13 @@ def _validate_brokers(brokers):
             value = config.get(key, default)
             _check_type(f"{where}[{key!r}]", value, expected)
             entry[key] = value
+        if "DYNAMIC_SECURITY" not in config:
+            entry["DYNAMIC_SECURITY"] = not entry["AUTH_BACKEND"]
+        elif entry["DYNAMIC_SECURITY"] and entry["AUTH_BACKEND"]:
+            raise ConfigurationError(
+                f"{where}: AUTH_BACKEND and DYNAMIC_SECURITY are both True; the broker checks devices either "
+                "through the hub's HTTP endpoints (EMQX) or through accounts the hub keeps (Mosquitto), not both"
+            )
         resolved[name] = entry
     return resolved
 

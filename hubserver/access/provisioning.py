@@ -137,7 +137,9 @@ def provision_many(device_type, device_ids, *, names=None, workers=None, progres
             to_update.append(device)
         results.append(Provisioned(device, _apply(device, username, secrets_made), had_credentials))
 
-    with transaction.atomic():
+    from ..brokers.accounts import batch
+
+    with transaction.atomic(), batch():  # an external broker's accounts: a few messages, not one per device
         device_model._default_manager.bulk_create(to_create, batch_size=BULK_BATCH_SIZE)
         device_model._default_manager.bulk_update(
             to_update, [*CREDENTIAL_FIELDS, "updated_at"], batch_size=BULK_BATCH_SIZE
@@ -149,8 +151,21 @@ def provision_many(device_type, device_ids, *, names=None, workers=None, progres
     return results
 
 
-def connection_endpoints():
-    """``host``, ``mqtt_port``, ``mqtt_tls_port`` (None without TLS) and ``websocket_url`` devices connect to."""
+def connection_endpoints(device_type=None):
+    """``host``, ``mqtt_port``, ``mqtt_tls_port`` (None without TLS) and ``websocket_url`` devices connect to:
+    ``device_type``'s ``Meta.broker`` when that is an external broker (then only its host and port, on the
+    TLS key when it uses TLS), else this hub's embedded broker."""
+    from ..conf import EMBEDDED_ENGINE, hub_settings
+
+    entry = hub_settings.BROKERS.get(device_type._meta.broker) if device_type is not None else None
+    if entry is not None and entry["ENGINE"] != EMBEDDED_ENGINE:
+        tls = entry["USE_TLS"]
+        return {
+            "host": entry["HOST"],
+            "mqtt_port": None if tls else entry["PORT"],
+            "mqtt_tls_port": entry["PORT"] if tls else None,
+            "websocket_url": None,
+        }
     endpoints = public_endpoints()
     return {
         "host": endpoints.host,
@@ -162,7 +177,8 @@ def connection_endpoints():
 
 def connection_info(device, credentials):
     """Everything a device (or its installer) needs, as printed by ``hubserver provision``."""
-    type_name = device_type_of(device).type_name()
+    device_type = device_type_of(device)
+    type_name = device_type.type_name()
     return {
         "device_id": device.device_id,
         "device_type": type_name,
@@ -170,6 +186,6 @@ def connection_info(device, credentials):
         "mqtt_username": credentials["mqtt_username"],
         "mqtt_password": credentials["mqtt_password"],
         "api_key": credentials["api_key"],
-        **connection_endpoints(),
+        **connection_endpoints(device_type),
         "topics": device_topics(type_name, device.device_id),
     }

@@ -26,6 +26,8 @@ logger = logging.getLogger("hubserver.access")
 
 # sender (DeviceType), device_id, mqtt_username, reason ("rotated" | "deactivated" | "deleted")
 credentials_revoked = Signal()
+# sender (DeviceType), device_id, mqtt_username: a deactivated device was made active again (after commit).
+access_restored = Signal()
 
 ROTATED = "rotated"
 DEACTIVATED = "deactivated"
@@ -45,6 +47,16 @@ def revoke(device_type, device_id, mqtt_username, reason, using=None):
         for receiver, result in results:
             if isinstance(result, Exception):
                 logger.error("credentials_revoked receiver %r failed", receiver, exc_info=result)
+
+    transaction.on_commit(send, using=using)
+
+
+def _after_commit(signal, device_type, device_id, mqtt_username, using=None):
+    def send():
+        results = signal.send_robust(sender=device_type, device_id=device_id, mqtt_username=mqtt_username)
+        for receiver, result in results:
+            if isinstance(result, Exception):
+                logger.error("%r failed", receiver, exc_info=result)
 
     transaction.on_commit(send, using=using)
 
@@ -72,6 +84,8 @@ def _compare_and_revoke(sender, instance, created=False, raw=False, using=None, 
     old = instance.__dict__.pop(_SNAPSHOT, None)
     if created or raw or old is None or not _had_credentials(old):
         return
+    if not old["is_active"] and instance.is_active:
+        _after_commit(access_restored, _device_type(sender), instance.device_id, instance.mqtt_username, using=using)
     if old["is_active"] and not instance.is_active:
         reason = DEACTIVATED
     elif any(old[f] != getattr(instance, f) for f in ("mqtt_username", "mqtt_password_hash", "api_key")):
