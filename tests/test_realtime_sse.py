@@ -207,3 +207,34 @@ async def test_polling_with_a_since_cursor(hub):
     for query in ("since=-1", "since=x", "limit=0", "limit=100000"):
         status, body = await _get("/iot/poll/thermometer/", [cookie], query)
         assert (status, body["code"]) == (400, "bad_request"), query
+
+
+async def test_a_batch_from_another_process_arriving_first_never_moves_the_cursor_past_an_unsent_row(hub, monkeypatch):
+    """Two processes commit batches 1 then 2; their channel-layer messages arrive 2 then 1. The stream must
+    not say ``id: <2>`` before it sent row 1 (a client resuming from there would never get row 1)."""
+    await provision_device("thermometer", "t-1")
+    user = await make_user("viewer", VIEW)
+    layer = get_channel_layer()
+    original = layer.group_send
+    held = []
+
+    async def reordering(group, message):
+        if group != type_group("thermometer"):
+            return
+        if not held:
+            held.append(message)  # batch 1 is still on its way from the first process
+            return
+        await original(group, {**message, "origin": "another-process", "seq": 1})
+        await original(group, held.pop())
+
+    async with fanout_on(hub.router):
+        stream = SSEClient("/iot/stream/thermometer/", [await session_cookie(user)])
+        await stream.start()
+        await stream.ready()
+        monkeypatch.setattr(layer, "group_send", reordering)
+        first = await route(hub, "t-1", {"uptime": 1})
+        second = await route(hub, "t-1", {"uptime": 2})
+        events = await stream.events(2, kinds=STORED)
+        assert [(e["id"], e["readings"]["uptime"]) for e in events] == [(first.message_id, 1), (second.message_id, 2)]
+        assert await stream.nothing(0.3, kinds=STORED)  # the late message of batch 1 is not sent twice
+        await stream.close()

@@ -200,6 +200,7 @@ def stored_events(type_name, device_id=None, *, after=None, limit=100):
 
 
 def latest_cursor(type_name):
-    """The newest Message pk of a type (0 if none): "everything up to now" for a fresh stream."""
+    """The newest data/status Message pk of a type (0 if none): "everything up to now" for a fresh stream.
+    Only the writer's rows count: they become visible in id order; a command row, written elsewhere, may not."""
     _, models = resolve_type(type_name)
-    return models[2]._default_manager.order_by("-pk").values_list("pk", flat=True).first() or 0
+    return _stored_rows(models, None).order_by("-pk").values_list("pk", flat=True).first() or 0

@@ -66,18 +66,23 @@ async def _group_send(layer, group, message):
     return True
 
 
-async def publish(by_type, by_device, layer=None):
+async def publish(by_type, by_device, layer=None, cursors=None):
     """Send ``{type name: [events]}`` and ``{(type name, device id): [events]}`` as ONE batch: one message
-    per group. The type messages go first (viewers in both groups rely on that order to de-duplicate)."""
+    per group. The type messages go first (viewers in both groups rely on that order to de-duplicate).
+    ``cursors`` maps type names to the committed batch's ``(newest id before, newest id)`` (a stream's
+    proof that it missed no row: ``hubserver.realtime.sse``)."""
     layer = layer or get_layer()
     if layer is None:
         return
     batch = f"{ORIGIN}:{next(_batches)}"
+    cursors = cursors or {}
     for type_name, events in by_type.items():
         message = {"type": MESSAGE_TYPE, "scope": "type", "device_type": type_name, "device_id": None}
+        message["cursors"] = cursors.get(type_name)
         await _group_send(layer, type_group(type_name), {**message, "events": events, "batch": batch})
     for (type_name, device_id), events in by_device.items():
         message = {"type": MESSAGE_TYPE, "scope": "device", "device_type": type_name, "device_id": device_id}
+        message["cursors"] = cursors.get(type_name)
         await _group_send(layer, device_group(type_name, device_id), {**message, "events": events, "batch": batch})
 
 
@@ -103,10 +108,12 @@ async def on_commit(results):
             status_rows.update(await database_sync_to_async(status_payloads)(type_name, ids))
         except Exception:
             logger.exception("could not load the status messages of a batch; their events lack details")
-    by_type, by_device = {}, {}
+    by_type, by_device, cursors = {}, {}, {}
     for result in results:
         if not result.type_name or not result.device_id:
             continue
+        if result.cursors is not None:
+            cursors.setdefault(result.type_name, list(result.cursors))
         try:
             events = events_from_result(result, status_rows)
         except Exception:
@@ -116,7 +123,7 @@ async def on_commit(results):
             by_type.setdefault(result.type_name, []).extend(events)
             by_device.setdefault((result.type_name, result.device_id), []).extend(events)
     if by_type:
-        await publish(by_type, by_device, layer)
+        await publish(by_type, by_device, layer, cursors)
 
 
 def _listened(layer, results):

@@ -11,6 +11,13 @@ live events, dropping those the replay already sent. A fresh stream starts with 
 message id>`` so the client has a resume point even before its first event. If the channel layer drops a
 message (``seq`` jumps), the stream catches up from the database the same way. ``: keepalive`` comments go
 out every ``SSE_HEARTBEAT`` seconds.
+
+Several processes (workers, web processes) commit and publish concurrently, so live messages can arrive
+out of commit order. A stream never moves its cursor past a row it has not sent: each live message says
+which ids its batch spans (``cursors``: the newest id before the batch, the newest of the batch; the
+writers commit each table's rows in id order, ``hubserver.routing.batch``). When the batch starts right
+after the stream's cursor the message is applied as it is; otherwise some batch in between is still on
+its way (or concerned other devices), and the stream first reads what it has not seen from the database.
 """
 
 import asyncio
@@ -74,8 +81,14 @@ class EventStream:
         self.last_seq[origin] = seq
         return last is not None and seq > last + 1
 
+    def behind(self, message):
+        """True when rows may have been committed between this stream's cursor and ``message``'s batch."""
+        cursors = message.get("cursors")
+        return self.cursor is not None and cursors is not None and cursors[0] > self.cursor
+
     def live(self, message):
-        """SSE text for one channel-layer message (may be empty), minus what was already sent."""
+        """SSE text for one channel-layer message (may be empty), minus what was already sent. Call it once
+        the stream is not ``behind`` the message: everything up to its batch has been sent."""
         parts = []
         device_id = self.target.device_id
         for event in message.get("events", ()):
@@ -94,6 +107,11 @@ class EventStream:
                 parts.append(sse_frame(event))
             else:
                 parts.append(sse_frame(event, with_id=False))  # older than the fresh stream's mark
+        cursors = message.get("cursors")
+        if cursors is not None and self.cursor is not None and cursors[1] > self.cursor >= cursors[0]:
+            # The rest of the batch holds no event for this stream: the client may resume after all of it.
+            self.cursor = self.sent_upto = cursors[1]
+            parts.append(f"id: {self.cursor}\n\n")
         return "".join(parts)
 
     async def __aiter__(self):
@@ -121,11 +139,17 @@ class EventStream:
                 message, receiving = receiving.result(), None
                 if message.get("type") != "hub.events":
                     continue
-                if self.lost_messages(message) and self.cursor is not None:
-                    # Catch up from the database; the replay also covers this message's stored events.
+                lost = self.lost_messages(message)
+                if lost:
                     logger.warning("SSE stream on %s lost channel-layer messages: catching up", self.group)
+                if self.cursor is not None and (lost or self.behind(message)):
+                    # Catch up from the database: it holds this message's batch and every one before it.
                     async for chunk in self.replay():
                         yield chunk
+                    cursors = message.get("cursors")
+                    if cursors is not None and cursors[1] > self.cursor:
+                        self.cursor = self.sent_upto = cursors[1]
+                        yield f"id: {self.cursor}\n\n"
                 text = self.live(message)
                 if text:
                     yield text

@@ -10,8 +10,9 @@ computes status changes from what is really stored.
 """
 
 import logging
+import zlib
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from ..exceptions import PayloadError
@@ -46,6 +47,8 @@ MESSAGE_COLUMNS = (
 )
 _inserters = {}  # (model, columns) -> RowInserter
 _updaters = {}  # Device model -> RowUpdater
+# pg_advisory_xact_lock(namespace, table key): the hub's writers take one per table they write.
+_LOCK_NAMESPACE = 0x48554221
 
 
 def write_batch(works, cache):
@@ -69,7 +72,7 @@ def write_batch(works, cache):
         raise
     for work in works:
         if work.result is None and work.error is None:
-            work.result = _result(work)
+            work.result = _result(work, rows.cursors.get(work.models[2]))
 
 
 def _resolve_devices(works, cache):
@@ -104,6 +107,7 @@ class Rows:
         self.inserts = {}  # (model, columns) -> [StoredRow]
         self.devices = {}  # id(device) -> (device, snapshot of _DEVICE_FIELDS)
         self.device_fields = {}  # Device model -> names of fields changed in this batch
+        self.cursors = {}  # Message model -> (newest pk before this batch, newest pk of this batch)
 
     def add(self, row):
         self.inserts.setdefault((row.model, row.columns), []).append(row)
@@ -127,6 +131,29 @@ class Rows:
                 self.device_fields[type(device)].add("last_seen")
 
     def save(self):
+        """Write the batch (inside the caller's transaction).
+
+        Message ids are the resume cursor of live streams, so a row must never become visible after a row
+        with a higher id of the same table: a reader that saw the higher one would skip it. One process
+        writes in order anyway, and SQLite commits one transaction at a time; on PostgreSQL several hub
+        processes commit concurrently, so each batch first takes a transaction-level advisory lock per
+        table it writes (in one order: no deadlock), and ids are drawn and committed in lock order. The
+        lock also orders the batches' device updates, which would otherwise deadlock across processes.
+        """
+        messages = sorted(
+            {model for model, _ in self.inserts if issubclass(model, BaseMessage)}, key=lambda m: m._meta.db_table
+        )
+        connection = connections["default"]
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                tables = {m._meta.db_table for m in messages} | {m._meta.db_table for m in self.device_fields}
+                for table in sorted(tables):
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, _table_key(table)])
+            newest = {}
+            for model in messages:
+                quote = connection.ops.quote_name
+                cursor.execute(f"SELECT MAX({quote(model._meta.pk.column)}) FROM {quote(model._meta.db_table)}")
+                newest[model] = cursor.fetchone()[0] or 0
         converted = {}  # one conversion per datetime value per batch (rows share receive and process times)
         for key, stored in self.inserts.items():
             inserter = _inserters.get(key)
@@ -137,6 +164,9 @@ class Rows:
             for row, pk in zip(stored, pks, strict=True):
                 row.pk = pk
             upsert_readings(*key, values)  # a Reading model's rollups, in the same transaction
+            if key[0] in newest and pks:
+                before, last = self.cursors.get(key[0], (newest[key[0]], 0))
+                self.cursors[key[0]] = (before, max(last, max(pks)))
         by_model = {}
         for device, _ in self.devices.values():
             by_model.setdefault(type(device), []).append(device)
@@ -146,6 +176,7 @@ class Rows:
                 updater = _updaters.get(model)
                 if updater is None:
                     updater = _updaters[model] = RowUpdater(model)
+                devices.sort(key=lambda device: device.pk)  # one row order in every process
                 updater.update(devices, fields)
 
     def restore(self):
@@ -286,7 +317,13 @@ def _set_status(work, rows, status):
         work.old_status, work.new_status = old, status
 
 
-def _result(work):
+def _table_key(table):
+    """A table's advisory-lock key: a stable signed 32-bit number."""
+    key = zlib.crc32(table.encode())
+    return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _result(work, cursors=None):
     message, reading = work.message, work.reading
     return RouteResult(
         stored=True,
@@ -303,4 +340,5 @@ def _result(work):
         old_status=work.old_status,
         new_status=work.new_status,
         correlation_id=message.get("correlation_id") if message is not None else "",
+        cursors=cursors,
     )

@@ -52,6 +52,9 @@ class RouteResult:
     old_status: str | None = None
     new_status: str | None = None
     correlation_id: str = ""
+    # (newest Message id of the type before the batch, newest id of the batch): lets a live stream tell
+    # whether it saw every row up to this batch (see hubserver.realtime.sse).
+    cursors: tuple | None = None
 
     @property
     def status_changed(self):
