@@ -6,7 +6,17 @@ in step): add a row there when you add one here.
 
 import os
 
-from .environment import data_dir, env_bool, env_float, env_int, env_list, env_sizes, secret_key, user_devices_app
+from .environment import (
+    channel_layers,
+    data_dir,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_sizes,
+    secret_key,
+    user_devices_app,
+)
 from .environment import database as _database
 
 DATA_DIR = data_dir()
@@ -86,7 +96,7 @@ TEMPLATES = [
 DATABASES = {"default": _database(DATA_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CHANNEL_LAYERS = channel_layers()
 
 REST_FRAMEWORK = {
     # Token first: a request without credentials is then told 401 with "WWW-Authenticate: Token" (the first

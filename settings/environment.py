@@ -126,6 +126,29 @@ def database(directory):
     return config
 
 
+def channel_layers():
+    """The channel layer: in-process, or Redis (HUBSERVER_REDIS_URL) so that a browser on any hub process sees
+    what any other process stored."""
+    url = os.environ.get("HUBSERVER_REDIS_URL", "").strip()
+    if not url:
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"HUBSERVER_REDIS_URL must be a redis://, rediss:// or unix:// URL; got {url!r}")
+    try:
+        import channels_redis  # noqa: F401
+    except ImportError:
+        raise ImproperlyConfigured(
+            "HUBSERVER_REDIS_URL is set but channels-redis is not installed: pip install 'hubserver[redis]'"
+        ) from None
+    prefix = os.environ.get("HUBSERVER_REDIS_PREFIX", "hubserver").strip() or "hubserver"
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [url], "prefix": prefix},
+        }
+    }
+
+
 @dataclass(frozen=True)
 class UserDevicesApp:
     app: str

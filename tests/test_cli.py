@@ -232,3 +232,43 @@ def test_an_old_data_directory_in_the_current_directory_is_pointed_out(tmp_path)
 def test_provision_works_as_the_first_command_on_a_new_data_directory(tmp_path):
     out = hubserver("provision", "smartplug", "plug-1", "--format", "json", data_dir=tmp_path).stdout
     assert json.loads(out)["mqtt_username"] == "smartplug.plug-1"
+
+
+@pytest.mark.slow
+def test_redis_url_makes_live_events_go_through_redis(tmp_path, redis_url):
+    """HUBSERVER_REDIS_URL selects the Redis channel layer: a message sent in one process reaches another."""
+    script = (
+        "import asyncio; from channels.layers import get_channel_layer\n"
+        "async def main():\n"
+        "    layer = get_channel_layer(); print(type(layer).__module__)\n"
+        "    channel = await layer.new_channel(); await layer.group_add('probe', channel)\n"
+        "    print('READY', flush=True)\n"
+        "    print((await asyncio.wait_for(layer.receive(channel), 20))['text'])\n"
+        "asyncio.run(main())\n"
+    )
+    env = {"HUBSERVER_REDIS_URL": redis_url, "HUBSERVER_REDIS_PREFIX": f"test-{tmp_path.name}"}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSERVER_", "DJANGO_"))}
+    environ.update(env, HUBSERVER_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="hubserver.settings")
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", "import django; django.setup()\n" + script],
+        env=environ,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout.readline().strip() == "channels_redis.core"
+        assert receiver.stdout.readline().strip() == "READY"
+        sender = "from asgiref.sync import async_to_sync; from channels.layers import get_channel_layer\n"
+        message = "{'type': 'x', 'text': 'from another process'}"
+        sender += f"async_to_sync(get_channel_layer().group_send)('probe', {message})"
+        hubserver("shell", "-c", sender, data_dir=tmp_path, env=env)
+        assert receiver.stdout.readline().strip() == "from another process"
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def test_a_redis_url_that_is_not_one_is_refused(tmp_path):
+    result = hubserver("check", data_dir=tmp_path, env={"HUBSERVER_REDIS_URL": "localhost:6379"}, check=False)
+    assert result.returncode != 0
+    assert "HUBSERVER_REDIS_URL must be a redis://" in result.stderr
