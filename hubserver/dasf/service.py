@@ -20,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import orjson
@@ -75,6 +76,8 @@ class DasfService:
         self._stale = False
         self._reload = None
         self._last_recheck = 0.0
+        self._mutations = 0
+        self._reader = None
         self._log = ThrottledLog(logger)
 
     # Lifecycle ------------------------------------------------------------------------------------
@@ -95,7 +98,8 @@ class DasfService:
             name="hubserver-dasf-writer",
         )
         await self.writer.start()
-        self.grants = await self.writer.run_sync(grants.load)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubserver-dasf-reader")
+        self.grants = await self._read(grants.load)
         _watch_changes(self)
         self.running = True
         self._spawn(self._every(TOUCH_SECONDS, self.flush_touches), "dasf-touches")
@@ -120,6 +124,9 @@ class DasfService:
         except Exception:
             logger.exception("writing the last ping times failed")
         await self.writer.stop()
+        if self._reader is not None:
+            await self._read(_close_connections)
+            self._reader.shutdown(wait=False)
 
     def _spawn(self, coroutine, name):
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
@@ -163,23 +170,38 @@ class DasfService:
         self.grants.refresh_store_rules()
 
     async def reload(self):
-        """Replace the snapshot with a fresh one (read in the writer thread)."""
-        self._stale = False
-        try:
-            fresh = await self.writer.run_sync(grants.load)
-        except Exception:
-            self._stale = True
-            raise
+        """Replace the snapshot with a fresh one (read in the reader thread). A change the service made to the
+        snapshot itself while it was being read (a topic it created or deleted) makes it read again, so an
+        older view never replaces a newer one."""
+        while True:
+            self._stale = False
+            mark = self._mutations
+            try:
+                fresh = await self._read(grants.load)
+            except Exception:
+                self._stale = True
+                raise
+            if mark == self._mutations:
+                break
         fresh.refresh_store_rules()  # the settings of now, not of when the thread read the topics
         self.grants = fresh
         self.version += 1
+
+    def _mutated(self):
+        """The service changed its snapshot directly (after a write of its own)."""
+        self._mutations += 1
+        self.version += 1
+
+    async def _read(self, function, *args):
+        """Run a read in the reader thread: reads never wait behind a batch being written."""
+        return await asyncio.get_running_loop().run_in_executor(self._reader, function, *args)
 
     async def check_fingerprint(self):
         """Reload when the permission tables changed under us (another process)."""
         if self._stale:
             await self.reload()
             return
-        current = await self.writer.run_sync(grants.fingerprint)
+        current = await self._read(grants.fingerprint)
         if current != self.grants.fingerprint:
             await self.reload()
 
@@ -204,7 +226,7 @@ class DasfService:
         topic = self.grants.topics.get(slug)
         if topic is not None:
             return topic
-        row = await self.writer.run_sync(store.find_topic, slug)
+        row = await self._read(store.find_topic, slug)
         if row is None:
             return None
         await self.reload()  # made elsewhere: its grants are not in the snapshot either
@@ -311,7 +333,7 @@ class DasfService:
         principal = producer.principal
         if not app_settings.DASF_CREATE_TOPIC_ON_MESSAGE:
             raise Refused(f"error: topic {slug!r} does not exist")
-        if principal.anonymous or not await self.writer.run_sync(store.may_add_topics, principal.user_id):
+        if principal.anonymous or not await self._read(store.may_add_topics, principal.user_id):
             raise Refused(
                 f"error: topic {slug!r} does not exist, and {principal} may not create topics (that needs "
                 "the dasf_broker.add_brokertopic permission)"
@@ -329,7 +351,7 @@ class DasfService:
         self.grants.add_topic(topic)
         self.grants.grant_user(user_id, CAN_PRODUCE, topic.id)
         self.grants.grant_user(user_id, CAN_CONSUME, topic.id)
-        self.version += 1
+        self._mutated()
         logger.info("%s created DASF topic %s", principal, slug)
         return topic
 
@@ -368,7 +390,7 @@ class DasfService:
             snapshot.grant_user(uid, perm, response.id)
         for gid, perm in group_perms:
             snapshot.grant_group(gid, perm, response.id)
-        self.version += 1
+        self._mutated()
         return response.id
 
     async def _after_commit(self, batch):
@@ -448,7 +470,7 @@ class DasfService:
         """The messages a (re)connecting consumer still has to get: ``[(message id, JSON text)]``."""
         if topic.store == DISABLED:
             return []
-        rows = await self.writer.run_sync(store.outstanding, topic.id, user_id, topic.store)
+        rows = await self._read(store.outstanding, topic.id, user_id, topic.store)
         return [(message_id, orjson.dumps(content).decode()) for message_id, content in rows]
 
     async def consumer_connected(self, topic):
@@ -460,7 +482,7 @@ class DasfService:
         pinged, so its availability follows at once."""
         if topic.is_response:
             if topic.store == DISABLED or (
-                topic.store == CACHE and not await self.writer.run_sync(store.has_outstanding, topic.id)
+                topic.store == CACHE and not await self._read(store.has_outstanding, topic.id)
             ):
                 when = timezone.now() + timedelta(seconds=app_settings.DASF_GARBAGE_COLLECT_AFTER)
                 await self.writer.put(store.TopicUpdate(topic.id, garbage_collect_on=when))
@@ -502,7 +524,7 @@ class DasfService:
         for topic_id in removed:
             self.grants.remove_topic(topic_id)
         if removed:
-            self.version += 1
+            self._mutated()
             logger.info("DASF: deleted %d expired response topic(s)", len(removed))
 
     def stats(self):
@@ -513,6 +535,12 @@ class DasfService:
             "topics": len(self.grants.topics),
             "queued": writer.queued if writer is not None else 0,
         }
+
+
+def _close_connections():
+    from django.db import connections
+
+    connections.close_all()
 
 
 def broker_request(message_type, when, message_id):
