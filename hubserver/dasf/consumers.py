@@ -23,6 +23,7 @@ import uuid
 
 import orjson
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
@@ -60,6 +61,20 @@ class DasfConnection(AsyncWebsocketConsumer):
         self._sender = None
         self._closing = False
         self._watchdog = None
+
+    async def __call__(self, scope, receive, send):
+        """Without a channel layer to listen to, frames are read in a plain loop: channels' own loop makes a
+        task and an ``asyncio.wait`` per frame to also watch a layer channel this connection does not have."""
+        if get_channel_layer(self.channel_layer_alias) is not None:
+            return await super().__call__(scope, receive, send)
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message):
         """Channels' dispatch without its hop to the ORM thread before every frame."""
