@@ -129,4 +129,6 @@ async def test_bursts_of_sync_view_requests_leave_no_connection_open(application
             statuses = await asyncio.gather(*(post(application, "/iot/broker/auth/", body, headers) for _ in range(30)))
             assert statuses == [200] * 30
             after.append(sqlite_descriptors())
-        assert after[1:] == [after[0]] * 3
+        # A connection left open would add at least one descriptor per request: 30 a burst. Reuse may differ
+        # by the odd descriptor with how many requests overlapped at the busiest moment of each burst.
+        assert after[-1] - after[0] <= 3, after
