@@ -9,6 +9,9 @@ SETTINGS_NAME = "HUBSERVER"
 EMBEDDED_ENGINE = "hubserver.brokers.embedded.EmbeddedBroker"
 EXTERNAL_ENGINE = "hubserver.brokers.mqtt.MQTTBroker"
 
+# Shortest BROKER_AUTH_TOKEN accepted: the token is all that stands between the network and a password oracle.
+BROKER_TOKEN_MIN_LENGTH = 16
+
 # Event loops ``hubserver run`` can run on; the first is the default.
 EVENT_LOOPS = ("uvloop", "asyncio")
 
@@ -64,8 +67,15 @@ DEFAULTS = {
     # routes have built-in ones: hubserver.web.bodies). Refused from the headers, before the body is read.
     "HTTP_MAX_BODY_SIZE": (int, 1024 * 1024),
     "HTTP_BODY_LIMITS": (dict, {}),
-    # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...").
+    # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...");
+    # required (BROKER_TOKEN_MIN_LENGTH characters at least) when a BROKERS entry sets AUTH_BACKEND, which is
+    # what turns those endpoints on.
     "BROKER_AUTH_TOKEN": (str, ""),
+    # Authentication failures (MQTT CONNECT, /iot/broker/auth/) per username and per source address within
+    # AUTH_FAILURE_WINDOW seconds, after which attempts are refused unchecked until the window ends (0: off).
+    "AUTH_FAILURE_LIMIT": (int, 10),
+    "AUTH_ADDRESS_FAILURE_LIMIT": (int, 30),
+    "AUTH_FAILURE_WINDOW": (NUMBER, 60),
     # /metrics for anyone (not only this machine and staff users), or for these networks too (CIDR, e.g. a
     # container bridge's 172.16.0.0/12).
     "METRICS_PUBLIC": (bool, False),
@@ -171,6 +181,18 @@ def validate(user):
         raise ConfigurationError(
             f"{SETTINGS_NAME}['EVENT_LOOP'] must be one of {', '.join(EVENT_LOOPS)}, got {resolved['EVENT_LOOP']!r}"
         )
+    if any(entry["AUTH_BACKEND"] for entry in resolved["BROKERS"].values()):
+        token = resolved["BROKER_AUTH_TOKEN"]
+        if len(token.strip()) < BROKER_TOKEN_MIN_LENGTH:
+            raise ConfigurationError(
+                f"{SETTINGS_NAME}['BROKER_AUTH_TOKEN'] must be set (at least {BROKER_TOKEN_MIN_LENGTH} characters) "
+                "when a BROKERS entry enables AUTH_BACKEND: it turns on /iot/broker/auth/ and /iot/broker/acl/, "
+                "which answer only requests carrying it. Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+    for key in ("AUTH_FAILURE_LIMIT", "AUTH_ADDRESS_FAILURE_LIMIT"):
+        if resolved[key] < 0:
+            raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be 0 (off) or more, got {resolved[key]}")
     for name, limit in resolved["HTTP_BODY_LIMITS"].items():
         where = f"{SETTINGS_NAME}['HTTP_BODY_LIMITS'][{name!r}]"
         if not isinstance(name, str):
@@ -186,6 +208,7 @@ def validate(user):
     for key in (
         "MAX_PAYLOAD_SIZE",
         "HTTP_MAX_BODY_SIZE",
+        "AUTH_FAILURE_WINDOW",
         "WRITER_BATCH_SIZE",
         "WRITER_QUEUE_SIZE",
         "REALTIME_QUEUE_SIZE",

@@ -19,6 +19,8 @@ Names (all prefixed ``hubserver_``):
 | ``writer_queue_depth``, ``heartbeat_tracked_devices`` | gauge | writer queue, heartbeat monitor |
 | ``connections_refused_total{reason}`` | counter | broker: ``not_authorized``, ``max_connections`` |
 | ``auth_failures_total{source}`` | counter | ``mqtt`` (broker CONNECTs refused), ``http`` (``/iot/broker/auth/``) |
+| ``auth_throttled_total{source,reason}`` | counter | attempts refused unchecked (``username``, ``address``) |
+| ``auth_throttle_keys{table}`` | gauge | usernames and addresses whose failures the throttle remembers |
 | ``verifier_cache_hits_total``, ``_misses_total``, ``verifier_checks_total`` ``{verifier}`` | counter | verifiers |
 | ``verifier_cache_entries{verifier}`` | gauge | secret verifiers |
 | ``http_broker_requests_total{endpoint,outcome}`` | counter | ``/iot/broker/auth/`` and ``acl/`` |
@@ -101,6 +103,7 @@ class HubCollector(Collector):
         except Exception:  # a scrape must never fail because one source is half-started
             logger.exception("collecting the engine's metrics failed")
         yield from self._verifier_metrics()
+        yield from self._throttle_metrics()
         yield from self._http_metrics()
         yield from self._dasf_metrics()
 
@@ -239,6 +242,26 @@ class HubCollector(Collector):
             "Successful verifications remembered.",
             labels=["verifier"],
             samples=[([name], size) for name, (_, size) in values.items()],
+        )
+
+    def _throttle_metrics(self):
+        from .access.throttle import ADDRESS, USERNAME, snapshot
+
+        current = snapshot()
+        refused = {(source, reason): 0 for source in ("mqtt", "http") for reason in (USERNAME, ADDRESS)}
+        refused.update(current["refused"])
+        yield _counter(
+            "auth_throttled",
+            "Authentication attempts refused without checking them: their username or source address had "
+            "failed AUTH_FAILURE_LIMIT / AUTH_ADDRESS_FAILURE_LIMIT times within AUTH_FAILURE_WINDOW.",
+            labels=["source", "reason"],
+            samples=[([source, reason], count) for (source, reason), count in sorted(refused.items())],
+        )
+        yield _gauge(
+            "auth_throttle_keys",
+            "Usernames and source addresses whose recent authentication failures are remembered.",
+            labels=["table"],
+            samples=[([table], count) for table, count in sorted(current["keys"].items())],
         )
 
     def _http_metrics(self):

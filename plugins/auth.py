@@ -20,7 +20,9 @@ class HubAuthPlugin(BaseAuthPlugin):
 
     async def authenticate(self, *, session):
         try:
-            principal = await authenticate_mqtt(session.username, session.password, client_id=session.client_id)
+            principal = await authenticate_mqtt(
+                session.username, session.password, client_id=session.client_id, address=session.remote_address
+            )
             if principal is None:
                 logger.info(
                     "refused %s (user %r) from %s: bad credentials",

@@ -153,7 +153,16 @@ HUBSERVER = {
     "PUBLIC_WEBSOCKET_URL": os.environ.get("HUBSERVER_PUBLIC_WEBSOCKET_URL", ""),
     "ALLOW_ANONYMOUS": env_bool("HUBSERVER_ALLOW_ANONYMOUS", False),
     "ANONYMOUS_DENY": env_list("HUBSERVER_ANONYMOUS_DENY", []),
+    "BROKERS": {
+        "default": {
+            "ENGINE": "hubserver.brokers.embedded.EmbeddedBroker",
+            "AUTH_BACKEND": env_bool("HUBSERVER_BROKER_AUTH_BACKEND", False),
+        }
+    },
     "BROKER_AUTH_TOKEN": os.environ.get("HUBSERVER_BROKER_AUTH_TOKEN", ""),
+    "AUTH_FAILURE_LIMIT": env_int("HUBSERVER_AUTH_FAILURE_LIMIT", 10),
+    "AUTH_ADDRESS_FAILURE_LIMIT": env_int("HUBSERVER_AUTH_ADDRESS_FAILURE_LIMIT", 30),
+    "AUTH_FAILURE_WINDOW": env_float("HUBSERVER_AUTH_FAILURE_WINDOW", 60),
     "METRICS_PUBLIC": env_bool("HUBSERVER_METRICS_PUBLIC", False),
     "HTTP_MAX_BODY_SIZE": env_int("HUBSERVER_HTTP_MAX_BODY_SIZE", 1024 * 1024),
     "HTTP_BODY_LIMITS": env_sizes("HUBSERVER_HTTP_BODY_LIMITS", {}),

@@ -15,23 +15,26 @@ from hubserver.access import (
     can_publish,
     can_subscribe,
     provision,
+    throttle,
 )
 from hubserver.brokers import set_engine
 from hubserver.views import broker_auth
-from tests.mqtt import until
 from tests.testapp.models import HygrometerDevice, ThermometerDevice
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 AUTH = "/iot/broker/auth/"
 ACL = "/iot/broker/acl/"
-HUB = {"TOPIC_PREFIX": "things", "ALLOW_ANONYMOUS": False, "ANONYMOUS_DENY": ["private/#", "+/secret"]}
+TOKEN = "a-broker-token-of-32-characters!"
+ON = {"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": TOKEN}
+HUB = {"TOPIC_PREFIX": "things", "ALLOW_ANONYMOUS": False, "ANONYMOUS_DENY": ["private/#", "+/secret"], **ON}
 
 
 @pytest.fixture(autouse=True)
 def _clean():
     broker_auth.clear_service_cache()
     broker_auth.stats.clear()
+    throttle.reset()
     set_engine(None)
     with override_settings(HUBSERVER=dict(HUB)):
         yield
@@ -56,6 +59,7 @@ def service_user(username="dashboard", password="s3cret-pass", permitted=True, *
 def post(path, body, client=None, **extra):
     client = client or Client(enforce_csrf_checks=True)  # the views are CSRF-exempt: the broker has no token
     data = json.dumps(body) if not isinstance(body, (bytes, str)) else body
+    extra.setdefault("HTTP_AUTHORIZATION", f"Bearer {TOKEN}")
     return client.post(path, data, content_type="application/json", **extra)
 
 
@@ -136,12 +140,13 @@ def test_anonymous_follows_allow_anonymous():
 
 def test_form_encoded_bodies_are_accepted():
     _, creds = device()
-    response = Client().post(AUTH, {"username": creds["mqtt_username"], "password": creds["mqtt_password"]})
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+    response = Client().post(AUTH, {"username": creds["mqtt_username"], "password": creds["mqtt_password"]}, **bearer)
     assert result(response) == "allow"
-    response = Client().post(AUTH, {"username": creds["mqtt_username"], "password": "nope"})
+    response = Client().post(AUTH, {"username": creds["mqtt_username"], "password": "nope"}, **bearer)
     assert result(response) == "deny"
     response = Client().post(
-        ACL, {"username": creds["mqtt_username"], "topic": "things/thermometer/t-1/data", "action": "pub"}
+        ACL, {"username": creds["mqtt_username"], "topic": "things/thermometer/t-1/data", "action": "pub"}, **bearer
     )
     assert result(response) == "allow"
 
@@ -162,44 +167,66 @@ def test_only_post_is_allowed():
     assert Client().get(ACL).status_code == 405
 
 
-def test_broker_token_is_required_when_configured():
+def test_the_endpoints_are_off_unless_a_broker_entry_enables_auth_backend():
+    _, creds = device()
+    body = {"username": creds["mqtt_username"], "password": creds["mqtt_password"]}
+    for settings in ({}, {"BROKER_AUTH_TOKEN": TOKEN}, {"BROKERS": {"default": {"AUTH_BACKEND": False}}}):
+        with override_settings(HUBSERVER=settings):
+            assert post(AUTH, body).status_code == 404
+            assert post(ACL, {"username": "x", "topic": "t", "action": "pub"}).status_code == 404
+            assert Client().get(AUTH).status_code == 404
+    with override_settings(HUBSERVER={"BROKERS": {"emqx": {"HOST": "emqx", "AUTH_BACKEND": True}}, **ON}):
+        assert result(post(AUTH, body)) == "allow"
+    assert broker_auth.stats.snapshot() == {"auth_allow": 1}
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short-token"])
+def test_auth_backend_without_a_strong_enough_token_is_refused_at_start(token):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from hubserver.conf import validate
+
+    with pytest.raises(ImproperlyConfigured, match="BROKER_AUTH_TOKEN"):
+        validate({"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": token})
+
+
+def test_the_binary_refuses_to_start_with_the_endpoints_on_and_no_token(tmp_path):
+    import subprocess
+
+    from tests.test_run import BINARY, environment
+
+    env = environment(tmp_path, HUBSERVER_BROKER_AUTH_BACKEND="1")
+    out = subprocess.run([BINARY, "check"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "BROKER_AUTH_TOKEN" in out.stderr
+    env["HUBSERVER_BROKER_AUTH_TOKEN"] = TOKEN
+    assert subprocess.run([BINARY, "check"], env=env, capture_output=True, text=True, timeout=120).returncode == 0
+
+
+def test_the_broker_token_is_always_required():
     _, creds = device()
     body = {"username": creds["mqtt_username"], "password": creds["mqtt_password"]}
     acl_body = {"username": creds["mqtt_username"], "topic": "things/thermometer/t-1/data", "action": "pub"}
-    with override_settings(HUBSERVER={"BROKER_AUTH_TOKEN": "broker-secret"}):
-        assert result(post(AUTH, body)) == "deny"
-        assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer wrong")) == "deny"
-        assert result(post(AUTH, body, HTTP_AUTHORIZATION="Basic broker-secret")) == "deny"
-        assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer broker-secret")) == "allow"
-        assert result(post(ACL, acl_body)) == "deny"
-        assert result(post(ACL, acl_body, HTTP_AUTHORIZATION="Bearer broker-secret")) == "allow"
+    assert result(post(AUTH, body, HTTP_AUTHORIZATION="")) == "deny"
+    assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer wrong")) == "deny"
+    assert result(post(AUTH, body, HTTP_AUTHORIZATION=f"Basic {TOKEN}")) == "deny"
+    assert result(post(AUTH, body)) == "allow"
+    assert result(post(ACL, acl_body, HTTP_AUTHORIZATION="")) == "deny"
+    assert result(post(ACL, acl_body)) == "allow"
     stats = broker_auth.stats.snapshot()
     assert stats["auth_bad_token"] == 3 and stats["acl_bad_token"] == 1
-    assert result(post(AUTH, body)) == "allow"  # no token configured: none required
 
 
-def test_successful_device_auth_marks_it_online_without_an_engine():
+def test_a_successful_check_never_changes_the_devices_status():
+    """A check is not a connection: the broker may still refuse the client (its ACL, a limit), and an
+    attacker with a device's secret could otherwise mark it online at will."""
     row, creds = device()
-    assert row.status == "offline" and row.last_seen is None
-    auth(creds["mqtt_username"], "wrong")
-    row.refresh_from_db()
-    assert row.status == "offline"
     assert auth(creds["mqtt_username"], creds["mqtt_password"]) == "allow"
     row.refresh_from_db()
-    assert row.status == "online" and row.last_seen is not None
+    assert row.status == "offline" and row.last_seen is None
 
 
-@database_sync_to_async
-def _make_device(device_id):
-    return device(device_id=device_id)
-
-
-@database_sync_to_async
-def _status(device_id):
-    return ThermometerDevice.objects.get(device_id=device_id).status
-
-
-async def test_successful_device_auth_goes_through_the_router_when_an_engine_runs(hub):
+async def test_a_successful_check_never_reaches_the_router_when_an_engine_runs(hub):
     connected = []
 
     def on_connected(sender, device, **kwargs):
@@ -210,19 +237,31 @@ async def test_successful_device_auth_goes_through_the_router_when_an_engine_run
     try:
         _, creds = await _make_device("t-live")
         client = AsyncClient()
-        response = await client.post(
-            AUTH,
-            {"username": creds["mqtt_username"], "password": creds["mqtt_password"]},
-            content_type="application/json",
-        )
+        with override_settings(HUBSERVER=HUB):  # the hub fixture set its own
+            response = await client.post(
+                AUTH,
+                {"username": creds["mqtt_username"], "password": creds["mqtt_password"]},
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
         assert response.json()["result"] == "allow"
-        await until(lambda: connected == ["t-live"], message="device_connected signal")
         await hub.router.flush()
-        assert await _status("t-live") == "online"
-        assert hub.router.stats()["tracked_devices"] == 1
+        assert connected == []
+        assert await _status("t-live") == "offline"
+        assert hub.router.stats()["tracked_devices"] == 0
     finally:
         signals.device_connected.disconnect(on_connected)
         set_engine(None)
+
+
+@database_sync_to_async
+def _make_device(device_id):
+    return device(device_id=device_id)
+
+
+@database_sync_to_async
+def _status(device_id):
+    return ThermometerDevice.objects.get(device_id=device_id).status
 
 
 # -- acl --------------------------------------------------------------------------------------------------

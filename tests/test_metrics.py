@@ -137,9 +137,14 @@ async def test_counters_move_with_mqtt_and_http_traffic(engine, clients):
 
     bad = clients(engine.port, "thermometer.t-1", "thermometer.t-1", "wrong-password")
     assert await bad.connect(expect_success=False) != 0  # not authorized
-    response = await http.post(
-        "/iot/broker/auth/", {"username": "thermometer.t-1", "password": "wrong"}, content_type="application/json"
-    )
+    token = "a-broker-token-for-the-metrics"
+    with override_settings(HUBSERVER={"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": token}):
+        response = await http.post(
+            "/iot/broker/auth/",
+            {"username": "thermometer.t-1", "password": "wrong"},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
     assert response.json() == {"result": "deny"}
     await engine.router.flush()
 
@@ -192,7 +197,9 @@ def test_view_counters_are_plain_counters():
     # the views count in memory; the collector reads them only when scraped
     broker_auth.stats.clear()
     ingest.stats.clear()
-    Client().post("/iot/broker/acl/", "{}", content_type="application/json")
+    token = "a-broker-token-for-the-metrics"
+    with override_settings(HUBSERVER={"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": token}):
+        Client().post("/iot/broker/acl/", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
     samples = parse(Client().get("/metrics").content.decode())
     assert value(samples, "hubserver_http_broker_requests_total", endpoint="acl", outcome="malformed") == 1
 

@@ -26,6 +26,10 @@ a flood of bad service logins cannot delay devices. Unknown or unauthorised serv
 one decoy password check, so response time does not tell which usernames exist. Device usernames get no
 decoy: they are derived from device ids and not secret, and skipping the hash keeps floods of unknown
 usernames from costing argon2 time that reconnecting devices need.
+
+Failures are throttled per username and per source address (``hubserver.access.throttle``): a throttled
+attempt is refused without hashing and, for service users and tokens, without a query; only a device
+secret the verifier already accepted gets in while its username or address is throttled.
 """
 
 import asyncio
@@ -39,6 +43,7 @@ from channels.db import database_sync_to_async
 from ..conf import hub_settings
 from ..registry import registry
 from .principals import ANONYMOUS, DevicePrincipal, ServicePrincipal
+from .throttle import auth_throttle
 from .verifier import device_verifier, service_verifier
 
 logger = logging.getLogger("hubserver.access")
@@ -255,19 +260,34 @@ def _checked(principal, client_id, username):
     return None
 
 
-async def authenticate_mqtt(username, password, client_id=None):
+def _counted(throttle, throttled, principal, username, address, source):
+    """Count a refused attempt: unchecked (throttled) or a failure (which may throttle its keys)."""
+    if principal is None and username:
+        if throttled is not None:
+            throttle.refuse(source, throttled)
+        else:
+            throttle.failed(username, address, source)
+    return principal
+
+
+async def authenticate_mqtt(username, password, client_id=None, address=None):
     """The principal for a CONNECT with ``username``/``password``, or None to refuse. Never raises.
 
-    With ``client_id`` (the CONNECT's), the client-id rule above is enforced too."""
+    With ``client_id`` (the CONNECT's), the client-id rule above is enforced too; ``address`` (the client's
+    IP) is what failures are throttled by, with the username."""
     try:
-        principal = await _authenticate(_as_text(username), _as_text(password))
+        username = _as_text(username)
+        throttle = auth_throttle()
+        throttled = throttle.throttled(username, address)
+        principal = await _authenticate(username, _as_text(password), throttled=throttled is not None)
+        _counted(throttle, throttled, principal, username, address, "mqtt")
         return _checked(principal, _as_text(client_id), username)
     except Exception:
-        logger.exception("MQTT authentication of %r failed with an internal error; refusing", username)
+        logger.exception("MQTT authentication of %r failed with an internal error; refusing", str(username)[:64])
         return None
 
 
-async def _authenticate(username, password):
+async def _authenticate(username, password, throttled=False):
     if not username:
         return _anonymous()
     if not password:
@@ -278,9 +298,13 @@ async def _authenticate(username, password):
         device = await device_lookups().find(type_name, username)
         if device is None or not device.is_active or not device.mqtt_password_hash:
             return None
-        if not await device_verifier.verify(device.mqtt_password_hash, password, username=username):
+        if not await device_verifier.verify(
+            device.mqtt_password_hash, password, username=username, cached_only=throttled
+        ):
             return None
         return _device_principal(type_name, device, username)
+    if throttled:  # service users and tokens: no query, no hash
+        return None
     if username == TOKEN_USERNAME:
         found = await database_sync_to_async(_find_token_user)(password)
         return ServicePrincipal(username=found[1], user_id=found[0]) if found else None
@@ -297,17 +321,21 @@ async def _authenticate(username, password):
 # -- sync twin (the HTTP auth endpoint for an external broker) -----------------------------------------
 
 
-def authenticate_mqtt_sync(username, password, client_id=None):
+def authenticate_mqtt_sync(username, password, client_id=None, address=None, source="http"):
     """The same decision for synchronous callers (e.g. ``POST /iot/broker/auth/``). Never raises."""
     try:
-        principal = _authenticate_sync(_as_text(username), _as_text(password))
+        username = _as_text(username)
+        throttle = auth_throttle()
+        throttled = throttle.throttled(username, address)
+        principal = _authenticate_sync(username, _as_text(password), throttled=throttled is not None)
+        _counted(throttle, throttled, principal, username, address, source)
         return _checked(principal, _as_text(client_id), username)
     except Exception:
-        logger.exception("MQTT authentication of %r failed with an internal error; refusing", username)
+        logger.exception("MQTT authentication of %r failed with an internal error; refusing", str(username)[:64])
         return None
 
 
-def _authenticate_sync(username, password):
+def _authenticate_sync(username, password, throttled=False):
     if not username:
         return _anonymous()
     if not password:
@@ -318,9 +346,13 @@ def _authenticate_sync(username, password):
         device = _find_device(type_name, username)
         if device is None or not device.is_active or not device.mqtt_password_hash:
             return None
-        if not device_verifier.verify_sync(device.mqtt_password_hash, password, username=username):
+        if not device_verifier.verify_sync(
+            device.mqtt_password_hash, password, username=username, cached_only=throttled
+        ):
             return None
         return _device_principal(type_name, device, username)
+    if throttled:
+        return None
     if username == TOKEN_USERNAME:
         found = _find_token_user(password)
         return ServicePrincipal(username=found[1], user_id=found[0]) if found else None

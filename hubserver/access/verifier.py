@@ -164,26 +164,31 @@ class Verifier:
     def _usable(stored_hash, secret):
         return isinstance(stored_hash, str) and bool(stored_hash) and isinstance(secret, str)
 
-    async def verify(self, stored_hash, secret, username=None):
-        """True if ``secret`` matches ``stored_hash``; the hashing never runs on the event loop."""
+    async def verify(self, stored_hash, secret, username=None, cached_only=False):
+        """True if ``secret`` matches ``stored_hash``; the hashing never runs on the event loop. With
+        ``cached_only`` (a throttled attempt), only a remembered success counts: nothing is hashed."""
         if not self._usable(stored_hash, secret):
             return False
         key = self.fingerprint(stored_hash, secret)
         if self._hit(key):
             return True
+        if cached_only:
+            return False
         async with self._loop_semaphore():
             ok = await asyncio.get_running_loop().run_in_executor(self._pool(), self._check, stored_hash, secret)
         if ok:
             self._remember(key, username)
         return ok
 
-    def verify_sync(self, stored_hash, secret, username=None):
+    def verify_sync(self, stored_hash, secret, username=None, cached_only=False):
         """The same for synchronous callers (the HTTP auth view): hashes in the calling thread, same bound."""
         if not self._usable(stored_hash, secret):
             return False
         key = self.fingerprint(stored_hash, secret)
         if self._hit(key):
             return True
+        if cached_only:
+            return False
         ok = self._check(stored_hash, secret)
         if ok:
             self._remember(key, username)

@@ -6,9 +6,11 @@ One implementation, two adapters: the embedded amqtt plugins and these views bot
 
 Requests (JSON, or form-encoded):
 
-- auth: ``{"username": ..., "password": ..., "clientid": ...}``; ``clientid`` (or ``client_id``) is optional,
-  and when present the client-id rule of ``authenticate_mqtt`` applies (a device must use its username as
-  client id; nobody else may use an id shaped like a device username). Configure EMQX to send it.
+- auth: ``{"username": ..., "password": ..., "clientid": ..., "peerhost": ...}``; ``clientid`` (or
+  ``client_id``) is optional, and when present the client-id rule of ``authenticate_mqtt`` applies (a device
+  must use its username as client id; nobody else may use an id shaped like a device username).
+  ``peerhost`` (EMQX's ``${peerhost}``: the client's address) is optional too: with it, failures are
+  throttled per address as well as per username, as on the embedded broker. Configure EMQX to send both.
 - acl: ``{"username": ..., "topic": ..., "action": "pub"|"sub"|"publish"|"subscribe"}``.
 
 Answers are always ``200 {"result": "allow"}`` or ``200 {"result": "deny"}`` (a refused auth also says
@@ -17,9 +19,13 @@ deliberate: EMQX 5 treats any non-2xx answer as "ignore" and moves on to its nex
 authorization an all-"ignore" chain falls back to ``no_match``, which defaults to *allow*. A 4xx here would
 therefore open the broker. Only a wrong method gets a 405 (EMQX never sends one).
 
-Protection: these endpoints are meant for the broker only. When ``HUBSERVER["BROKER_AUTH_TOKEN"]``
-(binary: ``HUBSERVER_BROKER_AUTH_TOKEN``) is a non-empty string, every request must carry
-``Authorization: Bearer <token>`` (add it to the EMQX ``headers`` block), otherwise it is denied.
+Protection: these endpoints are meant for the broker only, and are off (404) unless a ``BROKERS`` entry sets
+``AUTH_BACKEND`` (binary: ``HUBSERVER_BROKER_AUTH_BACKEND=1``); the hub then refuses to start without
+``BROKER_AUTH_TOKEN`` (``HUBSERVER_BROKER_AUTH_TOKEN``, 16 characters at least), and every request must
+carry ``Authorization: Bearer <token>`` (add it to the EMQX ``headers`` block), otherwise it is denied.
+Authentication failures are throttled per username and per ``peerhost`` (``hubserver.access.throttle``).
+A successful check changes nothing: the device is marked online by its first message (any message is a
+heartbeat) or by the external broker's engine, never by a check that may not be followed by a connection.
 
 ACL principals are derived from the username without a query for devices (EMQX only asks about clients
 it authenticated, through the auth endpoint): ``{type}.{id}`` is that device, ``token`` is a service
@@ -34,24 +40,21 @@ accepts it (and then withholds namespace topics at delivery). Devices and servic
 answers of ``can_subscribe``.
 """
 
-import asyncio
+import functools
 import hmac
 import json
 import logging
 import threading
 import time
 
-from django.http import JsonResponse
-from django.utils import timezone
+from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ..access.acl import can_publish, can_subscribe
 from ..access.authenticate import TOKEN_USERNAME, authenticate_mqtt_sync, parse_device_username, permitted_service_user
 from ..access.principals import ANONYMOUS, AnonymousPrincipal, DevicePrincipal, ServicePrincipal
-from ..brokers import get_engine
 from ..conf import hub_settings
-from ..registry import registry
 from ._common import ViewStats
 
 logger = logging.getLogger("hubserver.access.http")
@@ -76,18 +79,37 @@ def _deny(**extra):
     return JsonResponse({"result": "deny", **extra})
 
 
+def enabled():
+    """Are the endpoints on: does a ``BROKERS`` entry set ``AUTH_BACKEND``? (Settings validation makes sure
+    a token is set then.)"""
+    return any(entry["AUTH_BACKEND"] for entry in hub_settings.BROKERS.values())
+
+
+def broker_endpoint(view):
+    """404 unless the endpoints are on; CSRF-exempt (the broker has no CSRF token), POST only."""
+    inner = csrf_exempt(require_POST(view))
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not enabled():
+            raise Http404("the broker endpoints are off: no BROKERS entry sets AUTH_BACKEND")
+        return inner(request, *args, **kwargs)
+
+    return csrf_exempt(wrapper)
+
+
 # -- request parsing ------------------------------------------------------------------------------------
 
 
 def _token_ok(request, endpoint):
-    """True when no broker token is configured, or the request carries ``Authorization: Bearer <token>``;
-    otherwise the refusal is counted (``<endpoint>_bad_token``) and logged."""
+    """True when the request carries ``Authorization: Bearer <token>`` with the configured token; otherwise
+    the refusal is counted (``<endpoint>_bad_token``) and logged."""
     expected = hub_settings.BROKER_AUTH_TOKEN
-    if not expected:
-        return True
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        value.strip().encode("utf-8", "surrogatepass"), str(expected).encode()
+    if (
+        expected
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(value.strip().encode("utf-8", "surrogatepass"), str(expected).encode())
     ):
         return True
     stats.incr(f"{endpoint}_bad_token")
@@ -121,68 +143,24 @@ def _fields(request, names):
 # -- auth ------------------------------------------------------------------------------------------------
 
 
-@csrf_exempt
-@require_POST
+@broker_endpoint
 def broker_auth(request):
     """Authenticate a CONNECT for an external broker: ``{"result": "allow"|"deny"}``."""
     if not _token_ok(request, "auth"):
         return _deny()
-    data = _fields(request, ("username", "password", "clientid", "client_id"))
+    data = _fields(request, ("username", "password", "clientid", "client_id", "peerhost"))
     if data is None:
         stats.incr("auth_malformed")
         return _deny()
     username = data["username"] or ""
     client_id = data["clientid"] if data["clientid"] is not None else data["client_id"]
-    principal = authenticate_mqtt_sync(username, data["password"] or "", client_id=client_id)
+    principal = authenticate_mqtt_sync(username, data["password"] or "", client_id=client_id, address=data["peerhost"])
     if principal is None:
         stats.incr("auth_deny")
-        logger.info("HTTP broker auth refused %r (client id %r)", username, client_id)
+        logger.info("HTTP broker auth refused %r (client id %r)", username[:64], (client_id or "")[:64])
         return _deny()
     stats.incr("auth_allow")
-    if isinstance(principal, DevicePrincipal):
-        _mark_online(principal)
     return _allow(is_superuser=False)
-
-
-def _engine_loop(engine):
-    loop = engine.loop
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return None
-    return loop
-
-
-def _mark_online(principal):
-    """A successful check marks the device online, without a write on the request when a hub
-    engine runs in this process: the router's ``device_connected`` (status, ``device_connected`` signal,
-    heartbeat tracking) is scheduled on the engine's loop and the view does not wait for it. Without an
-    engine: one UPDATE of status and last_seen (no signal: nothing here could dispatch it after commit)."""
-    engine = get_engine()
-    router = getattr(engine, "router", None)
-    loop = _engine_loop(engine) if router is not None else None
-    if loop is not None and getattr(router, "running", False):
-        coroutine = router.device_connected(principal.type_name, principal.device_id)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            future = asyncio.ensure_future(coroutine)
-        else:
-            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        future.add_done_callback(_log_mark_failure)
-        return
-    models = registry.get_models(principal.type_name)
-    if models is None or principal.device_pk is None:
-        return
-    try:
-        models[0]._default_manager.filter(pk=principal.device_pk).update(status="online", last_seen=timezone.now())
-    except Exception:
-        logger.exception("could not mark %s online", principal.mqtt_username)
-
-
-def _log_mark_failure(future):
-    if not future.cancelled() and future.exception() is not None:
-        logger.warning("marking a device online after HTTP auth failed: %s", future.exception())
 
 
 # -- acl -------------------------------------------------------------------------------------------------
@@ -266,8 +244,7 @@ def acl_decision(principal, action, topic):
     return allowed
 
 
-@csrf_exempt
-@require_POST
+@broker_endpoint
 def broker_acl(request):
     """Authorize a PUBLISH or SUBSCRIBE for an external broker: ``{"result": "allow"|"deny"}``."""
     if not _token_ok(request, "acl"):
