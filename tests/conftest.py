@@ -10,6 +10,17 @@ from tests.mqtt import Client, free_port
 pytest_plugins = ["tests.service_fixtures"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_auth_throttle():
+    """Each test starts with no remembered authentication failures: tests reuse usernames (``t-1``), and
+    one test's wrong passwords must not throttle the next one's right ones."""
+    from hubserver.access import throttle
+
+    throttle.reset()
+    yield
+    throttle.reset()
+
+
 @pytest.fixture
 def hub_settings_override():
     """Extra HUBSERVER settings for the next ``hub`` start: ``hub_settings_override.update(KEY=value)``."""
