@@ -14,7 +14,7 @@ from hubserver.conf import validate
 from hubserver.web import bodies
 from tests.test_run import RunningHub
 
-LIMIT_HEADERS = {"content-type": "application/json"}
+TOKEN = "a-broker-token-for-the-body-tests"
 
 
 def rss_kb(pid):
@@ -63,7 +63,12 @@ def metric(port, name):
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    hub = RunningHub(tmp_path_factory.mktemp("bodies") / "data", env={"HUBSERVER_HTTP_MAX_BODY_SIZE": "4096"})
+    env = {
+        "HUBSERVER_HTTP_MAX_BODY_SIZE": "4096",
+        "HUBSERVER_BROKER_AUTH_BACKEND": "1",
+        "HUBSERVER_BROKER_AUTH_TOKEN": TOKEN,
+    }
+    hub = RunningHub(tmp_path_factory.mktemp("bodies") / "data", env=env)
     hub.start()
     yield hub
     if hub.process.poll() is None:
@@ -105,7 +110,9 @@ def test_expect_100_continue_gets_the_413_instead_of_the_go_ahead(hub):
 def test_a_body_within_the_limit_is_served(hub):
     body = json.dumps({"username": "weatherstation.nobody", "password": "x"}).encode()
     status, _, answer, _ = raw_request(
-        hub.http_port, post_head("/iot/broker/auth/", len(body), "Connection: close"), body
+        hub.http_port,
+        post_head("/iot/broker/auth/", len(body), "Connection: close", f"Authorization: Bearer {TOKEN}"),
+        body,
     )
     assert status == "HTTP/1.1 200 OK"
     assert json.loads(answer) == {"result": "deny"}
