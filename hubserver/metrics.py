@@ -248,7 +248,7 @@ class HubCollector(Collector):
         from .access.throttle import ADDRESS, USERNAME, snapshot
 
         current = snapshot()
-        refused = {(source, reason): 0 for source in ("mqtt", "http") for reason in (USERNAME, ADDRESS)}
+        refused = {(source, reason): 0 for source in ("mqtt", "http", "ingest") for reason in (USERNAME, ADDRESS)}
         refused.update(current["refused"])
         yield _counter(
             "auth_throttled",

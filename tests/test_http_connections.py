@@ -103,7 +103,7 @@ async def test_a_burst_of_bad_key_ingest_requests_leaves_no_connection_open(hub,
                     for n in range(BURST)
                 )
             )
-            assert statuses == [401] * BURST
+            assert set(statuses) <= {401, 429}  # wrong keys; after AUTH_FAILURE_LIMIT of them, throttled
             after.append(sqlite_descriptors())
         # The lookups run on the loop's thread pool, whose threads keep one connection each (a file and its
         # -wal: 2 or 3 descriptors): at most that many more after the first burst, none after the second.

@@ -17,6 +17,8 @@ Answers (JSON):
 | 403 | the key is right but the device is inactive |
 | 404 | unknown device type or device |
 | 413 | body larger than ``MAX_PAYLOAD_SIZE`` (Content-Length is checked before the body is read) |
+| 429 | too many wrong keys for this device or from this address lately (``AUTH_FAILURE_LIMIT``): the key was
+        not checked; ``Retry-After`` says when to try again |
 | 503 | no hub engine in this process (e.g. the admin served without ``hubserver run``), the router is
         stopping, or the batch could not be committed (nothing stored: retry) |
 
@@ -33,6 +35,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from ..access.throttle import auth_throttle
 from ..access.verifier import device_verifier
 from ..brokers import get_engine
 from ..conf import hub_settings
@@ -108,7 +111,20 @@ async def _ingest(request, type_name, device_id, kind):
     device = await database_sync_to_async(_find_device, thread_sensitive=False)(models[0], device_id)
     if device is None:
         return _error(kind, "not_found", 404, f"unknown device {device_id!r}")
-    if not await device_verifier.verify(device.api_key, key, username=device.mqtt_username):
+    # Wrong keys are throttled like MQTT passwords, under the device's username and the client's address.
+    throttle = auth_throttle()
+    username = device.mqtt_username or f"{type_name}.{device.device_id}"
+    address = request.META.get("REMOTE_ADDR")
+    throttled = throttle.throttled(username, address)
+    if not await device_verifier.verify(
+        device.api_key, key, username=device.mqtt_username, cached_only=throttled is not None
+    ):
+        if throttled is not None:
+            throttle.refuse("ingest", throttled)
+            response = _error(kind, "throttled", 429, "too many wrong API keys lately: retry later")
+            response["Retry-After"] = str(int(hub_settings.AUTH_FAILURE_WINDOW))
+            return response
+        throttle.failed(username, address, "ingest")
         return _error(kind, "unauthorized", 401, "invalid API key")
     if not device.is_active:
         return _error(kind, "forbidden", 403, "the device is inactive")
