@@ -15,7 +15,8 @@ One line per scenario (the figures), e.g.:
 
 ``rss_mb`` is before/peak/after, ``puback_ms`` p50/p99 of the innocents during the attack, ``connect_ms``
 the median CONNACK time of the fresh CONNECTs, ``acked`` PUBACKs received / PUBLISHes sent, ``closed`` how
-many innocent connections the hub closed (should be 0), ``attack=...`` what the attacker managed.
+many innocent connections the hub closed (should be 0), ``fds``/``db_fds`` the hub's open descriptors (all,
+and on its SQLite database), ``attack=...`` what the attacker managed.
 
 Scenarios are registered with ``@scenario(name, area, description)`` in ``SCENARIOS``: an ``async``
 function ``attack(ctx)`` that runs in the attacker process until ``ctx.stopping()`` and returns a dict of
@@ -404,6 +405,172 @@ async def attack_ws_qos0_flood(ctx):
     return {"sent": sent}
 
 
+# --- HTTP scenarios -----------------------------------------------------------------------------------------
+
+BROKER_TOKEN = "abuse-broker-token-0123456789abcdef"
+BROKER_ENV = {"HUBSERVER_BROKER_AUTH_BACKEND": "1", "HUBSERVER_BROKER_AUTH_TOKEN": BROKER_TOKEN}
+
+
+async def _http_status(reader):
+    """The status code of the answer on ``reader`` (0 if the hub closed without one)."""
+    try:
+        line = await asyncio.wait_for(reader.readline(), 30)
+        return int(line.split()[1]) if line.startswith(b"HTTP/") else 0
+    except (ConnectionError, OSError, TimeoutError, ValueError, IndexError):
+        return 0
+
+
+def _http_head(path, length=None, *extra):
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", "Connection: close"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join([*lines, *extra]) + "\r\n\r\n").encode()
+
+
+async def _stream_body(ctx, head, piece, total):
+    """One client: send ``head``, then ``piece`` until ``total`` bytes or the hub stops reading; its status."""
+    reader, writer = await asyncio.open_connection(ctx.host, ctx.http_port)
+    writer.write(head)
+    status = background(_http_status(reader))
+    written = 0
+    try:
+        while written < total and not ctx.stopping() and not status.done():
+            writer.write(piece)
+            written += len(piece)
+            await asyncio.wait_for(writer.drain(), 5)
+    except (ConnectionError, OSError, TimeoutError):
+        pass
+    code = await status
+    close_all([writer])
+    return code, written
+
+
+@scenario(
+    "http-big-bodies", "http", "10 clients POST 200 MB bodies (declared) to /iot/broker/auth/, no token", devices=0
+)
+async def attack_http_big_bodies(ctx):
+    head = _http_head("/iot/broker/auth/", 200 * 2**20)
+    results = await asyncio.gather(*(_stream_body(ctx, head, b"x" * 65536, 200 * 2**20) for _ in range(10)))
+    return {
+        "answered_413": sum(1 for code, _ in results if code == 413),
+        "other_answers": ",".join(str(code) for code, _ in results if code != 413) or "none",
+        "mb_written": round(sum(w for _, w in results) / 2**20),
+    }
+
+
+@scenario("http-chunked-bodies", "http", "10 clients stream 200 MB chunked bodies to a device's ingest URL", devices=1)
+async def attack_http_chunked_bodies(ctx):
+    device = ctx.devices[0]
+    path = f"/iot/devices/weatherstation/{device['device_id']}/data/"
+    head = _http_head(path, None, "Transfer-Encoding: chunked", "X-Api-Key: not-the-key")
+    block = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(block), block)
+    results = await asyncio.gather(*(_stream_body(ctx, head, piece, 200 * 2**20) for _ in range(10)))
+    return {
+        "answered_413": sum(1 for code, _ in results if code == 413),
+        "other_answers": ",".join(str(code) for code, _ in results if code != 413) or "none",
+        "mb_written": round(sum(w for _, w in results) / 2**20),
+    }
+
+
+@scenario("http-ingest-bad-keys", "http", "6,000 ingest POSTs with wrong API keys, 50 at a time", devices=1)
+async def attack_http_ingest_bad_keys(ctx):
+    device = ctx.devices[0]
+    path = f"/iot/devices/weatherstation/{device['device_id']}/data/"
+    body = b'{"temperature": 20.5}'
+    statuses = {}
+    done = 0
+
+    async def worker(index):
+        nonlocal done
+        n = index
+        while done < 6000 and not ctx.stopping():
+            done += 1
+            try:
+                reader, writer = await asyncio.open_connection(ctx.host, ctx.http_port)
+            except OSError:
+                statuses["connect_error"] = statuses.get("connect_error", 0) + 1
+                continue
+            writer.write(_http_head(path, len(body), f"X-Api-Key: wrong-{n}") + body)
+            code = await _http_status(reader)
+            statuses[code] = statuses.get(code, 0) + 1
+            close_all([writer])
+            n += 50
+
+    await asyncio.gather(*(worker(i) for i in range(50)))
+    await ctx.until_stopped()
+    return {"requests": done, "statuses": "/".join(f"{k}:{v}" for k, v in sorted(statuses.items(), key=str))}
+
+
+async def _guess_mqtt(ctx, username, client_id, tries):
+    """Connections that each CONNECT with a wrong password; returns (attempts, accepted, refused)."""
+    attempts = accepted = refused = 0
+    while not ctx.stopping() and attempts < tries:
+        attempts += 1
+        try:
+            reader, writer = await asyncio.open_connection(ctx.host, ctx.mqtt_port)
+            writer.write(connect_packet(client_id, username, f"guess-{secrets.token_hex(8)}"))
+            head = await asyncio.wait_for(reader.readexactly(4), 30)
+            accepted += head[3] == 0
+            refused += head[3] != 0
+            close_all([writer])
+        except (ConnectionError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            refused += 1
+    return attempts, accepted, refused
+
+
+@scenario(
+    "mqtt-password-guessing",
+    "mqtt",
+    "16 parallel guessers: 8 on a device's password, 8 on the admin's (a service user), over MQTT",
+    devices=1,
+)
+async def attack_mqtt_password_guessing(ctx):
+    device = ctx.devices[0]
+    started = time.monotonic()
+    jobs = [_guess_mqtt(ctx, device["mqtt_username"], device["client_id"], 10**9) for _ in range(8)]
+    jobs += [_guess_mqtt(ctx, "admin", "", 10**9) for _ in range(8)]
+    results = await asyncio.gather(*jobs)
+    elapsed = time.monotonic() - started
+    attempts = sum(r[0] for r in results)
+    return {
+        "guesses": attempts,
+        "guesses_per_s": round(attempts / elapsed),
+        "accepted": sum(r[1] for r in results),
+    }
+
+
+@scenario(
+    "http-password-guessing",
+    "http",
+    "16 parallel guessers on /iot/broker/auth/ with the broker token: a device's password and the admin's",
+    devices=1,
+    env=BROKER_ENV,
+)
+async def attack_http_password_guessing(ctx):
+    device = ctx.devices[0]
+    started = time.monotonic()
+    counts = {"guesses": 0, "allow": 0, "deny": 0, "other": 0}
+
+    async def guesser(username):
+        while not ctx.stopping():
+            body = json.dumps({"username": username, "password": f"guess-{secrets.token_hex(8)}"}).encode()
+            try:
+                reader, writer = await asyncio.open_connection(ctx.host, ctx.http_port)
+                writer.write(_http_head("/iot/broker/auth/", len(body), f"Authorization: Bearer {BROKER_TOKEN}") + body)
+                answer = await asyncio.wait_for(reader.read(), 30)
+                close_all([writer])
+            except (ConnectionError, OSError, TimeoutError):
+                answer = b""
+            counts["guesses"] += 1
+            key = "allow" if b'"allow"' in answer else "deny" if b'"deny"' in answer else "other"
+            counts[key] += 1
+
+    await asyncio.gather(*(guesser(device["mqtt_username"]) for _ in range(8)), *(guesser("admin") for _ in range(8)))
+    counts["guesses_per_s"] = round(counts["guesses"] / (time.monotonic() - started))
+    return counts
+
+
 # --- the harness ------------------------------------------------------------------------------------------
 
 
@@ -437,6 +604,16 @@ class RssSampler(threading.Thread):
 
     def peak(self):
         return max(self.samples, default=0)
+
+
+def database_fds(pid):
+    """The hub's open descriptors on its SQLite database (the file, -wal, -shm)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                count += ".sqlite3" in os.readlink(fd)
+    return count
 
 
 def close_wait_sockets(ports):
@@ -578,7 +755,8 @@ def run_scenario(run, spec, args):
         f"abuse scenario={spec.name} rss_mb={rss_before / 1024:.0f}/{sampler.peak() / 1024:.0f}/{rss_after / 1024:.0f} "
         f"puback_ms={ms(common.percentile(lat, 0.5))}/{ms(common.percentile(lat, 0.99))} "
         f"connect_ms={ms(common.percentile(connects, 0.5))} acked={figures['acked']}/{figures['sent']} "
-        f"closed={figures['closed']} fds={common.open_fds(pid)} close_wait={close_wait_sockets({hub.mqtt_port})} "
+        f"closed={figures['closed']} fds={common.open_fds(pid)} db_fds={database_fds(pid)} "
+        f"close_wait={close_wait_sockets({hub.mqtt_port})} "
         f"attack={attack}",
         flush=True,
     )
