@@ -9,9 +9,10 @@ hash, so a rotation still counts) is let in even while throttled. Service users 
 such exception and do no database work at all while throttled.
 
 Only secrets that were actually checked count as failures: a throttled refusal does not extend or
-deepen a block (a broken device retrying behind a NAT would otherwise throttle every device there).
-The shared ``token`` username and the empty (anonymous) one are limited per address only. IPv6 addresses
-count per /64, the block one host is usually given.
+deepen a block (a broken device retrying behind a NAT would otherwise throttle every device there), and
+a refused anonymous CONNECT is not a failure at all (it costs nothing to refuse). The ``token`` username,
+shared by every API-token client, is limited per address only. IPv6 addresses count per /64, the block
+one host is usually given.
 
 Cheap and bounded: an attempt costs two dictionary lookups under a lock; only failures write. Each table
 keeps at most ``MAX_KEYS`` keys, the least recently failed dropped first, so a spray of random usernames
