@@ -67,6 +67,22 @@ DEFAULTS = {
     # routes have built-in ones: hubserver.web.bodies). Refused from the headers, before the body is read.
     "HTTP_MAX_BODY_SIZE": (int, 1024 * 1024),
     "HTTP_BODY_LIMITS": (dict, {}),
+    # MQTT limits (docs/limits.md): the largest packet, and the largest CONNECT (all a client can make the
+    # hub hold before it is authenticated); seconds a new connection has to send its CONNECT.
+    "MAX_PACKET_SIZE": (int, 1024 * 1024),
+    "MAX_CONNECT_SIZE": (int, 16 * 1024),
+    "CONNECT_TIMEOUT": (NUMBER, 10.0),
+    # Per MQTT connection: QoS 1/2 messages sent and not yet acknowledged, and incoming packets being
+    # handled at once (beyond: the hub stops reading); incoming QoS 2 messages waiting for their PUBREL.
+    "MAX_INFLIGHT_MESSAGES": (int, 32),
+    "MAX_AWAITING_REL": (int, 100),
+    # Per MQTT client quotas (0: none), which a DeviceType's Meta may override: PUBLISHes and PUBLISH bytes
+    # per second, each with a burst; and how many of its messages may wait for the database at once.
+    "CLIENT_MESSAGE_RATE": (NUMBER, 500),
+    "CLIENT_MESSAGE_BURST": (int, 2000),
+    "CLIENT_BYTE_RATE": (NUMBER, 1024 * 1024),
+    "CLIENT_BYTE_BURST": (int, 4 * 1024 * 1024),
+    "CLIENT_QUEUE_SHARE": (int, 200),
     # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...");
     # required (BROKER_TOKEN_MIN_LENGTH characters at least) when a BROKERS entry sets AUTH_BACKEND, which is
     # what turns those endpoints on.
@@ -209,6 +225,12 @@ def validate(user):
         "MAX_PAYLOAD_SIZE",
         "HTTP_MAX_BODY_SIZE",
         "AUTH_FAILURE_WINDOW",
+        "MAX_PACKET_SIZE",
+        "MAX_CONNECT_SIZE",
+        "CONNECT_TIMEOUT",
+        "MAX_INFLIGHT_MESSAGES",
+        "MAX_AWAITING_REL",
+        "CLIENT_QUEUE_SHARE",
         "WRITER_BATCH_SIZE",
         "WRITER_QUEUE_SIZE",
         "REALTIME_QUEUE_SIZE",
@@ -222,6 +244,11 @@ def validate(user):
     ):
         if resolved[key] <= 0:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be positive, got {resolved[key]}")
+    for key in ("CLIENT_MESSAGE_RATE", "CLIENT_MESSAGE_BURST", "CLIENT_BYTE_RATE", "CLIENT_BYTE_BURST"):
+        if resolved[key] < 0:
+            raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be 0 (no quota) or positive, got {resolved[key]}")
+    if resolved["MAX_CONNECT_SIZE"] > resolved["MAX_PACKET_SIZE"]:
+        raise ConfigurationError(f"{SETTINGS_NAME}['MAX_CONNECT_SIZE'] must not exceed MAX_PACKET_SIZE")
     return resolved
 
 

@@ -8,6 +8,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from hubserver.access.acl import can_publish
 from hubserver.access.authenticate import authenticate_mqtt
 from hubserver.access.principals import AnonymousPrincipal
+from hubserver.routing.throttle import clip
 
 from .session import BAD_CREDENTIALS, set_principal
 
@@ -25,18 +26,18 @@ class HubAuthPlugin(BaseAuthPlugin):
             )
             if principal is None:
                 logger.info(
-                    "refused %s (user %r) from %s: bad credentials",
-                    session.client_id,
-                    session.username,
+                    "refused %s (user %s) from %s: bad credentials",
+                    clip(session.client_id),
+                    clip(session.username),
                     session.remote_address,
                 )
                 session.attributes[BAD_CREDENTIALS] = True  # MQTT 5 says so in CONNACK (0x86)
                 return False
             if session.will_flag and not can_publish(principal, session.will_topic):
                 logger.info(
-                    "refused %s: its Last Will topic %r is not one it may publish to",
-                    session.client_id,
-                    session.will_topic,
+                    "refused %s: its Last Will topic %s is not one it may publish to",
+                    clip(session.client_id),
+                    clip(session.will_topic),
                 )
                 return False
             set_principal(session, principal)
@@ -44,5 +45,5 @@ class HubAuthPlugin(BaseAuthPlugin):
             session.is_anonymous = isinstance(principal, AnonymousPrincipal)
             return True
         except Exception:
-            logger.exception("authentication of %s failed with an error; refusing it", session.client_id)
+            logger.exception("authentication of %s failed with an error; refusing it", clip(session.client_id))
             return False

@@ -24,8 +24,13 @@ from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
+from hubserver.access.principals import DevicePrincipal
+from hubserver.routing.throttle import clip
+
 from .acl import check
+from .connect import ConnectRefused, connect_body, empty_client_id, protocol_level, read_connect
 from .handler import HubProtocolHandler
+from .limits import CLOSE_TIMEOUT, LimitCounters, Limits, abort
 from .mqtt5 import connect as mqtt5_connect
 from .mqtt5 import reasons
 from .mqtt5.handler import MQTT5Handler
@@ -82,7 +87,10 @@ class HubBroker(Broker):
         self._share_turn = Counter()
         self._retained_props = {}  # topic -> MQTT 5 properties of its retained message
         self.disconnects = Counter()  # MQTT 5 connections the hub closed with a DISCONNECT, by reason
-        self._live = {}  # client_id -> number of open connections (a take-over briefly makes it 2)
+        self._live = {}  # principal -> number of open connections (a take-over briefly makes it 2)
+        self._sockets = 0  # accepted connections, whether or not they completed their CONNECT
+        self.limits = Limits.from_settings()
+        self.limit_counters = LimitCounters()
 
     # --- connections -------------------------------------------------------------------------------
 
@@ -102,54 +110,101 @@ class HubBroker(Broker):
             backlog=self.LISTEN_BACKLOG,
         )
 
-    # Upstream (_client_connected): max_connections makes extra clients wait on a semaphore, silently.
-    # Here the connection over the limit is refused at once, logged and counted. Checked where connections
-    # arrive (upstream's stream_connected and external_connected, one line each), so that no extra
-    # coroutine stays on the stack of every connection.
+    # Upstream (_client_connected): (a) max_connections makes extra clients wait on a semaphore, silently, and
+    # counts only connections that got that far; (b) when the CONNECT phase fails in any way but one (an
+    # MQTTError), the socket is never closed and stays in CLOSE_WAIT until garbage collection; (c) every
+    # failure is logged with the client's own text, however long. Here every accepted socket counts against
+    # MAX_CONNECTIONS from its first byte, the one over the limit is closed at once, every socket is closed
+    # when its connection ends (whatever ended it), and refusals are counted and logged once a minute.
     async def stream_connected(self, reader, writer, listener_name):
-        reader, writer = StreamReaderAdapter(reader), StreamWriterAdapter(writer)
-        if not await self._refused_over_the_limit(listener_name, writer):
-            await self._client_connected(listener_name, reader, writer)
+        await self._client_connected(listener_name, StreamReaderAdapter(reader), StreamWriterAdapter(writer))
 
-    async def external_connected(self, reader, writer, listener_name):
-        if not await self._refused_over_the_limit(listener_name, writer):
-            await self._client_connected(listener_name, reader, writer)
-
-    async def _refused_over_the_limit(self, listener_name, writer):
-        if not self.max_connections or sum(self._live.values()) < self.max_connections:
-            return False
-        self.refused["max_connections"] += 1
-        logger.warning("refusing a connection on %r: %d connections is the limit", listener_name, self.max_connections)
-        await writer.close()
-        return True
+    async def _client_connected(self, listener_name, reader, writer):
+        if self.max_connections and self._sockets >= self.max_connections:
+            self.refused["max_connections"] += 1
+            self.limit_counters._log.warning(
+                "max_connections",
+                None,
+                "refusing a connection on %r: %d connections is the limit",
+                listener_name,
+                self.max_connections,
+            )
+            await _close_socket(writer)
+            return
+        self._sockets += 1
+        session = None
+        try:
+            peer = writer.get_peer_info() or ("?", 0)
+            try:
+                handler, session = await self._initialize_client_session(reader, writer, *peer)
+            except (AMQTTError, MQTTError, NoDataError, ConnectionError, asyncio.IncompleteReadError) as exc:
+                logger.debug("connection from %s ended before it was established: %s", peer[0], exc)
+                return
+            try:
+                await self._handle_client_session(reader, writer, session, handler, None, listener_name)
+            except (AMQTTError, MQTTError, NoDataError) as exc:
+                logger.warning("%s: connection ended with an error: %s", clip(session.client_id), exc)
+        finally:
+            self._sockets -= 1
+            await _close_socket(writer)
 
     # Upstream (_initialize_client_session): an existing session with the same client id is deleted or
     # taken over *before* authentication, so a CONNECT with a wrong password could wipe a live device's
-    # session; sessions that failed to authenticate also stayed in memory forever. Here authentication
-    # comes first, and a refused client gets its CONNACK and is gone before any session state is touched.
+    # session; sessions that failed to authenticate also stayed in memory forever. Here the CONNECT is read
+    # within CONNECT_TIMEOUT and MAX_CONNECT_SIZE (plugins/connect.py), authentication comes first, and a
+    # refused client gets its CONNACK and is gone before any session state is touched.
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
+        limits = self.limits
         try:
-            # The protocol level of the CONNECT picks the handler: MQTT 5 here, everything else amqtt's.
-            raw, first, body = await mqtt5_connect.read_first_packet(reader)
-            if mqtt5_connect.protocol_level(first, body) == 5:
-                handler, session = await mqtt5_connect.accept(first, body, writer, self.plugins_manager)
+            async with asyncio.timeout(limits.connect_timeout):
+                packet = await read_connect(reader, limits.max_connect_size)
+        except TimeoutError:
+            self.limit_counters.close(
+                None,
+                "connect_timeout",
+                "closed a connection from %s: no CONNECT within %s s",
+                remote_address,
+                limits.connect_timeout,
+            )
+            raise AMQTTError("no CONNECT within the connect timeout") from None
+        except ConnectRefused as exc:
+            if exc.connack is not None:
+                self.refused[exc.reason] += 1
+                writer.write(bytes((0x20, 2, 0, exc.connack)))
+            else:
+                self.limit_counters.closed[exc.reason] += 1
+            self.limit_counters._log.warning(
+                exc.reason, None, "closed a connection from %s before CONNECT: %s", remote_address, exc
+            )
+            raise AMQTTError(str(exc)) from None
+        try:
+            # The protocol level (which plugins/connect.py accepted) picks the handler: MQTT 5's, or amqtt's.
+            if protocol_level(packet) == 5:
+                handler, session = await mqtt5_connect.accept(
+                    packet[0], connect_body(packet), writer, self.plugins_manager
+                )
                 handler.violations = self.disconnects
             else:
                 handler, session = await _init_from_connect(
-                    HubProtocolHandler, BufferReader(raw), writer, self.plugins_manager
+                    HubProtocolHandler, BufferReader(packet), writer, self.plugins_manager
                 )
-        except MQTTError:
-            await writer.close()
-            raise
-        except (AMQTTError, NoDataError) as exc:
+        except MQTTError as exc:  # answered (a CONNACK) where MQTT says to
             raise AMQTTError(exc) from exc
+        except (AMQTTError, NoDataError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            self.limit_counters.close(
+                None, "malformed_connect", "closed a connection from %s: malformed CONNECT", remote_address
+            )
+            raise AMQTTError(f"malformed CONNECT: {exc}") from exc
         # Upstream (BrokerProtocolHandler.__init__): two asyncio.Queues per connection (~3.2 KB each) for
         # SUBSCRIBE and UNSUBSCRIBE requests, which _client_message_loop below reads without a task each.
         # Replaced before authentication, which connections of a reconnect storm wait for in their thousands.
         handler._pending_subscriptions = LeanQueue()
         handler._pending_unsubscriptions = LeanQueue()
-        if not session.client_id:
-            session.client_id = gen_client_id()
+        # Upstream (ConnectPayload): an empty client id is replaced by a random one before authentication, so a
+        # device (which may use only its own username as client id) was refused. The auth plugin sees the
+        # empty id; a device then gets its username as client id, any other client a generated one.
+        if handler.assigned_client_id if session.v5 is not None else empty_client_id(packet):
+            session.client_id = ""
         if not await super()._authenticate(session, None):
             self.refused["not_authorized"] += 1
             if session.v5 is not None:
@@ -157,8 +212,12 @@ class HubBroker(Broker):
                 await mqtt5_connect.refuse(writer, reasons.BAD_USER_NAME_OR_PASSWORD if bad else reasons.NOT_AUTHORIZED)
             else:
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-                await writer.close()
-            raise AMQTTError(f"{session.client_id}: not authorized")
+            raise AMQTTError(f"{clip(session.client_id)}: not authorized")
+        if not session.client_id:
+            principal = principal_of(session)
+            session.client_id = principal.mqtt_username if isinstance(principal, DevicePrincipal) else gen_client_id()
+            if session.v5 is not None:
+                handler.assigned_client_id = session.client_id  # [MQTT-3.2.2-16]: told in the CONNACK
         session.attributes[_AUTHENTICATED] = True
 
         existing, existing_handler = self._sessions.get(session.client_id, (None, None))
@@ -215,6 +274,8 @@ class HubBroker(Broker):
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
         handler.bridge = self.bridge
+        handler.limits = self.limits
+        handler.counters = self.limit_counters
         return handler, session
 
     # Upstream (create_offline_session): an amqtt Session with its transitions Machine.
@@ -393,6 +454,11 @@ class HubBroker(Broker):
 
     def connected_principals(self):
         return list(self._live)
+
+    @property
+    def open_sockets(self):
+        """Accepted MQTT connections, whether or not they completed their CONNECT."""
+        return self._sockets
 
     # --- access checks ---------------------------------------------------------------------------------
 
@@ -751,6 +817,18 @@ async def _close(handler, reason):
         await handler.send_disconnect(reason)
     elif handler.writer is not None:
         await handler.writer.close()
+
+
+async def _close_socket(writer):
+    """Close a connection's writer, whatever state it is in: what it still has to send gets a moment, then
+    the connection is aborted (a client that reads nothing must not keep its socket open)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.close()
+    except TimeoutError:
+        abort(writer)
+    except Exception as exc:  # an already broken connection
+        logger.debug("closing a connection: %r", exc)
 
 
 def _next(loop, queue):

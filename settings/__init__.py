@@ -172,6 +172,23 @@ HUBSERVER = {
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),
     "EVENT_LOOP": os.environ.get("HUBSERVER_EVENT_LOOP", "uvloop").strip().lower(),
 }
+# MQTT limits (docs/limits.md): only those set in the environment, so that the defaults live in one place.
+for _variable, _key, _read in (
+    ("HUBSERVER_MAX_CONNECTIONS", "MAX_CONNECTIONS", env_int),
+    ("HUBSERVER_MAX_PAYLOAD_SIZE", "MAX_PAYLOAD_SIZE", env_int),
+    ("HUBSERVER_MAX_PACKET_SIZE", "MAX_PACKET_SIZE", env_int),
+    ("HUBSERVER_MAX_CONNECT_SIZE", "MAX_CONNECT_SIZE", env_int),
+    ("HUBSERVER_CONNECT_TIMEOUT", "CONNECT_TIMEOUT", env_float),
+    ("HUBSERVER_MAX_INFLIGHT_MESSAGES", "MAX_INFLIGHT_MESSAGES", env_int),
+    ("HUBSERVER_MAX_AWAITING_REL", "MAX_AWAITING_REL", env_int),
+    ("HUBSERVER_CLIENT_MESSAGE_RATE", "CLIENT_MESSAGE_RATE", env_float),
+    ("HUBSERVER_CLIENT_MESSAGE_BURST", "CLIENT_MESSAGE_BURST", env_int),
+    ("HUBSERVER_CLIENT_BYTE_RATE", "CLIENT_BYTE_RATE", env_float),
+    ("HUBSERVER_CLIENT_BYTE_BURST", "CLIENT_BYTE_BURST", env_int),
+    ("HUBSERVER_CLIENT_QUEUE_SHARE", "CLIENT_QUEUE_SHARE", env_int),
+):
+    if os.environ.get(_variable, "").strip():
+        HUBSERVER[_key] = _read(_variable, None)
 
 LOGGING = {
     "version": 1,

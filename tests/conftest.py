@@ -7,7 +7,7 @@ from django.test import override_settings
 
 from tests.mqtt import Client, free_port
 
-pytest_plugins = ["tests.service_fixtures"]
+pytest_plugins = ["tests.service_fixtures", "tests.brokers"]
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,10 @@ def _fresh_auth_throttle():
 
 
 @pytest.fixture
-def hub_settings_override():
-    """Extra HUBSERVER settings for the next ``hub`` start: ``hub_settings_override.update(KEY=value)``."""
-    return {}
+def hub_settings_override(request):
+    """Extra HUBSERVER settings for the next ``hub`` (or ``broker``) start: ``hub_settings_override.update(
+    KEY=value)``, or ``@pytest.mark.parametrize("hub_settings_override", [{...}], indirect=True)``."""
+    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -1,74 +1,18 @@
-"""The broker corrections of HubBroker (issue: "broker behaviour where stock amqtt falls short").
+"""The broker corrections of HubBroker.
 
-Every test runs twice: against the hub's broker, and against stock amqtt 0.12.1 with the same auth and ACL
-plugins. The stock runs are expected to fail (strict xfail): if one passes, amqtt fixed the behaviour
-upstream and the override can go.
+Every test runs twice (the ``broker`` fixture of tests/brokers.py): against the hub's broker, and against
+stock amqtt 0.12.1 with the same auth and ACL plugins. The stock runs are expected to fail (strict xfail):
+if one passes, amqtt fixed the behaviour upstream and the override can go.
 """
 
 import asyncio
 
 import pytest
 from amqtt.broker import Broker
-from django.test import override_settings
 
-from tests.conftest import make_service_user
-from tests.mqtt import RawClient, free_port
+from tests.mqtt import RawClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-STOCK = pytest.param("stock", marks=pytest.mark.xfail(strict=True, reason="stock amqtt 0.12.1 behaviour"))
-
-
-class StockBroker:
-    """Stock amqtt with the hub's plugins, shaped like the engine for these tests."""
-
-    def __init__(self, port, max_connections=0):
-        self.port = port
-        listener = {"type": "tcp", "bind": f"127.0.0.1:{port}", "max_connections": max_connections}
-        self.config = {
-            "listeners": {"default": listener},
-            "plugins": {"hubserver.plugins.auth.HubAuthPlugin": {}, "hubserver.plugins.acl.HubTopicPlugin": {}},
-        }
-
-    async def start(self):
-        self.broker = Broker(self.config)
-        await self.broker.start()
-
-    async def stop(self):
-        await self.broker.shutdown()
-
-    async def publish(self, topic, data, qos=1, retain=False):
-        await self.broker.internal_message_broadcast(topic, data, qos)
-        if retain:
-            await self.broker.retain_message(None, topic, data, qos)
-
-
-@pytest.fixture(params=["hub", STOCK])
-async def broker(request, transactional_db):
-    from hubserver.brokers.embedded import EmbeddedBroker
-    from hubserver.routing import MessageRouter
-
-    limit = getattr(request, "param_max_connections", 0)
-    marker = request.node.get_closest_marker("max_connections")
-    limit = marker.args[0] if marker else limit
-    port = free_port()
-    with override_settings(HUBSERVER={"MAX_CONNECTIONS": limit}):
-        engine = (
-            EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=port)
-            if request.param == "hub"
-            else StockBroker(port, max_connections=limit)
-        )
-        await engine.start()
-        try:
-            yield engine
-        finally:
-            await engine.stop()
-
-
-@pytest.fixture
-async def service(transactional_db):
-    await make_service_user("svc", "svc-pass")
-    return ("svc", "svc-pass")
 
 
 async def test_a_silent_client_is_disconnected_after_one_and_a_half_keepalives(broker, service, clients):
@@ -236,3 +180,108 @@ async def test_a_reconnect_storm_is_queued_by_the_kernel_not_dropped(broker):
     finally:
         for sock in opened:
             sock.close()
+
+
+# --- the CONNECT phase: bounded in time and size, every socket counted and closed ------------------------
+
+
+async def _open(port):
+    raw = RawClient(port)
+    raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", port)
+    return raw
+
+
+HALF_CONNECT = bytes([0x10, 40]) + b"\x00\x04MQTT\x04\x02\x00\x3c"  # announces 40 bytes, sends 10
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"CONNECT_TIMEOUT": 0.5}], indirect=True)
+async def test_a_connection_that_does_not_complete_its_connect_is_closed_after_the_connect_timeout(broker):
+    raw = await _open(broker.port)
+    try:
+        raw.writer.write(HALF_CONNECT)
+        assert await raw.closed(timeout=5), "a half-sent CONNECT must not hold a socket past CONNECT_TIMEOUT"
+    finally:
+        raw.close()
+
+
+async def test_a_connect_cut_short_by_the_client_is_closed_not_left_in_close_wait(broker):
+    """The client sends the first byte of a CONNECT and shuts its sending side: the hub must close its side
+    too (else the socket sits in CLOSE_WAIT until garbage collection)."""
+    raw = await _open(broker.port)
+    try:
+        raw.writer.write(bytes([0x10]))
+        raw.writer.write_eof()
+        assert await raw.closed(timeout=3)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(bytes([0x30, 7]) + b"\x00\x03a/b" + b"hi", id="publish"),
+        pytest.param(bytes([0x82, 6, 0, 1, 0, 1]) + b"a" + b"\x00", id="subscribe"),
+        pytest.param(bytes([0xC0, 0]), id="pingreq"),
+        pytest.param(bytes([0x00, 0]), id="reserved-0"),
+        pytest.param(bytes([0xF0, 0]), id="reserved-15"),
+        pytest.param(bytes([0x10, 0]), id="empty-connect"),
+    ],
+)
+async def test_a_first_packet_that_is_not_a_valid_connect_closes_the_connection(broker, first):
+    """[MQTT-3.1.0-1]: the first packet from the client to the server MUST be a CONNECT."""
+    raw = await _open(broker.port)
+    try:
+        raw.writer.write(first)
+        assert await raw.closed(timeout=3)
+    finally:
+        raw.close()
+
+
+async def test_an_mqtt5_connect_gets_connack_0x01_and_is_closed(broker):
+    """[MQTT-3.1.2-2]: an unsupported protocol level gets CONNACK return code 0x01, then the connection closes.
+    MQTT 5 carries properties after the keepalive, which amqtt would read as the client id."""
+    properties = b"\x11\x00\x00\x00\x3c" + b"\x21\x00\x14"  # session expiry 60 s, receive maximum 20
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c" + bytes([len(properties)]) + properties + b"\x00\x02v5"
+    raw = await _open(broker.port)
+    try:
+        raw.writer.write(bytes([0x10, len(body)]) + body)
+        packet_type, data = await raw.read_packet(timeout=3)
+        assert (packet_type, data[1]) == (2, 0x01)
+        assert await raw.closed(timeout=3)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_CONNECT_SIZE": 1024}], indirect=True)
+async def test_a_connect_over_max_connect_size_is_closed_before_it_is_read(broker):
+    raw = await _open(broker.port)
+    try:
+        raw.writer.write(bytes([0x10]) + b"\x80\x80\x04")  # a CONNECT of 65,536 bytes; none of them sent
+        assert await raw.closed(timeout=3)
+    finally:
+        raw.close()
+
+
+@pytest.mark.max_connections(2)
+async def test_sockets_that_have_not_sent_a_connect_count_against_the_connection_limit(broker, service):
+    silent = [await _open(broker.port) for _ in range(2)]
+    late = RawClient(broker.port)
+    try:
+        await asyncio.sleep(0.2)
+        late.reader, late.writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        assert await late.closed(timeout=3), "two open sockets are the limit, CONNECT or not"
+    finally:
+        late.close()
+        for raw in silent:
+            raw.close()
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_PACKET_SIZE": 65536}], indirect=True)
+async def test_a_packet_over_max_packet_size_closes_the_connection_before_its_body_is_read(broker, service):
+    raw = RawClient(broker.port)
+    try:
+        assert (await raw.connect("big", *service))[0] == 0
+        raw.writer.write(bytes([0x32]) + b"\x80\x80\x80\x01")  # a PUBLISH of 2 MiB; only its header is sent
+        assert await raw.closed(timeout=3)
+    finally:
+        raw.close()

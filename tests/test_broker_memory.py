@@ -18,7 +18,6 @@ from transitions import Machine, MachineError
 
 from tests.conftest import make_service_user
 from tests.mqtt import RawClient, until
-from tests.test_broker_behaviour import broker  # noqa: F401 (the fixture: the hub's broker, then stock amqtt)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,7 +106,7 @@ async def test_a_connection_runs_on_lean_objects(hub, service, clients):
     assert not isinstance(handler.logger, logging.LoggerAdapter)
 
 
-async def test_take_over_and_persistent_resume_move_the_session_state(broker, service, clients):  # noqa: F811
+async def test_take_over_and_persistent_resume_move_the_session_state(broker, service, clients):
     """Upstream, the taken-over connection's loop marks the shared session disconnected after the new
     connection took it: the new connection then gets no live messages (the stock run fails here)."""
     hub, broker = broker, broker.broker

@@ -41,6 +41,7 @@ from typing import NamedTuple
 from channels.db import database_sync_to_async
 
 from ..conf import hub_settings
+from ..logsafe import clip
 from ..registry import registry
 from .principals import ANONYMOUS, DevicePrincipal, ServicePrincipal
 from .throttle import auth_throttle
@@ -245,17 +246,17 @@ def _checked(principal, client_id, username):
         return principal
     if isinstance(principal, DevicePrincipal):
         logger.warning(
-            "refused MQTT connection of %r: a device's client id must equal its username (%r), got %r",
-            username,
-            principal.mqtt_username,
-            client_id,
+            "refused MQTT connection of %s: a device's client id must equal its username (%s), got %s",
+            clip(username),
+            clip(principal.mqtt_username),
+            clip(client_id),
         )
     else:
         logger.warning(
-            "refused MQTT connection of %r: client id %r is the username of a device, which only that device "
+            "refused MQTT connection of %s: client id %s is the username of a device, which only that device "
             "may use; connect with another client id",
-            username,
-            client_id,
+            clip(username),
+            clip(client_id),
         )
     return None
 

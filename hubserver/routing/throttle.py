@@ -1,7 +1,16 @@
-"""A log that says each (reason, topic) at most once per interval: a misconfigured device publishing
-thousands of messages a second to an unknown topic must not flood the log."""
+"""Logging what clients cause without letting them flood the log.
+
+``ThrottledLog`` says each (reason, key) at most once per interval, with the number of repeats it kept
+quiet about: a misconfigured device publishing thousands of messages a second to an unknown topic, or a
+scanner opening thousands of connections, costs one line a minute. ``clip`` (from ``hubserver.logsafe``)
+shortens what a client chose (client ids, usernames, topics) before it goes into a log line.
+"""
 
 import time
+
+from ..logsafe import clip
+
+__all__ = ["ThrottledLog", "clip"]
 
 
 class ThrottledLog:
@@ -10,17 +19,26 @@ class ThrottledLog:
     def __init__(self, logger, interval=60.0):
         self._logger = logger
         self.interval = interval
-        self._last = {}
+        self._last = {}  # key -> (time logged, repeats not logged since)
 
-    def warning(self, reason, topic, msg, *args):
+    def warning(self, reason, topic, msg, *args, exc_info=None):
+        self.log(30, reason, topic, msg, *args, exc_info=exc_info)
+
+    def info(self, reason, topic, msg, *args):
+        self.log(20, reason, topic, msg, *args)
+
+    def log(self, level, reason, topic, msg, *args, exc_info=None):
         now = time.monotonic()
         key = (reason, topic)
         last = self._last.get(key)
-        if last is not None and now - last < self.interval:
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
             return
         if len(self._last) >= self.max_keys:
-            self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
             if len(self._last) >= self.max_keys:  # flooded with distinct keys: forget rather than grow
                 self._last.clear()
-        self._last[key] = now
-        self._logger.warning(msg, *args)
+        self._last[key] = (now, 0)
+        if last is not None and last[1]:
+            msg = f"{msg} (and {last[1]} more like it in the last {now - last[0]:.0f} s)"
+        self._logger.log(level, msg, *args, exc_info=exc_info)
