@@ -22,10 +22,15 @@ def _verbose(class_name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", class_name).replace("_", " ")
 
 
-class DeviceTypeOptions:
-    """What an inner ``class Meta`` may set: ``verbose_name``, ``verbose_name_plural`` and ``broker``."""
+# Keys of ``Meta.quota``: the per-client MQTT quotas of docs/limits.md, for this type's devices.
+QUOTA_KEYS = ("message_rate", "message_burst", "byte_rate", "byte_burst", "queue_share")
 
-    ALLOWED = ("verbose_name", "verbose_name_plural", "broker")
+
+class DeviceTypeOptions:
+    """What an inner ``class Meta`` may set: ``verbose_name``, ``verbose_name_plural``, ``broker`` and
+    ``quota`` (a dict overriding the CLIENT_* quota settings for this type's devices, keys ``QUOTA_KEYS``)."""
+
+    ALLOWED = ("verbose_name", "verbose_name_plural", "broker", "quota")
 
     def __init__(self, class_name, meta, parent):
         from .exceptions import ConfigurationError
@@ -39,6 +44,21 @@ class DeviceTypeOptions:
         self.verbose_name_plural = getattr(meta, "verbose_name_plural", None) or f"{self.verbose_name}s"
         # The broker is inherited: a subclass of a LoRa type stays on the LoRa broker unless it says otherwise.
         self.broker = getattr(meta, "broker", None) or (parent.broker if parent else "default")
+        quota = getattr(meta, "quota", None)
+        self.quota = _checked_quota(class_name, quota) if quota is not None else dict(parent.quota if parent else {})
+
+
+def _checked_quota(class_name, quota):
+    from .exceptions import ConfigurationError
+
+    if not isinstance(quota, dict):
+        raise ConfigurationError(f"{class_name}.Meta.quota must be a dict, got {type(quota).__name__}")
+    for key, value in quota.items():
+        if key not in QUOTA_KEYS:
+            raise ConfigurationError(f"{class_name}.Meta.quota: unknown key {key!r}; allowed: {', '.join(QUOTA_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigurationError(f"{class_name}.Meta.quota[{key!r}] must be a number >= 0 (0: none), got {value!r}")
+    return dict(quota)
 
 
 class DeviceTypeMeta(type):

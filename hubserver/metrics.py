@@ -17,7 +17,12 @@ Names (all prefixed ``hubserver_``):
 | ``batches_total``, ``batch_size{stat="last"\\|"max"}`` | counter, gauge | group-commit writer |
 | ``commit_errors_total``, ``uncommitted_messages_total`` | counter | batches that failed to commit, their messages |
 | ``writer_queue_depth``, ``heartbeat_tracked_devices`` | gauge | writer queue, heartbeat monitor |
-| ``connections_refused_total{reason}`` | counter | broker: ``not_authorized``, ``max_connections`` |
+| ``connections_refused_total{reason}`` | counter | broker: ``not_authorized``, ``max_connections``, |
+| | | ``unsupported_protocol`` |
+| ``mqtt_open_sockets`` | gauge | accepted MQTT connections, CONNECT completed or not |
+| ``mqtt_closed_total{reason}`` | counter | connections the broker closed for a limit or a protocol violation |
+| ``mqtt_throttled_total{reason}``, ``mqtt_throttled_seconds_total`` | counter | pauses of reading a client, |
+| | | and their seconds (quotas, back-pressure) |
 | ``auth_failures_total{source}`` | counter | ``mqtt`` (broker CONNECTs refused), ``http`` (``/iot/broker/auth/``) |
 | ``auth_throttled_total{source,reason}`` | counter | attempts refused unchecked (``username``, ``address``) |
 | ``auth_throttle_keys{table}`` | gauge | usernames and addresses whose failures the throttle remembers |
@@ -52,7 +57,7 @@ MESSAGE_REFUSALS = (
     Refusal.PAYLOAD_TOO_LARGE,
     "acl",
 )
-CONNECTION_REFUSALS = ("not_authorized", "max_connections")
+CONNECTION_REFUSALS = ("not_authorized", "max_connections", "unsupported_protocol")
 
 
 def _name(name):
@@ -81,6 +86,34 @@ def _histogram(name, documentation, snapshot):
     ] or [("+Inf", 0)]
     return HistogramMetricFamily(
         _name(name), documentation, buckets=buckets, sum_value=(snapshot or {}).get("sum", 0.0)
+    )
+
+
+def _limit_metrics(broker_stats):
+    """The embedded broker's limit counters (every reason present from the start, at 0)."""
+    yield _gauge(
+        "mqtt_open_sockets",
+        "Accepted MQTT connections, whether or not they completed their CONNECT (counted against MAX_CONNECTIONS).",
+        broker_stats.get("sockets", 0),
+    )
+    closed = broker_stats.get("closed", {})
+    yield _counter(
+        "mqtt_closed",
+        "MQTT connections the hub closed because of what the client sent, by reason (docs/limits.md).",
+        labels=["reason"],
+        samples=[([reason], count) for reason, count in sorted(closed.items())],
+    )
+    throttled = broker_stats.get("throttled", {})
+    yield _counter(
+        "mqtt_throttled",
+        "Times the hub paused reading an MQTT client, by the quota or back-pressure that caused it.",
+        labels=["reason"],
+        samples=[([reason], count) for reason, count in sorted(throttled.items())],
+    )
+    yield _counter(
+        "mqtt_throttled_seconds",
+        "Seconds MQTT clients' reading was paused by their quotas and back-pressure, in total.",
+        broker_stats.get("throttled_seconds", 0.0),
     )
 
 
@@ -200,6 +233,7 @@ class HubCollector(Collector):
             labels=["reason"],
             samples=[([reason], count) for reason, count in sorted(broker_refused.items())],
         )
+        yield from _limit_metrics(broker_stats)
         from .views.broker_auth import stats as broker_http_stats
 
         http_failures = broker_http_stats.snapshot()

@@ -8,6 +8,7 @@ from collections import Counter
 
 from hubserver.access.acl import can_publish
 from hubserver.access.principals import DevicePrincipal
+from hubserver.routing.throttle import ThrottledLog, clip
 
 from .session import principal_of
 
@@ -31,6 +32,7 @@ class RouterBridge:
         self.broker = None  # the HubBroker stored messages are delivered through (set once it exists)
         self.refused = Counter()
         self.closing = False
+        self._log = ThrottledLog(logger)
 
     async def submit(self, session, topic, payload, qos, properties=None):
         """The reader's short path for a device's PUBLISH: the router's future, or None when the ACL refuses
@@ -46,7 +48,9 @@ class RouterBridge:
             raise ConnectionAbortedError("the hub is stopping")
         if principal is None or not can_publish(principal, topic):
             self.refused["acl"] += 1
-            logger.info("%s may not publish to %r; dropped", session.client_id, topic)
+            self._log.info(
+                "acl", session.client_id, "%s may not publish to %s; dropped", clip(session.client_id), clip(topic)
+            )
             return False
         return True
 

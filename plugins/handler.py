@@ -6,6 +6,8 @@ import logging
 from amqtt.mqtt.protocol.handler import INCOMING, OUTGOING
 from amqtt.mqtt.puback import PubackPacket
 
+from hubserver.routing.throttle import clip
+
 from .bridge import Outcome
 from .reader import FastReaderHandler
 
@@ -32,7 +34,9 @@ class HubProtocolHandler(FastReaderHandler):
     # silent client is never disconnected. HubBroker sets the read timeout to 1.5x keepalive; here the
     # timeout ends the reader, which closes the connection and publishes the will.
     def handle_read_timeout(self):
-        logger.info("%s silent for 1.5x its keepalive; disconnecting", self.session.client_id if self.session else "?")
+        logger.info(
+            "%s silent for 1.5x its keepalive; disconnecting", clip(self.session.client_id if self.session else "?")
+        )
         if self._reader_task is not None:
             self._reader_task.cancel()
 
@@ -41,10 +45,12 @@ class HubProtocolHandler(FastReaderHandler):
         try:
             return await self.bridge.inbound(self.session, app_message)
         except Exception as exc:
-            logger.warning(
-                "%s: message on %r not stored (%s); closing the connection unacknowledged",
+            self.counters.close(
                 self.session.client_id,
-                app_message.topic,
+                "not_stored",
+                "%s: message on %s not stored (%s); closing the connection unacknowledged",
+                clip(self.session.client_id),
+                clip(app_message.topic),
                 exc,
             )
             if self._reader_task is not None:

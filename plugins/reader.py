@@ -13,7 +13,12 @@ the event loop's time. Here:
   so the client sends it again, as with ``HubProtocolHandler``'s slower path;
 - everything else (CONNECT, SUBSCRIBE, PING, QoS 2, RETAIN, service clients...) is decoded by amqtt's own
   packet classes and handled exactly as upstream;
-- the keepalive is one timer per connection, re-armed lazily.
+- the keepalive is one timer per connection, re-armed lazily;
+- the limits of docs/limits.md are enforced here, from the fixed header on: a packet over MAX_PACKET_SIZE
+  is never read, a packet that breaks MQTT 3.1.1 (plugins/strict.py) closes the connection, the client's
+  quotas pause reading its socket (no task per message), and so do a full share of the writer queue, a
+  full write buffer (a client that does not read what it is sent) and MAX_INFLIGHT_MESSAGES packets being
+  handled; control packets are handled in the loop, and only a PUBLISH on amqtt's path becomes a task.
 
 The short path is used only while no amqtt plugin listens to per-packet or per-message events (ours
 don't), since it builds no packet objects to give them.
@@ -22,13 +27,13 @@ don't), since it builds no packet objects to give them.
 import asyncio
 import collections
 import logging
+import math
 
 from amqtt.adapters import BufferReader, StreamWriterAdapter
 from amqtt.errors import MQTTError, NoDataError
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import (
-    CONNECT,
     DISCONNECT,
     PINGREQ,
     PUBACK,
@@ -36,8 +41,6 @@ from amqtt.mqtt.packet import (
     PUBLISH,
     PUBREC,
     PUBREL,
-    RESERVED_0,
-    RESERVED_15,
     SUBSCRIBE,
     UNSUBSCRIBE,
     MQTTFixedHeader,
@@ -45,12 +48,15 @@ from amqtt.mqtt.packet import (
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from hubserver.access.principals import DevicePrincipal
+from hubserver.routing.throttle import clip
 
+from .limits import CLOSE_TIMEOUT, WRITE_BUFFER_HIGH, LimitCounters, Limits, transport_of
 from .session import principal_of
+from .strict import ProtocolViolation, check_header, check_subscription, check_topic, parse_publish
 
 logger = logging.getLogger("hubserver.mqtt")
 
-# Packet types a broker receives, and the upstream handler method for each (CONNECT is awaited in place).
+# Packet types a broker receives after CONNECT, and the upstream handler method for each.
 _HANDLERS = {
     SUBSCRIBE: "handle_subscribe",
     UNSUBSCRIBE: "handle_unsubscribe",
@@ -58,13 +64,13 @@ _HANDLERS = {
     PUBREC: "handle_pubrec",
     PUBREL: "handle_pubrel",
     PUBCOMP: "handle_pubcomp",
-    PINGREQ: "handle_pingreq",
-    PUBLISH: "handle_publish",
     DISCONNECT: "handle_disconnect",
 }
 # amqtt events that need packet or message objects: while any plugin listens to them, no short path.
 _OBJECT_EVENTS = (MQTTEvents.PACKET_RECEIVED, BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST)
 _PUBACK = bytes((PUBACK << 4, 2))
+_PINGRESP = bytes((0xD0, 0))
+_UNLIMITED = math.inf
 
 
 class FastReaderHandler(BrokerProtocolHandler):
@@ -73,6 +79,8 @@ class FastReaderHandler(BrokerProtocolHandler):
     One line of inheritance (no mixin) so that HubBroker can turn amqtt's handler into ours in place."""
 
     bridge = None
+    limits = None  # plugins.limits.Limits, set by HubBroker
+    counters = None  # plugins.limits.LimitCounters, set by HubBroker
 
     async def _reader_loop(self):
         loop = asyncio.get_running_loop()
@@ -82,6 +90,24 @@ class FastReaderHandler(BrokerProtocolHandler):
         self._fast = self._short_path_allowed()
         self._last_read = loop.time()
         self._watchdog = None
+        self._room = None  # resolved by _release once this client's share of the writer queue has room
+        self._behind = False  # the client is not reading what it is sent
+        self._flush = False  # closing for a violation: acknowledge what was stored before it
+        self._transport = transport_of(self.writer)
+        limits = self.limits or Limits.from_settings()
+        if self.counters is None:
+            self.counters = LimitCounters()
+        principal = principal_of(self.session)
+        self._device = isinstance(principal, DevicePrincipal)
+        quota = self._quota = limits.quota_for(principal)
+        self._share = quota.queue_share or _UNLIMITED
+        self._messages_left = quota.message_burst if quota.message_rate else _UNLIMITED
+        self._bytes_left = quota.byte_burst if quota.byte_rate else _UNLIMITED
+        self._refilled = self._last_read
+        self._max_payload = limits.max_payload_size
+        self._max_inflight = limits.max_inflight
+        self._max_awaiting_rel = limits.max_awaiting_rel
+        max_packet = limits.max_packet_size
         self._start_watchdog(loop)
         read = self.reader.read
         self._reader_ready.set()
@@ -92,41 +118,201 @@ class FastReaderHandler(BrokerProtocolHandler):
                     length, shift, byte = head[1] & 0x7F, 7, head[1]
                     while byte & 0x80:
                         if shift > 21:
-                            raise MQTTError(f"invalid remaining length in a packet of type {head[0] >> 4}")
+                            raise ProtocolViolation("MQTT-4.8.0-1", "a remaining length of more than four bytes")
                         byte = (await read(1))[0]
                         length |= (byte & 0x7F) << shift
                         shift += 7
+                    if length > max_packet:
+                        self._close_for("packet_too_large", f"a packet of {length} bytes (limit {max_packet})")
+                        break
                     body = await read(length) if length else b""
                 except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError, NoDataError, IndexError):
                     break  # end of stream
                 self._last_read = loop.time()
                 packet_type, flags = head[0] >> 4, head[0] & 0x0F
-                if packet_type == PUBLISH and self._short_path(flags):
-                    if not await self._publish(flags, body):
-                        break
-                    continue
-                try:
-                    task = await self._dispatch_packet(packet_type, flags, length, body)
-                except MQTTError as exc:
-                    logger.debug("%s: packet discarded: %s", self.session.client_id, exc)
-                    continue
-                if task is not None:
-                    if self._tasks is None:
-                        self._tasks = set()
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                if packet_type == PUBLISH:
+                    self._messages_left -= 1
+                    self._bytes_left -= length
+                    if self._messages_left <= 0 or self._bytes_left <= 0:
+                        await self._over_quota(loop)
+                    if self._short_path(flags):
+                        if not await self._publish(flags, body):
+                            break
+                        continue
+                if not await self._other_packet(packet_type, flags, length, body):
+                    break
+        except ProtocolViolation as exc:
+            self._close_for("protocol_violation", exc)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
-            logger.warning("%s: reader stopped by an unexpected error: %r", self.session.client_id, exc)
+            self.counters._log.warning(
+                "reader_error", type(exc).__name__, "%s: reader stopped by an unexpected error: %r", self._who(), exc
+            )
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
+            if self._room is not None and not self._room.done():
+                self._room.cancel()
+        if self._flush:
+            await self._acknowledge_what_was_stored()
         for task in list(self._tasks or ()):
             task.cancel()
+        if self._behind and self._transport is not None:
+            self._transport.abort()  # it reads nothing: closing would wait for it forever
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
+
+    def _who(self):
+        return clip(self._client.client_id if self._client is not None else None)
+
+    async def _acknowledge_what_was_stored(self):
+        """Before closing for a violation, let the messages before it commit and their PUBACKs go out (for a
+        little while): the client would otherwise send again what the hub has already stored."""
+        pending = [item[1] for item in self._acks or () if item[1] is not None and not item[1].done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+
+    def _close_for(self, reason, detail):
+        """Count and log (once a minute per reason) a connection the hub closes because of what it sent."""
+        self._flush = True
+        self.counters.close(
+            self._client.client_id if self._client is not None else None,
+            reason,
+            "closed the connection of %s: %s",
+            self._who(),
+            detail,
+        )
+
+    # --- quotas and back-pressure: the reader stops reading this client's socket for a while -------------
+
+    async def _over_quota(self, loop):
+        """Token buckets refilled lazily: only when the client has used its burst is the time looked at."""
+        quota = self._quota
+        now = loop.time()
+        elapsed, self._refilled = now - self._refilled, now
+        wait = 0.0
+        reason = None
+        if quota.message_rate:
+            self._messages_left = min(quota.message_burst, self._messages_left + elapsed * quota.message_rate)
+            if self._messages_left < 0:
+                wait, reason = -self._messages_left / quota.message_rate, "messages"
+        if quota.byte_rate:
+            self._bytes_left = min(quota.byte_burst, self._bytes_left + elapsed * quota.byte_rate)
+            if self._bytes_left < 0 and -self._bytes_left / quota.byte_rate > wait:
+                wait, reason = -self._bytes_left / quota.byte_rate, "bytes"
+        if wait > 0:
+            self.counters.throttle(
+                self._client.client_id, reason, wait, "%s is over its %s quota: reading paused", self._who(), reason
+            )
+            await asyncio.sleep(wait)
+
+    async def _catch_up(self):
+        """Wait while this client's messages fill its share of the writer queue, or it does not read."""
+        loop = asyncio.get_running_loop()
+        if self._acks is not None and len(self._acks) >= self._share:
+            self.counters.throttle(
+                self._client.client_id,
+                "queue_share",
+                0.0,
+                "%s has %s messages waiting for the database: reading paused",
+                self._who(),
+                self._quota.queue_share,
+            )
+            started = loop.time()
+            self._room = loop.create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
+                self.counters.throttled_seconds += loop.time() - started
+        if self._behind:
+            await self._drain()
+
+    async def _drain(self):
+        """Wait until the client has read what it was sent (its write buffer is below the mark)."""
+        loop = asyncio.get_running_loop()
+        self.counters.throttle(
+            self._client.client_id, "write_buffer", 0.0, "%s does not read what it is sent: reading paused", self._who()
+        )
+        started = loop.time()
+        try:
+            await self.writer.drain()
+        finally:
+            self.counters.throttled_seconds += loop.time() - started
+        self._behind = False
+
+    def _check_written(self):
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            self._behind = True
+
+    # --- everything but device PUBLISHes: checked, then amqtt's own packets and handlers ----------------
+
+    async def _other_packet(self, packet_type, flags, length, body):
+        """Handle one packet; False when the connection must close."""
+        if packet_type == PUBLISH:
+            return await self._slow_publish(flags, length, body)
+        check_header(packet_type, flags, length)
+        if packet_type == PINGREQ:
+            self._write_now(_PINGRESP)
+        else:
+            if packet_type in (SUBSCRIBE, UNSUBSCRIBE):
+                check_subscription(packet_type, body)
+                await self._until_subscriptions_handled()
+            packet = await self._decode(packet_type, flags, length, body)
+            await getattr(self, _HANDLERS[packet_type])(packet)
+        self._check_written()
+        if self._behind:
+            await self._drain()
+        return True
+
+    async def _decode(self, packet_type, flags, length, body):
+        fixed = MQTTFixedHeader(packet_type, flags, length)
+        try:
+            packet = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
+        except (MQTTError, NoDataError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise ProtocolViolation("MQTT-4.8.0-1", f"malformed packet of type {packet_type}: {exc}") from None
+        await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)
+        return packet
+
+    async def _until_subscriptions_handled(self):
+        """At most MAX_INFLIGHT_MESSAGES (UN)SUBSCRIBEs wait for the client loop; the reader waits beyond."""
+        pending = self._pending_subscriptions.qsize() + self._pending_unsubscriptions.qsize()
+        while pending >= self._max_inflight:
+            await asyncio.sleep(0.01)
+            pending = self._pending_subscriptions.qsize() + self._pending_unsubscriptions.qsize()
+
+    async def _slow_publish(self, flags, length, body):
+        """A PUBLISH amqtt's flows handle (QoS 2, RETAIN, service clients): checked, then a task."""
+        qos, _, packet_id, end = parse_publish(flags, body)
+        if self._device and len(body) - end > self._max_payload:
+            self._close_for("payload_too_large", f"a payload of {len(body) - end} bytes (MAX_PAYLOAD_SIZE)")
+            return False
+        if qos == 2 and packet_id not in self._pubrel_waiters and len(self._pubrel_waiters) >= self._max_awaiting_rel:
+            self._close_for("awaiting_rel", f"more than {self._max_awaiting_rel} QoS 2 messages without PUBREL")
+            return False
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        while len(tasks) - len(self._pubrel_waiters) >= self._max_inflight:
+            await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
+        packet = await self._decode(PUBLISH, flags, length, body)
+        task = asyncio.create_task(self.handle_publish(packet))
+        tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return True
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.counters._log.warning(
+                "task_error", type(error).__name__, "%s: handling a PUBLISH failed: %r", self._who(), error
+            )
 
     # --- keepalive -------------------------------------------------------------------------------------
 
@@ -145,26 +331,6 @@ class FastReaderHandler(BrokerProtocolHandler):
                 self._watchdog = loop.call_at(due, check)
 
         self._watchdog = loop.call_later(timeout, check)
-
-    # --- everything but device PUBLISHes: amqtt's own packets and handlers ------------------------------
-
-    async def _dispatch_packet(self, packet_type, flags, length, body):
-        """Decode with amqtt's packet class and hand to its handler; a task, None, or False to stop reading."""
-        if packet_type in (RESERVED_0, RESERVED_15):
-            logger.warning("%s sent a reserved packet type, which is forbidden: closing", self.session.client_id)
-            await self.handle_connection_closed()
-            return None
-        fixed = MQTTFixedHeader(packet_type, flags, length)
-        packet = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
-        await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)
-        if packet_type == CONNECT:
-            await self.handle_connect(packet)
-            return None
-        name = _HANDLERS.get(packet_type)
-        if name is None:
-            logger.warning("%s: unexpected packet type %d", self.session.client_id, packet_type)
-            return None
-        return asyncio.create_task(getattr(self, name)(packet))
 
     # --- device PUBLISHes ----------------------------------------------------------------------------
 
@@ -186,34 +352,49 @@ class FastReaderHandler(BrokerProtocolHandler):
     async def _publish(self, flags, body):
         """Submit one device PUBLISH; False when the connection must close without acknowledging it."""
         qos = (flags >> 1) & 0x03
-        end = 2 + ((body[0] << 8) | body[1])
+        size = len(body)
         try:
+            end = 2 + ((body[0] << 8) | body[1])
             topic = body[2:end].decode("utf-8")
-        except UnicodeDecodeError:
-            logger.warning("%s: PUBLISH topic is not UTF-8; closing the connection", self.session.client_id)
+            packet_id = None
+            if qos:
+                packet_id = (body[end] << 8) | body[end + 1]
+                end += 2
+                if not packet_id:
+                    raise IndexError
+            if end > size:
+                raise IndexError
+        except (IndexError, UnicodeDecodeError):
+            parse_publish(flags, body)  # raises the ProtocolViolation that says what is wrong
+            raise
+        if size - end > self._max_payload:
+            self._close_for("payload_too_large", f"a payload of {size - end} bytes (MAX_PAYLOAD_SIZE)")
             return False
-        packet_id = None
-        if qos:
-            packet_id = (body[end] << 8) | body[end + 1]
-            end += 2
         payload = body[end:]
         try:
             future = await self.bridge.submit(self.session, topic, payload, qos)
         except Exception as exc:
-            logger.warning(
-                "%s: message on %r not stored (%s); closing the connection unacknowledged",
-                self.session.client_id,
-                topic,
+            self.counters._log.warning(
+                "not_stored",
+                type(exc).__name__,
+                "%s: message on %s not stored (%s); closing the connection unacknowledged",
+                self._who(),
+                clip(topic),
                 exc,
             )
             return False
-        if self._acks is None:
-            self._acks = collections.deque()
-        self._acks.append((packet_id, future, topic, payload, qos))
-        if future is None:  # refused by the ACL: acknowledged, neither stored nor delivered
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = collections.deque()
+        acks.append((packet_id, future, topic, payload, qos))
+        if future is None:  # refused by the ACL: acknowledged, neither stored nor delivered...
+            if not topic or "+" in topic or "#" in topic or "\0" in topic:
+                check_topic(topic or "+")  # ...unless no broker may accept it: ACL-permitted topics are valid
             self._release()
         else:
             future.add_done_callback(self._release)
+        if len(acks) >= self._share or self._behind:
+            await self._catch_up()
         return True
 
     def _release(self, _=None):
@@ -230,43 +411,61 @@ class FastReaderHandler(BrokerProtocolHandler):
                 if error is None and future.result().stored:
                     self.bridge.deliver(session, topic, payload, qos)
                 elif error is not None and qos:
-                    logger.warning(
-                        "%s: message on %r not stored (%s); closing the connection unacknowledged",
+                    self.counters.close(
                         session.client_id,
-                        topic,
+                        "not_stored",
+                        "%s: message on %s not stored (%s); closing the connection unacknowledged",
+                        self._who(),
+                        clip(topic),
                         error,
                     )
+                    for item in acks:  # nobody waits for the rest: their errors must not go unretrieved
+                        if item[1] is not None:
+                            item[1].add_done_callback(_retrieved)
                     acks.clear()
                     if self._reader_task is not None:
                         self._reader_task.cancel()
                     break
                 elif error is not None:
-                    logger.warning("%s: a QoS 0 message on %r was lost: %s", session.client_id, topic, error)
+                    self.counters._log.warning(
+                        "qos0_lost", type(error).__name__, "%s: a QoS 0 message was lost: %s", self._who(), error
+                    )
             acks.popleft()
             if packet_id is not None:
                 out.append(_PUBACK + packet_id.to_bytes(2, "big"))
         if out and self.writer is not None:
             self._write_now(b"".join(out))
+            self._check_written()
+        room = self._room
+        if room is not None and len(acks) < self._share and not room.done():
+            room.set_result(None)
 
     def _write_now(self, data):
         """Write without awaiting: a TCP stream sends at once; a buffering writer (MQTT over WebSocket) sends
-        on drain, so that runs as a task (kept referenced until done)."""
+        on drain, so that runs as a task (kept referenced until done; one at a time, which sends all that
+        was written meanwhile)."""
         writer = self.writer
         try:
             writer.write(data)
         except (ConnectionError, RuntimeError) as exc:
-            logger.debug("%s: PUBACKs not sent: %s", self._client.client_id, exc)
+            logger.debug("%s: not sent: %s", self._who(), exc)
             return
-        if type(writer) is not StreamWriterAdapter:
+        if type(writer) is not StreamWriterAdapter and writer not in _draining:
             task = asyncio.ensure_future(writer.drain())
-            _draining.add(task)
-            task.add_done_callback(_drained)
+            _draining[writer] = task
+            task.add_done_callback(lambda done: _drained(writer, done))
 
 
-_draining = set()
+_draining = {}  # writer -> its drain task (MQTT over WebSocket)
 
 
-def _drained(task):
-    _draining.discard(task)
+def _drained(writer, task):
+    _draining.pop(writer, None)
     if not task.cancelled() and task.exception() is not None:
-        logger.debug("PUBACKs not sent: %s", task.exception())
+        logger.debug("not sent: %s", task.exception())
+
+
+def _retrieved(future):
+    """Retrieve a future's outcome that nobody else will look at."""
+    if not future.cancelled():
+        future.exception()

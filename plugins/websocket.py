@@ -23,7 +23,7 @@ class ASGIWriter(WriterAdapter):
         self._buffer.extend(data)
 
     async def drain(self):
-        if self._buffer and not self._closed:
+        while self._buffer and not self._closed:  # what is written while a send is under way goes next
             data, self._buffer = bytes(self._buffer), bytearray()
             await self._send({"type": "websocket.send", "bytes": data})
 

@@ -81,6 +81,7 @@ def test_create_admin_has_the_seeds_lists():
         "last_seen",
         "created_at",
         "updated_at",
+        "mqtt_limits",  # the hub's own: how often the device's MQTT connection hit a limit
     ]
     assert reading_admin.list_display == [
         "device",

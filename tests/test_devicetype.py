@@ -123,3 +123,27 @@ def test_command_declared_in_class_body_keeps_its_settings():
     command = Thermometer._commands["set_mode"]
     assert isinstance(command, Command)
     assert (command.qos, command.timeout, command.name) == (2, 5, "set_mode")
+
+
+def test_meta_quota_overrides_the_client_quotas_and_is_checked(scratch_types):
+    class Gateway(DeviceType):
+        class Meta:
+            quota = {"message_rate": 5000, "message_burst": 10000}
+
+    class SubGateway(Gateway):
+        pass
+
+    assert Gateway._meta.quota == {"message_rate": 5000, "message_burst": 10000}
+    assert SubGateway._meta.quota == Gateway._meta.quota, "inherited"
+    assert Thermometer._meta.quota == {}
+    with pytest.raises(ConfigurationError, match="unknown key 'rate'"):
+
+        class Typo(DeviceType):
+            class Meta:
+                quota = {"rate": 10}
+
+    with pytest.raises(ConfigurationError, match="must be a number >= 0"):
+
+        class Negative(DeviceType):
+            class Meta:
+                quota = {"byte_rate": -1}

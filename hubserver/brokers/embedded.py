@@ -170,7 +170,15 @@ class EmbeddedBroker:
             "devices": sum(isinstance(p, DevicePrincipal) for p in broker._live) if broker else 0,
             "refused": dict(broker.refused) if broker else {},
             "dropped": dict(self.bridge.refused) if self.bridge else {},
+            "sockets": broker.open_sockets if broker else 0,
+            "closed": dict(broker.limit_counters.closed) if broker else {},
+            "throttled": dict(broker.limit_counters.throttled) if broker else {},
+            "throttled_seconds": broker.limit_counters.throttled_seconds if broker else 0.0,
         }
+
+    def client_limits(self, client_id):
+        """How often a client was closed or slowed down for breaking a limit (for the admin)."""
+        return self.broker.limit_counters.for_client(client_id) if self.broker else {}
 
 
 def _os_error(exc):

@@ -92,7 +92,19 @@ class HubDeviceAdmin(admin.ModelAdmin):
     actions = ["provision_credentials", "send_command", "deactivate"]
     list_filter = ["status", "is_active"]
     search_fields = ["name", "device_id"]
-    readonly_fields = [*DEVICE_SECRETS, "last_seen", "created_at", "updated_at"]
+    readonly_fields = [*DEVICE_SECRETS, "last_seen", "created_at", "updated_at", "mqtt_limits"]
+
+    @admin.display(description="MQTT limits hit")
+    def mqtt_limits(self, device):
+        """How often this device's MQTT connection was closed or slowed down for a limit (docs/limits.md),
+        since the hub started; the most recent 10,000 clients are remembered."""
+        from ..brokers import get_engine
+
+        engine = get_engine()
+        counts = engine.client_limits(device.mqtt_username) if hasattr(engine, "client_limits") else {}
+        if not counts:
+            return "none"
+        return ", ".join(f"{what.replace(':', ' ')}: {count}" for what, count in sorted(counts.items()))
 
     def _context(self, request, queryset, title, **extra):
         return {
@@ -300,7 +312,7 @@ def create_admin(device_type):
             ],
             "list_filter": ["status", "is_active"],
             "search_fields": ["name", "device_id"],
-            "readonly_fields": [*DEVICE_SECRETS, "last_seen", "created_at", "updated_at"],
+            "readonly_fields": [*DEVICE_SECRETS, "last_seen", "created_at", "updated_at", "mqtt_limits"],
         },
     )
     reading_admin = type(

@@ -1,0 +1,212 @@
+"""The MQTT limits of docs/limits.md as a client meets them: oversize payloads, quotas, a client's share of
+the writer queue, a client that reads nothing, and what /metrics counts. Small and bounded: a few hundred
+packets, a few seconds."""
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+
+import pytest
+
+from hubserver.brokers import set_engine
+from tests.conftest import provision_device
+from tests.mqtt import RawClient, _length, _string
+from tests.test_metrics import scrape, value
+from tests.test_mqtt_reader import PINGREQ, pubacks, publish_packet, stored
+from tests.testapp.models import ThermometerMessage, ThermometerReading
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def engine(hub):
+    set_engine(hub)
+    try:
+        yield hub
+    finally:
+        set_engine(None)
+
+
+async def device(hub, device_id):
+    _, credentials = await provision_device("thermometer", device_id)
+    client = RawClient(hub.port)
+    username = credentials["mqtt_username"]
+    assert (await client.connect(username, username, credentials["mqtt_password"]))[0] == 0
+    await asyncio.sleep(0.2)
+    return client
+
+
+async def rows(model, expected, timeout=10.0):
+    for _ in range(int(timeout / 0.05)):
+        found = await stored(model)
+        if len(found) >= expected:
+            return found
+        await asyncio.sleep(0.05)
+    return await stored(model)
+
+
+async def ping(client):
+    client.writer.write(PINGREQ)
+    packet_type, _ = await client.read_packet(timeout=5)
+    return packet_type == 13
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_PAYLOAD_SIZE": 1000}], indirect=True)
+async def test_a_payload_over_max_payload_size_closes_the_connection_unacknowledged(engine):
+    """Not acknowledged, not stored, counted; what came before it is stored and acknowledged."""
+    client = await device(engine, "big-1")
+    topic = "things/thermometer/big-1/data"
+    client.writer.write(publish_packet(topic, b'{"uptime": 1}', packet_id=1))
+    client.writer.write(publish_packet(topic, b'{"label": "%s"}' % (b"x" * 1000), packet_id=2))
+    assert await pubacks(client, 1) == [1]
+    assert await client.closed(timeout=3), "the oversize PUBLISH must close the connection"
+    assert [r.uptime for r in await stored(ThermometerReading)] == [1]
+    assert len(await stored(ThermometerMessage)) == 1
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_closed_total", reason="payload_too_large") == 1
+
+
+@pytest.mark.parametrize(
+    "hub_settings_override", [{"CLIENT_MESSAGE_RATE": 50, "CLIENT_MESSAGE_BURST": 10}], indirect=True
+)
+async def test_a_device_over_its_message_quota_is_slowed_down_and_loses_nothing(engine):
+    flooder = await device(engine, "flood-1")
+    bystander = await device(engine, "calm-1")
+    topic = "things/thermometer/flood-1/data"
+    flooder.writer.write(b"".join(publish_packet(topic, b'{"uptime": %d}' % n, qos=0) for n in range(60)))
+    assert await ping(bystander), "a bystander is served while the flooder is paused"
+    readings = await rows(ThermometerReading, 60)
+    assert sorted(r.uptime for r in readings) == list(range(60)), "throttled, not dropped"
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_throttled_total", reason="messages") >= 1
+    assert value(samples, "hubserver_mqtt_throttled_seconds_total") > 0
+    assert engine.client_limits("thermometer.flood-1").get("throttled:messages", 0) >= 1
+    assert not engine.client_limits("thermometer.calm-1")
+
+
+async def test_a_device_type_meta_quota_overrides_the_setting(engine):
+    from hubserver.plugins.limits import Limits
+
+    from hubserver.registry import registry
+
+    thermometer = registry.get("thermometer")
+    original = getattr(thermometer._meta, "quota", None)
+    thermometer._meta.quota = {"message_rate": 5000, "message_burst": 6000}
+    try:
+        limits = Limits.from_settings()
+        quota = limits.quota_for(_device_principal("thermometer", "meta-1"))
+        assert (quota.message_rate, quota.message_burst) == (5000, 6000)
+        assert quota.byte_rate == limits.quota.byte_rate, "what the Meta does not say comes from the settings"
+    finally:
+        thermometer._meta.quota = original
+
+
+def _device_principal(type_name, device_id):
+    from hubserver.access.principals import DevicePrincipal
+
+    return DevicePrincipal(
+        type_name=type_name, device_id=device_id, device_pk=None, mqtt_username=f"{type_name}.{device_id}"
+    )
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"CLIENT_QUEUE_SHARE": 5}], indirect=True)
+async def test_a_client_has_a_share_of_the_writer_queue_and_waits_beyond_it(engine, monkeypatch):
+    """While the database is slow, one client's messages wait in its socket, not in the shared queue."""
+    from hubserver.routing import router as router_module
+
+    flooder = await device(engine, "share-1")
+    release = threading.Event()
+    original = router_module.write_batch
+
+    def slow_write_batch(works, cache):
+        release.wait(10)
+        return original(works, cache)
+
+    monkeypatch.setattr(router_module, "write_batch", slow_write_batch)
+    topic = "things/thermometer/share-1/data"
+    flooder.writer.write(b"".join(publish_packet(topic, b'{"uptime": %d}' % n, qos=0) for n in range(40)))
+    await asyncio.sleep(0.5)
+    queued = engine.router.stats()["queued"]
+    assert queued <= 5, f"{queued} messages of one client in the writer queue (its share is 5)"
+    release.set()
+    readings = await rows(ThermometerReading, 40)
+    assert sorted(r.uptime for r in readings) == list(range(40))
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_throttled_total", reason="queue_share") >= 1
+
+
+async def test_a_client_that_reads_nothing_is_not_read_either(engine):
+    """300,000 PINGREQs from a client that never reads its PINGRESPs: once what the kernel holds is full, the
+    hub stops reading it instead of buffering the answers, handles its packets without a task each, and a
+    bystander is served meanwhile. (Both sockets' kernel buffers are made small so that the hub's is what
+    fills.)"""
+    flooder = await device(engine, "deaf-1")
+    bystander = await device(engine, "calm-2")
+    (handler,) = [h for s, h in engine.broker._sessions.values() if s.client_id == "thermometer.deaf-1"]
+    handler._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    flooder.writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.writer.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+    flooder.writer.write(PINGREQ * 300_000)
+    await asyncio.sleep(1.0)
+    assert await ping(bystander)
+    assert handler._transport.get_write_buffer_size() < 256 * 1024
+    assert not handler._tasks, "control packets are handled without a task each"
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_throttled_total", reason="write_buffer") >= 1
+    flooder.close()
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_AWAITING_REL": 3}], indirect=True)
+async def test_qos2_messages_waiting_for_pubrel_are_capped(engine):
+    """EMQX's max_awaiting_rel: the fourth QoS 2 PUBLISH without PUBREL closes the connection."""
+    client = await device(engine, "rel-1")
+    topic = "things/thermometer/rel-1/data"
+    for packet_id in range(1, 4):
+        client.writer.write(publish_packet(topic, b'{"uptime": %d}' % packet_id, qos=2, packet_id=packet_id))
+        packet_type, data = await client.read_packet()
+        assert (packet_type, struct.unpack("!H", data)[0]) == (5, packet_id)  # PUBREC
+    client.writer.write(publish_packet(topic, b'{"uptime": 4}', qos=2, packet_id=4))
+    assert await client.closed(timeout=3)
+    assert len(await rows(ThermometerReading, 3)) == 3, "the three acknowledged (PUBREC) messages are stored"
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_closed_total", reason="awaiting_rel") == 1
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_CONNECT_SIZE": 200_000}], indirect=True)
+async def test_what_a_client_chose_is_clipped_in_the_log(hub, caplog):
+    """A CONNECT with a 60 KB client id and username costs the log a short line."""
+    caplog.set_level(logging.INFO)
+    raw = RawClient(hub.port)
+    raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    huge = "x" * 60_000
+    body = _string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _string(huge) + _string(huge) + _string("pw")
+    raw.writer.write(bytes([0x10]) + _length(len(body)) + body)
+    try:
+        assert await raw.closed(timeout=5)
+    finally:
+        raw.close()
+    assert caplog.records, "the refusal is logged"
+    assert max(len(record.getMessage()) for record in caplog.records) < 1000
+
+
+@pytest.mark.parametrize(
+    "hub_settings_override", [{"CLIENT_MESSAGE_RATE": 50, "CLIENT_MESSAGE_BURST": 5}], indirect=True
+)
+async def test_the_admin_shows_which_limits_a_device_hit(engine, admin_user):
+    from django.test import AsyncClient
+
+    from tests.test_admin import url
+
+    flooder = await device(engine, "shown-1")
+    topic = "things/thermometer/shown-1/data"
+    flooder.writer.write(b"".join(publish_packet(topic, b'{"uptime": %d}' % n, qos=0) for n in range(20)))
+    await rows(ThermometerReading, 20)
+    device_row = (await stored(ThermometerReading))[0].device_id
+    browser = AsyncClient()
+    await browser.aforce_login(admin_user)
+    response = await browser.get(url(ThermometerReading._meta.get_field("device").related_model, "change", device_row))
+    assert response.status_code == 200
+    assert "MQTT limits hit" in response.content.decode()
+    assert "throttled messages: " in response.content.decode()
