@@ -90,7 +90,6 @@ class FastReaderHandler(BrokerProtocolHandler):
         self._fast = self._short_path_allowed()
         self._last_read = loop.time()
         self._watchdog = None
-        self._room = None  # resolved by _release once this client's share of the writer queue has room
         self._behind = False  # the client is not reading what it is sent
         self._flush = False  # closing for a violation: acknowledge what was stored before it
         self._transport = transport_of(self.writer)
@@ -138,9 +137,16 @@ class FastReaderHandler(BrokerProtocolHandler):
                     if self._short_path(flags):
                         if not await self._publish(flags, body):
                             break
+                        if self._behind or (self._acks is not None and len(self._acks) >= self._share):
+                            await self._catch_up()
                         continue
-                if not await self._other_packet(packet_type, flags, length, body):
+                task = await self._dispatch_packet(packet_type, flags, length, body)
+                if task is False:
                     break
+                if task is not None:
+                    await self._track(task)
+                if self._behind:
+                    await self._drain()
         except ProtocolViolation as exc:
             self._close_for("protocol_violation", exc)
         except asyncio.CancelledError:
@@ -152,8 +158,6 @@ class FastReaderHandler(BrokerProtocolHandler):
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
-            if self._room is not None and not self._room.done():
-                self._room.cancel()
         if self._flush:
             await self._acknowledge_what_was_stored()
         for task in list(self._tasks or ()):
@@ -210,8 +214,8 @@ class FastReaderHandler(BrokerProtocolHandler):
 
     async def _catch_up(self):
         """Wait while this client's messages fill its share of the writer queue, or it does not read."""
-        loop = asyncio.get_running_loop()
-        if self._acks is not None and len(self._acks) >= self._share:
+        acks = self._acks
+        if acks is not None and len(acks) >= self._share:
             self.counters.throttle(
                 self._client.client_id,
                 "queue_share",
@@ -220,12 +224,17 @@ class FastReaderHandler(BrokerProtocolHandler):
                 self._who(),
                 self._quota.queue_share,
             )
+            loop = asyncio.get_running_loop()
             started = loop.time()
-            self._room = loop.create_future()
             try:
-                await self._room
+                while len(acks) >= self._share:
+                    # The oldest message not yet committed: its commit releases it (and those after it).
+                    head = next((item[1] for item in acks if item[1] is not None and not item[1].done()), None)
+                    if head is None:
+                        self._release()
+                        break
+                    await asyncio.wait([head])
             finally:
-                self._room = None
                 self.counters.throttled_seconds += loop.time() - started
         if self._behind:
             await self._drain()
@@ -243,30 +252,38 @@ class FastReaderHandler(BrokerProtocolHandler):
             self.counters.throttled_seconds += loop.time() - started
         self._behind = False
 
-    def _check_written(self):
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-            self._behind = True
-
     # --- everything but device PUBLISHes: checked, then amqtt's own packets and handlers ----------------
 
-    async def _other_packet(self, packet_type, flags, length, body):
-        """Handle one packet; False when the connection must close."""
-        if packet_type == PUBLISH:
-            return await self._slow_publish(flags, length, body)
-        check_header(packet_type, flags, length)
-        if packet_type == PINGREQ:
-            self._write_now(_PINGRESP)
-        else:
+    async def _dispatch_packet(self, packet_type, flags, length, body):
+        """Check and handle one packet that is not a short-path PUBLISH: a task still handling it, None, or
+        False when the connection must close. (The protocol's hook: MQTT 5's handler has its own.)"""
+        try:
+            if packet_type == PUBLISH:
+                return await self._slow_publish(flags, length, body)
+            check_header(packet_type, flags, length)
+            if packet_type == PINGREQ:
+                self._write_now(_PINGRESP)
+                return None
             if packet_type in (SUBSCRIBE, UNSUBSCRIBE):
                 check_subscription(packet_type, body)
                 await self._until_subscriptions_handled()
             packet = await self._decode(packet_type, flags, length, body)
             await getattr(self, _HANDLERS[packet_type])(packet)
-        self._check_written()
-        if self._behind:
-            await self._drain()
-        return True
+            return None
+        except ProtocolViolation as exc:
+            self._close_for("protocol_violation", exc)
+            return False
+
+    async def _track(self, task):
+        """Keep a handler task until it ends, its exception retrieved; at most MAX_INFLIGHT_MESSAGES busy ones
+        (QoS 2 flows parked until their PUBREL do not count: they wait for this very reader)."""
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(self._task_done)
+        while len(tasks) - len(self._pubrel_waiters) >= self._max_inflight:
+            await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
 
     async def _decode(self, packet_type, flags, length, body):
         fixed = MQTTFixedHeader(packet_type, flags, length)
@@ -293,16 +310,8 @@ class FastReaderHandler(BrokerProtocolHandler):
         if qos == 2 and packet_id not in self._pubrel_waiters and len(self._pubrel_waiters) >= self._max_awaiting_rel:
             self._close_for("awaiting_rel", f"more than {self._max_awaiting_rel} QoS 2 messages without PUBREL")
             return False
-        tasks = self._tasks
-        if tasks is None:
-            tasks = self._tasks = set()
-        while len(tasks) - len(self._pubrel_waiters) >= self._max_inflight:
-            await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
         packet = await self._decode(PUBLISH, flags, length, body)
-        task = asyncio.create_task(self.handle_publish(packet))
-        tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return True
+        return asyncio.create_task(self.handle_publish(packet))
 
     def _task_done(self, task):
         self._tasks.discard(task)
@@ -393,8 +402,6 @@ class FastReaderHandler(BrokerProtocolHandler):
             self._release()
         else:
             future.add_done_callback(self._release)
-        if len(acks) >= self._share or self._behind:
-            await self._catch_up()
         return True
 
     def _release(self, _=None):
@@ -435,10 +442,6 @@ class FastReaderHandler(BrokerProtocolHandler):
                 out.append(_PUBACK + packet_id.to_bytes(2, "big"))
         if out and self.writer is not None:
             self._write_now(b"".join(out))
-            self._check_written()
-        room = self._room
-        if room is not None and len(acks) < self._share and not room.done():
-            room.set_result(None)
 
     def _write_now(self, data):
         """Write without awaiting: a TCP stream sends at once; a buffering writer (MQTT over WebSocket) sends
@@ -450,7 +453,11 @@ class FastReaderHandler(BrokerProtocolHandler):
         except (ConnectionError, RuntimeError) as exc:
             logger.debug("%s: not sent: %s", self._who(), exc)
             return
-        if type(writer) is not StreamWriterAdapter and writer not in _draining:
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                self._behind = True  # the reader stops reading until the client has read this
+        elif type(writer) is not StreamWriterAdapter and writer not in _draining:
             task = asyncio.ensure_future(writer.drain())
             _draining[writer] = task
             task.add_done_callback(lambda done: _drained(writer, done))

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from amqtt.broker import Broker
 
-from tests.mqtt import RawClient
+from tests.mqtt import RawClient, _string
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -237,11 +237,19 @@ async def test_a_first_packet_that_is_not_a_valid_connect_closes_the_connection(
         raw.close()
 
 
-async def test_an_mqtt5_connect_gets_connack_0x01_and_is_closed(broker):
+async def test_mqtt_3_1_gets_connack_0x01_and_is_closed(broker):
     """[MQTT-3.1.2-2]: an unsupported protocol level gets CONNACK return code 0x01, then the connection closes.
-    MQTT 5 carries properties after the keepalive, which amqtt would read as the client id."""
-    properties = b"\x11\x00\x00\x00\x3c" + b"\x21\x00\x14"  # session expiry 60 s, receive maximum 20
-    body = b"\x00\x04MQTT\x05\x02\x00\x3c" + bytes([len(properties)]) + properties + b"\x00\x02v5"
+    (The hub speaks MQTT 3.1.1 and 5; plugins/connect.py decides.)"""
+    await _refused_protocol(broker, "MQIsdp", 3)
+
+
+@pytest.mark.parametrize("broker", ["hub"], indirect=True)  # stock amqtt answers this one too
+async def test_an_unknown_protocol_level_gets_connack_0x01_and_is_closed(broker):
+    await _refused_protocol(broker, "MQTT", 6)
+
+
+async def _refused_protocol(broker, name, level):
+    body = _string(name) + bytes([level, 0x02]) + b"\x00\x3c" + _string("old")
     raw = await _open(broker.port)
     try:
         raw.writer.write(bytes([0x10, len(body)]) + body)

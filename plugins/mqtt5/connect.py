@@ -1,13 +1,12 @@
-"""The first packet of a connection picks its protocol: this module reads it whole, tells its protocol
-level, and turns an MQTT 5 CONNECT into the hub's session and ``MQTT5Handler``.
+"""An MQTT 5 CONNECT into the hub's session and ``MQTT5Handler``.
 
-Every other level goes to amqtt's 3.1.1 path, which reads the same bytes (``BufferReader``).
+plugins/connect.py reads the first packet whole and decides its protocol; level 5 comes here, 3.1.1 goes to
+amqtt's path, which reads the same bytes (``BufferReader``).
 """
 
-import asyncio
 import logging
 
-from amqtt.errors import MQTTError, NoDataError
+from amqtt.errors import MQTTError
 from amqtt.utils import gen_client_id
 
 from ..session import HubSession
@@ -16,42 +15,6 @@ from .handler import MQTT5Handler, RawPacket
 from .session import V5State
 
 logger = logging.getLogger("hubserver.mqtt")
-
-CONNECT_FIRST_BYTE = 0x10
-
-
-async def read_first_packet(reader, limit=0):
-    """``(whole packet bytes, first byte, body)`` of the connection's first packet. Raises NoDataError at
-    end of stream, MQTTError on a Remaining Length that is invalid or above ``limit`` (if not 0)."""
-    try:
-        head = await reader.read(2)
-        if len(head) < 2:
-            raise NoDataError("the connection closed before its first packet")
-        header = bytearray(head)
-        length, shift, byte = head[1] & 0x7F, 7, head[1]
-        while byte & 0x80:
-            if shift > 21:
-                raise MQTTError("invalid Remaining Length in the first packet")
-            byte = (await reader.read(1))[0]
-            header.append(byte)
-            length |= (byte & 0x7F) << shift
-            shift += 7
-        if limit and length > limit:
-            raise MQTTError(f"a first packet of {length} bytes exceeds the limit of {limit}")
-        body = await reader.read(length) if length else b""
-    except (asyncio.IncompleteReadError, ConnectionError, IndexError) as exc:
-        raise NoDataError(f"the connection closed inside its first packet: {exc!r}") from None
-    if len(body) < length:
-        raise NoDataError("the connection closed inside its first packet")
-    return bytes(header) + body, head[0], body
-
-
-def protocol_level(first_byte, body):
-    """The protocol level of a CONNECT (None for anything else, or too short to tell)."""
-    if first_byte != CONNECT_FIRST_BYTE or len(body) < 3:
-        return None
-    at = 2 + ((body[0] << 8) | body[1])
-    return body[at] if at < len(body) else None
 
 
 async def accept(first_byte, body, writer, plugins_manager):
