@@ -389,3 +389,48 @@ def test_acl_anonymous_matrix_matches_the_acl_functions_except_broad_filters():
         assert acl("", "public/news", "pub") == "allow"
         assert acl("", "public/secret", "pub") == "deny"
         assert acl("", "things/thermometer/t-1/data", "pub") == "deny"
+
+
+async def test_a_reconnect_storm_is_verified_in_parallel_not_one_after_another(monkeypatch):
+    """Several CONNECTs asked at once through the ASGI application: their secrets are checked on the hashing
+    threads side by side, not one after another."""
+    import asyncio
+    import threading
+    import time
+
+    from hubserver.access import verifier
+
+    made = [await database_sync_to_async(device)(device_id=f"storm-{n}") for n in range(4)]
+    real = verifier.CHECKS["argon2"]
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow_check(stored_hash, secret):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.3)
+            return real(stored_hash, secret)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setitem(verifier.CHECKS, "argon2", slow_check)
+    verifier.device_verifier.clear()
+    from channels.testing import HttpCommunicator
+    from django.core.asgi import get_asgi_application
+
+    application = get_asgi_application()
+
+    async def connect(credentials):
+        body = json.dumps({"username": credentials["mqtt_username"], "password": credentials["mqtt_password"]})
+        headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
+        headers.append((b"authorization", f"Bearer {TOKEN}".encode()))
+        communicator = HttpCommunicator(application, "POST", AUTH, body=body.encode(), headers=headers)
+        response = await communicator.get_response(timeout=10)
+        assert response["status"] == 200, response
+        return json.loads(response["body"])["result"]
+
+    answers = await asyncio.gather(*(connect(credentials) for _, credentials in made))
+    assert answers == ["allow"] * 4
+    assert peak[0] >= 2, "the checks ran one after another"

@@ -271,7 +271,7 @@ def _counted(throttle, throttled, principal, username, address, source):
     return principal
 
 
-async def authenticate_mqtt(username, password, client_id=None, address=None):
+async def authenticate_mqtt(username, password, client_id=None, address=None, source="mqtt"):
     """The principal for a CONNECT with ``username``/``password``, or None to refuse. Never raises.
 
     With ``client_id`` (the CONNECT's), the client-id rule above is enforced too; ``address`` (the client's
@@ -281,7 +281,7 @@ async def authenticate_mqtt(username, password, client_id=None, address=None):
         throttle = auth_throttle()
         throttled = throttle.throttled(username, address)
         principal = await _authenticate(username, _as_text(password), throttled=throttled is not None)
-        _counted(throttle, throttled, principal, username, address, "mqtt")
+        _counted(throttle, throttled, principal, username, address, source)
         return _checked(principal, _as_text(client_id), username)
     except Exception:
         logger.exception("MQTT authentication of %r failed with an internal error; refusing", str(username)[:64])

@@ -47,12 +47,13 @@ import logging
 import threading
 import time
 
+from channels.db import database_sync_to_async
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ..access.acl import can_publish, can_subscribe
-from ..access.authenticate import TOKEN_USERNAME, authenticate_mqtt_sync, parse_device_username, permitted_service_user
+from ..access.authenticate import TOKEN_USERNAME, authenticate_mqtt, parse_device_username, permitted_service_user
 from ..access.principals import ANONYMOUS, AnonymousPrincipal, DevicePrincipal, ServicePrincipal
 from ..conf import hub_settings
 from ._common import ViewStats
@@ -86,14 +87,17 @@ def enabled():
 
 
 def broker_endpoint(view):
-    """404 unless the endpoints are on; CSRF-exempt (the broker has no CSRF token), POST only."""
+    """404 unless the endpoints are on; CSRF-exempt (the broker has no CSRF token), POST only. The views are
+    async: a reconnect storm through the broker is verified on the bounded hashing threads, side by side,
+    with no thread per request; the only query left on a request (an uncached service user's) runs off the
+    loop."""
     inner = csrf_exempt(require_POST(view))
 
     @functools.wraps(view)
-    def wrapper(request, *args, **kwargs):
+    async def wrapper(request, *args, **kwargs):
         if not enabled():
             raise Http404("the broker endpoints are off: no BROKERS entry sets AUTH_BACKEND")
-        return inner(request, *args, **kwargs)
+        return await inner(request, *args, **kwargs)
 
     return csrf_exempt(wrapper)
 
@@ -144,7 +148,7 @@ def _fields(request, names):
 
 
 @broker_endpoint
-def broker_auth(request):
+async def broker_auth(request):
     """Authenticate a CONNECT for an external broker: ``{"result": "allow"|"deny"}``."""
     if not _token_ok(request, "auth"):
         return _deny()
@@ -154,7 +158,9 @@ def broker_auth(request):
         return _deny()
     username = data["username"] or ""
     client_id = data["clientid"] if data["clientid"] is not None else data["client_id"]
-    principal = authenticate_mqtt_sync(username, data["password"] or "", client_id=client_id, address=data["peerhost"])
+    principal = await authenticate_mqtt(
+        username, data["password"] or "", client_id=client_id, address=data["peerhost"], source="http"
+    )
     if principal is None:
         stats.incr("auth_deny")
         logger.info("HTTP broker auth refused %r (client id %r)", username[:64], (client_id or "")[:64])
@@ -198,6 +204,14 @@ def principal_for_username(username):
 
     Devices are built exactly as ``authenticate_mqtt`` builds them (its ``device_pk`` is unknown here
     and unused by the ACL), without a query."""
+    principal = _principal_without_query(username)
+    return _service_principal(username) if principal is _SERVICE else principal
+
+
+_SERVICE = object()  # "a user: ask the database (or the cache)"
+
+
+def _principal_without_query(username):
     if not username:
         return ANONYMOUS if hub_settings.ALLOW_ANONYMOUS else None
     device_name = parse_device_username(username)
@@ -206,7 +220,18 @@ def principal_for_username(username):
         return DevicePrincipal(type_name=type_name, device_id=device_id, device_pk=None, mqtt_username=username)
     if username == TOKEN_USERNAME:
         return ServicePrincipal(username=TOKEN_USERNAME, user_id=None)
-    return _service_principal(username)
+    cached = _service_cache.get(username)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    return _SERVICE
+
+
+async def aprincipal_for_username(username):
+    """``principal_for_username`` for the event loop: a query (off the loop) only for an uncached user."""
+    principal = _principal_without_query(username)
+    if principal is _SERVICE:
+        return await database_sync_to_async(_service_principal)(username)
+    return principal
 
 
 def _levels_overlap(first, second):
@@ -245,7 +270,7 @@ def acl_decision(principal, action, topic):
 
 
 @broker_endpoint
-def broker_acl(request):
+async def broker_acl(request):
     """Authorize a PUBLISH or SUBSCRIBE for an external broker: ``{"result": "allow"|"deny"}``."""
     if not _token_ok(request, "acl"):
         return _deny()
@@ -255,7 +280,7 @@ def broker_acl(request):
         stats.incr("acl_malformed")
         return _deny()
     try:
-        allowed = acl_decision(principal_for_username(data["username"] or ""), action, data["topic"])
+        allowed = acl_decision(await aprincipal_for_username(data["username"] or ""), action, data["topic"])
     except Exception:
         logger.exception("HTTP ACL check of %r failed with an internal error; denying", data["username"])
         allowed = False
