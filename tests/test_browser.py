@@ -168,6 +168,112 @@ def test_dashboard_shows_devices_readings_and_sends_commands_live(hub, tmp_path)
             browser.close()
 
 
+@pytest.mark.slow
+def test_a_fleet_pages_searches_and_filters_live_and_the_admin_lists_fit(hub, tmp_path):
+    """50 plugs: the overview pages them, searches and filters by status without a reload, and keeps a
+    filtered list live as devices connect; the admin's lists keep every column in view at 1280 px."""
+    hubserver(hub, "createsuperuser", "--noinput", "--username", USERNAME, "--email", "w@example.com",
+              DJANGO_SUPERUSER_PASSWORD=PASSWORD)  # fmt: skip
+    plugs = json.loads(hubserver(hub, "provision", "smartplug", "--count", "50", "--prefix", "plug-",
+                                 "--format", "json").stdout)  # fmt: skip
+    meter = json.loads(hubserver(hub, "provision", "energymeter", "meter-1", "--name", "Basement meter",
+                                 "--format", "json").stdout)  # fmt: skip
+    hubserver(hub, "provision", "weatherstation", "ws-1", "--name", "Roof")
+    base = f"http://127.0.0.1:{hub.http_port}"
+    shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
+    devices = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(LIVE)
+            expect.set_options(timeout=LIVE)
+            page.goto(base + "/login/")
+            page.fill("input[name=username]", USERNAME)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            expect(page.locator("#live-indicator")).to_have_attribute("data-subscribed", "true")
+            section = page.locator('.type-section[data-device-type="smartplug"]')
+            rows = section.locator("tr.device-row")
+
+            # One page of 20, and the pager.
+            expect(rows).to_have_count(20)
+            expect(section.locator("[data-range]")).to_have_text("1\u201320 of 50")
+            expect(rows.first).to_have_attribute("data-device-id", "plug-0001")
+            section.get_by_role("link", name="Next").click()
+            expect(section.locator("[data-range]")).to_have_text("21\u201340 of 50")
+            expect(rows.first).to_have_attribute("data-device-id", "plug-0021")
+            expect(page).to_have_url(re.compile(r"\?smartplug-page=2$"))
+
+            # A device on another page connects: the counts follow.
+            devices.append(Device(plugs[44], hub.mqtt_port))
+            devices[-1].connect()
+            expect(section.locator("[data-count-online]")).to_have_text("1")
+
+            # Search as you type, then the status filter, without a reload.
+            page.evaluate("window.notReloaded = true")
+            section.locator("[data-search]").fill("plug-004")
+            expect(rows).to_have_count(10)
+            expect(section.locator("[data-range]")).to_have_text("10 of 50 match.")
+            section.locator("[data-search]").fill("")
+            section.locator("[data-status-filter]").select_option("online")
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_have_attribute("data-device-id", "plug-0045")
+            expect(section.locator("[data-status-filter] option:checked")).to_have_text("Online (1)")
+
+            # The filtered list stays live: a device that comes online joins it, one that leaves is dropped.
+            devices.append(Device(plugs[2], hub.mqtt_port))
+            devices[-1].connect()
+            expect(rows).to_have_count(2)
+            expect(rows.first).to_have_attribute("data-device-id", "plug-0003")
+            expect(section.locator("[data-count-online]")).to_have_text("2")
+            devices.pop(0).stop()
+            expect(rows).to_have_count(1)
+            expect(section.locator("[data-count-online]")).to_have_text("1")
+            assert page.evaluate("window.notReloaded") is True
+            page.screenshot(path=os.path.join(shots, "overview-fleet.png"), full_page=True)
+
+            # The state of the URL is the state of the page.
+            page.reload()
+            expect(section.locator("[data-status-filter]")).to_have_value("online")
+            expect(rows).to_have_count(1)
+
+            # The admin's generated lists show every column at 1280 px, next to the filters.
+            devices.append(Device(meter, hub.mqtt_port))
+            devices[-1].connect()
+            reading = {"import_energy": 12345.678, "export_energy": 2345.678, "active_power": -1234.56}
+            reading |= {"power_l1": 1234.56, "power_l2": 1234.56, "power_l3": 1234.56, "frequency": 50.012}
+            devices[-1].publish("data", reading | {"tariff": 2})
+            devices[0].publish("data", {"power": 2000.5, "voltage": 231.2, "current": 8.65, "energy": 1234.567})
+            for path in (
+                "/admin/devicetypes/smartplugdevice/",
+                "/admin/devicetypes/weatherstationdevice/",
+                "/admin/devicetypes/energymeterreading/",
+                "/admin/devicetypes/smartplugmessage/",
+            ):
+                page.goto(base + path)
+                fits = page.evaluate(
+                    "(() => { const box = document.querySelector('#changelist-form .results');"
+                    " const table = document.querySelector('#result_list');"
+                    " return [table.getBoundingClientRect().right, box.getBoundingClientRect().right,"
+                    " box.scrollWidth, box.clientWidth]; })()"
+                )
+                table_right, box_right, scroll_width, client_width = fits
+                assert table_right <= box_right + 0.5 and scroll_width <= client_width, (path, fits)
+            page.goto(base + "/admin/devicetypes/smartplugdevice/")
+            headers = page.locator("#result_list thead th").all_inner_texts()
+            assert [h.strip().lower().replace("\n", " ") for h in headers[-3:]] == [
+                "created at",
+                "relay",
+                "power on state",
+            ]
+            page.screenshot(path=os.path.join(shots, "admin-smartplugs.png"))
+        finally:
+            for device in devices:
+                device.stop()
+            browser.close()
+
+
 # The pages without a browser: permissions and what the server renders (Django's test client).
 
 with_dashboard_urls = pytest.mark.urls("tests.dashboard_urls")
@@ -245,3 +351,44 @@ def test_command_forms_follow_the_params_schema():
     assert form({"type": "object", "properties": {"at": {"type": "object"}}})["raw"]
     assert form({"type": "array"})["raw"]
     assert form({"oneOf": [{"type": "object"}, {"type": "null"}]})["raw"]
+
+
+@with_dashboard_urls
+def test_the_overview_section_alone_and_its_query(client, django_user_model):
+    from hubserver import registry
+
+    plug_model = registry.get_models("smartplug")[0]
+    plug_model.objects.bulk_create(
+        [plug_model(device_id=f"p-{n:02d}", status="online" if n % 10 == 0 else "offline") for n in range(45)]
+    )
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    fragment = client.get("/?section=smartplug&smartplug-status=online&smartplug-q=p-").content.decode()
+    assert fragment.lstrip().startswith('<section class="card type-section" data-device-type="smartplug"')
+    assert "<html" not in fragment and "weatherstation" not in fragment
+    assert re.findall(r'data-device-id="([^"]+)"', fragment) == ["p-00", "p-10", "p-20", "p-30", "p-40"]
+    assert ">Online (5)</option>" in fragment and ">Any status (45)</option>" in fragment
+    page_three = client.get("/?smartplug-page=3").content.decode()
+    assert re.findall(r'data-device-id="(p-[^"]+)"', page_three) == [f"p-{n}" for n in range(40, 45)]
+    assert "41\u201345 of 45" in page_three and 'href="?smartplug-page=2" rel="prev"' in page_three
+    assert client.get("/?section=ghost").status_code == 404
+    nothing = client.get("/?smartplug-q=zzz").content.decode()
+    assert "No smart plugs match \u201czzz\u201d." in nothing
+
+
+@with_dashboard_urls
+def test_state_fields_show_their_unit(client, django_user_model):
+    from hubserver import registry
+
+    registry.get_models("weatherstation")[0].objects.create(device_id="ws-1", report_interval=60)
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    html = client.get("/devices/weatherstation/ws-1/").content.decode()
+    assert re.search(
+        r'<dd data-state-field="report_interval"><span data-state-value>60</span> <span class="unit">s</span></dd>',
+        html,
+    )
+
+
+def test_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response["Content-Type"] == "image/x-icon"
+    assert b"".join(response)[:4] == b"\x00\x00\x01\x00"  # an ICO header

@@ -4,16 +4,19 @@ import json
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse_lazy
 
+from ..devicetype import STATUS_CHOICES, VALID_STATUSES
 from ..registry import registry
 
 LOGIN_URL = reverse_lazy("dashboard:login")
 CHART_POINTS = 100  # readings per chart rendered into the page; the script keeps the same window live
 RECENT_COMMANDS = 15
-OVERVIEW_LIMIT = 500  # devices listed per type on the overview
+OVERVIEW_PAGE_SIZE = 20  # devices per page of a type on the overview
 
 
 def _perm(model, kind):
@@ -28,27 +31,66 @@ def visible_types(user):
 
 @login_required(login_url=LOGIN_URL)
 def overview(request):
-    sections = []
-    for device_type, device_model, _, _ in visible_types(request.user):
-        queryset = device_model.objects.order_by("device_id")
-        total = queryset.count()
-        devices = list(
-            queryset.only("device_id", "name", "status", "battery_level", "last_seen", "is_active")[:OVERVIEW_LIMIT]
-        )
-        sections.append(
-            {
-                "type_name": device_type.type_name(),
-                "verbose_name": device_type._meta.verbose_name,
-                "verbose_name_plural": device_type._meta.verbose_name_plural,
-                "empty_label": _lower_first(str(device_type._meta.verbose_name_plural)),
-                "description": (device_type.__doc__ or "").strip().splitlines()[0] if device_type.__doc__ else "",
-                "devices": devices,
-                "total": total,
-                "online": queryset.filter(status="online").count(),
-                "truncated": total > len(devices),
-            }
-        )
+    """Every type the user may view, a page of its devices each; ``?section=<type>`` renders that type's
+    section alone (what the page's script fetches when its search, filter or page changes, or live events
+    change what the section shows)."""
+    only = request.GET.get("section")
+    sections = [
+        overview_section(request, device_type, device_model)
+        for device_type, device_model, _, _ in visible_types(request.user)
+        if only is None or device_type.type_name() == only
+    ]
+    if only is not None:
+        if not sections:
+            raise Http404("No such device type")
+        return render(request, "hubserver/dashboard/_section.html", {"section": sections[0]})
     return render(request, "hubserver/dashboard/overview.html", {"sections": sections, "page": "overview"})
+
+
+def overview_section(request, device_type, device_model):
+    """One type's card: counts by status, and the page of devices matching its search and status filter.
+
+    The section's state lives in the query string, one set of keys per type (``<type>-q``, ``<type>-status``,
+    ``<type>-page``), so every section pages and filters on its own and a URL shows what was on screen."""
+    name = device_type.type_name()
+    query = request.GET.get(f"{name}-q", "").strip()[:100]
+    status = request.GET.get(f"{name}-status", "")
+    status = status if status in VALID_STATUSES else ""
+    counts = dict(device_model.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    devices = device_model.objects.order_by("device_id")
+    if query:
+        devices = devices.filter(Q(device_id__icontains=query) | Q(name__icontains=query))
+    if status:
+        devices = devices.filter(status=status)
+    fields = ("device_id", "name", "status", "battery_level", "last_seen", "is_active")
+    page = Paginator(devices.only(*fields), OVERVIEW_PAGE_SIZE).get_page(request.GET.get(f"{name}-page"))
+    total = sum(counts.values())
+
+    def page_url(number):
+        params = request.GET.copy()
+        params.pop("section", None)
+        params[f"{name}-page"] = str(number)
+        return f"?{params.urlencode()}"
+
+    return {
+        "type_name": name,
+        "verbose_name": device_type._meta.verbose_name,
+        "verbose_name_plural": device_type._meta.verbose_name_plural,
+        "empty_label": _lower_first(str(device_type._meta.verbose_name_plural)),
+        "description": (device_type.__doc__ or "").strip().splitlines()[0] if device_type.__doc__ else "",
+        "devices": list(page.object_list),
+        "page": page,
+        "previous_url": page_url(page.previous_page_number()) if page.has_previous() else "",
+        "next_url": page_url(page.next_page_number()) if page.has_next() else "",
+        "query": query,
+        "status": status,
+        "filtered": bool(query or status),
+        "statuses": [(value, label, counts.get(value, 0)) for value, label in STATUS_CHOICES],
+        "total": total,
+        "online": counts.get("online", 0),
+        # The search and filter appear once a type has more devices than one page (or a filter is set).
+        "tools": total > OVERVIEW_PAGE_SIZE or bool(query or status),
+    }
 
 
 @login_required(login_url=LOGIN_URL)
@@ -125,8 +167,14 @@ def device_detail(request, type_name, device_id):
             for message in recent
         ],
         "state_fields": [
-            {"name": name, "label": name.replace("_", " ").capitalize(), "value": getattr(device, name, None)}
-            for name in device_type._state_fields
+            {
+                "name": name,
+                "label": name.replace("_", " ").capitalize(),
+                "value": _display_value(getattr(device, name, None)),
+                "unit": field.unit,
+                "description": field.description,
+            }
+            for name, field in device_type._state_fields.items()
         ],
     }
     return render(request, "hubserver/dashboard/device.html", context)
@@ -148,6 +196,8 @@ def _plot_value(value):
 
 
 def _display_value(value):
+    if value is None:
+        return None
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

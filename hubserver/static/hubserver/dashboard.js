@@ -222,9 +222,16 @@
 
   /* ---------- overview ---------- */
 
+  /* Each type's section shows one page of its devices, found by a search and a status filter kept in the
+   * query string (<type>-q, <type>-status, <type>-page). Changing them fetches that section alone
+   * (?section=<type>) and swaps its body in; live events update the rows on screen, and an event that changes
+   * what the section should show (a status change under a filter, or on a device of another page, which
+   * moves the counts) refreshes the section, at most once a second. */
   function startOverview() {
     var rows = new Map();
     var sections = new Map();
+    var refreshTimers = new Map();
+    var fetching = new Map();
     document.querySelectorAll(".type-section").forEach(function (section) {
       sections.set(section.dataset.deviceType, section);
     });
@@ -235,13 +242,132 @@
     }
     indexRows(document);
 
+    function filtered(section) {
+      var search = section.querySelector("[data-search]");
+      var status = section.querySelector("[data-status-filter]");
+      return Boolean((search && search.value.trim()) || (status && status.value));
+    }
+
+    /* This section's state in the page's query string; page 1 unless `page` is given. */
+    function stateParams(section, page) {
+      var type = section.dataset.deviceType;
+      var params = new URLSearchParams(window.location.search);
+      var search = section.querySelector("[data-search]");
+      var status = section.querySelector("[data-status-filter]");
+      [["-q", search ? search.value.trim() : ""], ["-status", status ? status.value : ""], ["-page", page || ""]]
+        .forEach(function (pair) {
+          if (pair[1] && pair[1] !== "1") params.set(type + pair[0], pair[1]);
+          else params.delete(type + pair[0]);
+        });
+      return params;
+    }
+
+    function load(section, params) {
+      var type = section.dataset.deviceType;
+      var query = params.toString();
+      window.history.replaceState(null, "", window.location.pathname + (query ? "?" + query : ""));
+      var request = new URLSearchParams(params);
+      request.set("section", type);
+      var body = section.querySelector("[data-section-body]");
+      body.setAttribute("aria-busy", "true");
+      var ticket = {};
+      fetching.set(type, ticket);
+      return fetch(window.location.pathname + "?" + request.toString(), {
+        credentials: "same-origin", headers: { Accept: "text/html" }
+      }).then(function (response) {
+        if (!response.ok || response.redirected) throw new Error("section unavailable");
+        return response.text();
+      }).then(function (html) {
+        if (fetching.get(type) !== ticket) return; // a newer request for this section is under way
+        var fresh = new DOMParser().parseFromString(html, "text/html").querySelector(".type-section");
+        if (!fresh) return;
+        section.querySelectorAll("tr.device-row").forEach(function (row) {
+          rows.delete(key(row.dataset.deviceType, row.dataset.deviceId));
+        });
+        body.replaceWith(fresh.querySelector("[data-section-body]"));
+        section.dataset.online = fresh.dataset.online;
+        section.querySelector("[data-count-online]").textContent = fresh.dataset.online;
+        section.querySelector("[data-count-total]").textContent = fresh.querySelector("[data-count-total]").textContent;
+        var tools = section.querySelector("[data-tools]");
+        var freshTools = fresh.querySelector("[data-tools]");
+        if (!tools && freshTools) {
+          section.querySelector(".card-head").after(freshTools);
+          bindTools(section);
+        } else if (tools && freshTools) {
+          // Keep what the user is typing; refresh the counts in the status filter.
+          tools.querySelectorAll("option").forEach(function (option, index) {
+            var freshOption = freshTools.querySelectorAll("option")[index];
+            if (freshOption) option.textContent = freshOption.textContent;
+          });
+        }
+        indexRows(section);
+        refreshTimes(section);
+      }).catch(function () {
+        body.removeAttribute("aria-busy");
+      }).finally(function () {
+        if (fetching.get(type) === ticket) {
+          fetching.delete(type);
+          var current = section.querySelector("[data-section-body]");
+          if (current) current.removeAttribute("aria-busy");
+        }
+      });
+    }
+
+    function currentPage(section) {
+      var params = new URLSearchParams(window.location.search);
+      return params.get(section.dataset.deviceType + "-page") || "";
+    }
+
+    function scheduleRefresh(section) {
+      var type = section.dataset.deviceType;
+      if (refreshTimers.has(type)) return;
+      refreshTimers.set(type, window.setTimeout(function () {
+        refreshTimers.delete(type);
+        load(section, stateParams(section, currentPage(section)));
+      }, 1000));
+    }
+
+    function bindTools(section) {
+      var tools = section.querySelector("[data-tools]");
+      if (!tools || tools.dataset.bound) return;
+      tools.dataset.bound = "1";
+      var typing = null;
+      tools.addEventListener("submit", function (submit) {
+        submit.preventDefault();
+        load(section, stateParams(section));
+      });
+      tools.querySelector("[data-search]").addEventListener("input", function () {
+        window.clearTimeout(typing);
+        typing = window.setTimeout(function () { load(section, stateParams(section)); }, 250);
+      });
+      tools.querySelector("[data-status-filter]").addEventListener("change", function () {
+        load(section, stateParams(section));
+      });
+    }
+
+    sections.forEach(function (section) {
+      bindTools(section);
+      section.addEventListener("click", function (click) {
+        var link = click.target.closest("a[data-page-link]");
+        if (!link || click.defaultPrevented || click.button !== 0 || click.metaKey || click.ctrlKey) return;
+        click.preventDefault();
+        var page = new URL(link.href, window.location.href).searchParams.get(section.dataset.deviceType + "-page");
+        load(section, stateParams(section, page)).then(function () {
+          section.scrollIntoView({ block: "nearest" });
+        });
+      });
+    });
+
     function changeStatus(row, status) {
       var old = row.dataset.status;
       if (!status || status === old) return;
       row.dataset.status = status;
       setStatus(row.querySelector("[data-field=status]"), status);
       var section = sections.get(row.dataset.deviceType);
-      if (section && (old === "online") !== (status === "online")) {
+      if (!section) return;
+      if (filtered(section)) {
+        scheduleRefresh(section); // the device may no longer match (or others may now)
+      } else if ((old === "online") !== (status === "online")) {
         var online = Number(section.dataset.online || 0) + (status === "online" ? 1 : -1);
         section.dataset.online = String(Math.max(0, online));
         section.querySelector("[data-count-online]").textContent = section.dataset.online;
@@ -250,7 +376,13 @@
 
     function apply(event) {
       var row = rows.get(key(event.device_type, event.device_id));
-      if (!row) return;
+      var status = event.type === "connection" ? event.state : event.type === "status" ? event.status : null;
+      if (!row) {
+        // A device on another page (or not matching the filter): only the counts and membership can change.
+        var section = sections.get(event.device_type);
+        if (section && status) scheduleRefresh(section);
+        return;
+      }
       var now = new Date();
       if (event.type === "connection") {
         changeStatus(row, event.state);
@@ -268,21 +400,7 @@
     }
 
     function resync() {
-      fetchPage().then(function (doc) {
-        doc.querySelectorAll("tr.device-row").forEach(function (fresh) {
-          var row = rows.get(key(fresh.dataset.deviceType, fresh.dataset.deviceId));
-          if (!row) return;
-          row.dataset.status = fresh.dataset.status;
-          row.replaceChildren.apply(row, Array.prototype.slice.call(fresh.childNodes));
-        });
-        doc.querySelectorAll(".type-section").forEach(function (fresh) {
-          var section = sections.get(fresh.dataset.deviceType);
-          if (!section) return;
-          section.dataset.online = fresh.dataset.online;
-          section.querySelector("[data-count-online]").textContent = fresh.dataset.online;
-        });
-        refreshTimes();
-      }).catch(function () {});
+      sections.forEach(function (section) { load(section, stateParams(section, currentPage(section))); });
     }
 
     var socket = new HubSocket({
