@@ -12,7 +12,7 @@ class WeatherStation(DeviceType):
     wind_speed = Reading(float, unit="m/s", min_value=0, max_value=120, description="Mean wind speed")
     rain = Reading(float, unit="mm", min_value=0, max_value=500, description="Rain since the last report")
 
-    report_interval = StateField(int, default=300, description="Seconds between reports")
+    report_interval = StateField(int, default=300, unit="s", description="Seconds between reports")
 
     set_interval = Command(
         description="Change how often the station reports",

@@ -112,10 +112,11 @@ class Reading(Descriptor):
 class StateField(Descriptor):
     """A piece of device state (a relay, a mode) kept as a column of the type's Device model."""
 
-    def __init__(self, value_type, default=None, choices=None, description=""):
+    def __init__(self, value_type, default=None, choices=None, description="", unit=""):
         _check_value_type("StateField", value_type)
         self.value_type = value_type
         self.description = description
+        self.unit = unit
         self.choices = self._normalize_choices(choices)
         self.default = default
         if default is not None:

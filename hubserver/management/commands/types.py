@@ -27,7 +27,8 @@ class Command(BaseCommand):
                 )
                 self.stdout.write(f"  readings: {readings or '-'}")
                 if device_type._state_fields:
-                    self.stdout.write(f"  state:    {', '.join(device_type._state_fields)}")
+                    state = ", ".join(f"{n} ({f.unit})" if f.unit else n for n, f in device_type._state_fields.items())
+                    self.stdout.write(f"  state:    {state}")
                 if device_type._commands:
                     self.stdout.write(f"  commands: {', '.join(device_type._commands)}")
             return
