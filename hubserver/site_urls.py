@@ -12,6 +12,7 @@
 | ``""`` | the live dashboard (login required) |
 | ``metrics`` | Prometheus metrics (this machine and staff users, or anyone with ``METRICS_PUBLIC``) |
 | ``healthz`` | 200 while HTTP and the database answer (container health checks), no login |
+| ``favicon.ico`` | the hub's icon |
 | ``<slug>/status/``, ``<slug>/ping/`` | a DASF topic's availability, and a ping of it (``hubserver.dasf.urls``) |
 """
 
@@ -21,14 +22,20 @@ from django.urls import include, path, re_path
 from .api.docs import ASSET_URL_NAME, DOCS_URL_NAME, SCHEMA_URL_NAME, HubDocsView, HubSchemaView, docs_asset
 from .api.root import api_not_found
 from .conf import hub_settings
+from .views.favicon import favicon_view
 from .views.health import health_view
 from .views.metrics import metrics_view
+
+# The admin's list pages need the width: with the model sidebar next to the filters, a device list at
+# 1280 px hid its last columns. The index page lists every model.
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("iot/", include("hubserver.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("healthz", health_view, name="health"),
+    path("favicon.ico", favicon_view, name="favicon"),
 ]
 
 if hub_settings.AUTO_API:

@@ -130,6 +130,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["hubserver.settings.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

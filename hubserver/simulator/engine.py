@@ -65,8 +65,11 @@ class Simulator:
 
     def provision(self):
         """Create or rotate the devices (ORM, synchronous); returns their connection infos."""
-        verbose = self.device_type._meta.verbose_name
-        names = {device_id: f"Simulated {verbose} {device_id}" for device_id in self.device_ids}
+        verbose = str(self.device_type._meta.verbose_name)
+        first = verbose.split(" ", 1)[0]
+        verbose = verbose if first.isupper() else verbose[:1].lower() + verbose[1:]  # "GPS tracker" stays
+        # Short and unique (admin lists and filters show names alone): "Simulated smart plug 7".
+        names = {device_id: f"Simulated {verbose} {n}" for n, device_id in enumerate(self.device_ids, start=1)}
         results = provision_many(self.device_type, self.device_ids, names=names)
         self.inactive = [result.device.device_id for result in results if not result.device.is_active]
         self.connections = [connection_info(result.device, result.credentials) for result in results]
