@@ -17,6 +17,8 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 
 NUMBER = (int, float)
 STR_LIST = "list of str"
+DURATION = "duration"  # "90d", "12h"... or None (forever): hubserver.lifecycle.durations
+DURATIONS = "duration, or dict of durations by bucket"
 
 # Keys of one BROKERS entry with their type and default.
 BROKER_DEFAULTS = {
@@ -115,18 +117,29 @@ DEFAULTS = {
     "WRITER_QUEUE_SIZE": (int, 50_000),
     # The event loop ``hubserver run`` runs on (EVENT_LOOPS): uvloop when installed, or asyncio's own.
     "EVENT_LOOP": (str, EVENT_LOOPS[0]),
+    # How long rows are kept ("30d", "12h", ... or None: forever); a DeviceType's Meta.retention overrides
+    # them (hubserver.lifecycle.retention). Rollups: one duration, or one per bucket ("1m", "1h", "1d").
+    "MESSAGE_RETENTION": (DURATION, "30d"),
+    "COMMAND_RETENTION": (DURATION, "90d"),
+    "READING_RETENTION": (DURATION, "400d"),
+    "ROLLUP_RETENTION": (DURATIONS, {"1m": "30d", "1h": "5y", "1d": None}),
+    # Seconds between the hub's pruning passes (0: none; use ``hubserver prune``), rows per delete batch.
+    "PRUNE_INTERVAL": (NUMBER, 60),
+    "PRUNE_BATCH_SIZE": (int, 1000),
 }
 
 
 def _type_name(expected):
-    if expected == STR_LIST:
-        return STR_LIST
+    if expected in (STR_LIST, DURATIONS):
+        return expected
     if isinstance(expected, tuple):
         return " or ".join(t.__name__ for t in expected)
     return expected.__name__
 
 
 def _check_type(where, value, expected):
+    if expected in (DURATION, DURATIONS):
+        return  # checked by _durations(), with a message that shows the format
     if expected == STR_LIST:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     elif expected in (int, NUMBER):
@@ -170,6 +183,19 @@ def _networks(values):
         return [ipaddress.ip_network(value, strict=False) for value in values]
     except ValueError as error:
         raise ConfigurationError(f"{SETTINGS_NAME}['METRICS_ALLOWED_NETWORKS']: {error}") from None
+
+
+def _durations(resolved):
+    """Parse the retention settings in place: a timedelta or None each, ROLLUP_RETENTION a dict by bucket."""
+    from .lifecycle.durations import parse_duration
+    from .lifecycle.retention import parse_rollups
+
+    for key, (expected, _) in DEFAULTS.items():
+        where = f"{SETTINGS_NAME}[{key!r}]"
+        if expected == DURATION:
+            resolved[key] = parse_duration(resolved[key], where)
+        elif expected == DURATIONS:
+            resolved[key] = parse_rollups(resolved[key], where)
 
 
 def validate(user):
@@ -241,6 +267,7 @@ def validate(user):
         "SSE_REPLAY_PAGE",
         "POLL_LIMIT",
         "POLL_MAX_LIMIT",
+        "PRUNE_BATCH_SIZE",
     ):
         if resolved[key] <= 0:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be positive, got {resolved[key]}")
@@ -249,6 +276,12 @@ def validate(user):
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be 0 (no quota) or positive, got {resolved[key]}")
     if resolved["MAX_CONNECT_SIZE"] > resolved["MAX_PACKET_SIZE"]:
         raise ConfigurationError(f"{SETTINGS_NAME}['MAX_CONNECT_SIZE'] must not exceed MAX_PACKET_SIZE")
+    if resolved["PRUNE_INTERVAL"] < 0:
+        raise ConfigurationError(
+            f"{SETTINGS_NAME}['PRUNE_INTERVAL'] must be 0 (no pruning in the hub) or more seconds, "
+            f"got {resolved['PRUNE_INTERVAL']}"
+        )
+    _durations(resolved)
     return resolved
 
 

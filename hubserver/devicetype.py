@@ -27,10 +27,11 @@ QUOTA_KEYS = ("message_rate", "message_burst", "byte_rate", "byte_burst", "queue
 
 
 class DeviceTypeOptions:
-    """What an inner ``class Meta`` may set: ``verbose_name``, ``verbose_name_plural``, ``broker`` and
-    ``quota`` (a dict overriding the CLIENT_* quota settings for this type's devices, keys ``QUOTA_KEYS``)."""
+    """What an inner ``class Meta`` may set: ``verbose_name``, ``verbose_name_plural``, ``broker``, ``quota``
+    (a dict overriding the CLIENT_* quota settings for this type's devices, keys ``QUOTA_KEYS``) and
+    ``retention`` (how long its rows are kept: ``hubserver.lifecycle.retention``)."""
 
-    ALLOWED = ("verbose_name", "verbose_name_plural", "broker", "quota")
+    ALLOWED = ("verbose_name", "verbose_name_plural", "broker", "quota", "retention")
 
     def __init__(self, class_name, meta, parent):
         from .exceptions import ConfigurationError
@@ -46,6 +47,11 @@ class DeviceTypeOptions:
         self.broker = getattr(meta, "broker", None) or (parent.broker if parent else "default")
         quota = getattr(meta, "quota", None)
         self.quota = _checked_quota(class_name, quota) if quota is not None else dict(parent.quota if parent else {})
+        # Inherited kind by kind: a subclass that names only "messages" keeps its parent's "readings".
+        from .lifecycle.retention import inherit, parse_declared
+
+        own = parse_declared(meta.retention, f"{class_name}.Meta.retention") if hasattr(meta, "retention") else {}
+        self.retention = inherit(parent.retention if parent else {}, own)
 
 
 def _checked_quota(class_name, quota):

@@ -14,6 +14,7 @@ from .environment import (
     env_int,
     env_list,
     env_sizes,
+    lifecycle_settings,
     secret_key,
     user_devices_app,
 )
@@ -172,6 +173,7 @@ HUBSERVER = {
     "MQTT_TLS_CERTFILE": os.environ.get("HUBSERVER_MQTT_TLS_CERTFILE", ""),
     "MQTT_TLS_KEYFILE": os.environ.get("HUBSERVER_MQTT_TLS_KEYFILE", ""),
     "EVENT_LOOP": os.environ.get("HUBSERVER_EVENT_LOOP", "uvloop").strip().lower(),
+    **lifecycle_settings(),
 }
 # MQTT limits (docs/limits.md): only those set in the environment, so that the defaults live in one place.
 for _variable, _key, _read in (

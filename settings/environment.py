@@ -70,6 +70,61 @@ def env_sizes(name, default):
     return sizes
 
 
+FOREVER = {"forever", "none", "never"}
+
+
+def env_duration(name):
+    """A retention variable: ``"30d"``, ``"12h"``..., or ``forever`` (None); ``...`` when it is not set."""
+    from hubserver.lifecycle.durations import parse_duration
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return ...
+    value = raw.strip()
+    if value.lower() in FOREVER:
+        return None
+    parse_duration(value, name)  # a ConfigurationError (ImproperlyConfigured) naming the variable
+    return value
+
+
+def env_rollup_durations(name):
+    """``30d`` for every bucket, or ``1m=30d,1h=5y,1d=forever``; ``...`` when it is not set."""
+    from hubserver.lifecycle.durations import parse_duration
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return ...
+    if "=" not in raw:
+        return env_duration(name)
+    durations = {}
+    for item in raw.split(","):
+        label, eq, value = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not eq or not label.strip():
+            raise ImproperlyConfigured(
+                f"{name} must be one duration or bucket=duration pairs (1m=30d,1h=5y); got {raw!r}"
+            )
+        value = value.strip()
+        durations[label.strip()] = None if value.lower() in FOREVER else value
+        if durations[label.strip()] is not None:
+            parse_duration(value, f"{name} ({label.strip()})")
+    return durations
+
+
+def lifecycle_settings():
+    """The HUBSERVER retention and pruning keys set in the environment (unset ones keep their defaults)."""
+    values = {
+        "MESSAGE_RETENTION": env_duration("HUBSERVER_MESSAGE_RETENTION"),
+        "COMMAND_RETENTION": env_duration("HUBSERVER_COMMAND_RETENTION"),
+        "READING_RETENTION": env_duration("HUBSERVER_READING_RETENTION"),
+        "ROLLUP_RETENTION": env_rollup_durations("HUBSERVER_ROLLUP_RETENTION"),
+        "PRUNE_INTERVAL": env_float("HUBSERVER_PRUNE_INTERVAL", ...),
+        "PRUNE_BATCH_SIZE": env_int("HUBSERVER_PRUNE_BATCH_SIZE", ...),
+    }
+    return {key: value for key, value in values.items() if value is not ...}
+
+
 def default_data_dir():
     """The user's data directory (``$XDG_DATA_HOME/hubserver``, by default ``~/.local/share/hubserver``): the
     same whatever the current directory, so every command of one user finds the same hub."""

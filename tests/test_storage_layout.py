@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 
 
 def indexes(model):
-    """``{(columns..., partial?): name}`` of the table's indexes (the primary key is not an index here)."""
+    """``{name: (columns..., partial?)}`` of the table's indexes (the primary key is not an index here)."""
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, model._meta.db_table)
         found = {}
@@ -23,29 +23,30 @@ def indexes(model):
             if info["index"] and not info["primary_key"]:
                 sql = cursor.execute("SELECT sql FROM sqlite_schema WHERE name = %s", [name]).fetchone()
                 partial = bool(sql and sql[0] and " WHERE " in sql[0])
-                found[(*info["columns"], "partial" if partial else "all rows")] = name
+                found[name] = (*info["columns"], "partial" if partial else "all rows")
         return found
 
 
-def plan(queryset):
+def plan_of(queryset):
     sql, params = queryset.query.sql_with_params()
     with connection.cursor() as cursor:
         return " | ".join(row[3] for row in cursor.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
 
 
 def test_every_message_and_reading_pays_for_few_index_entries():
-    assert set(indexes(ThermometerReading)) == {
+    assert sorted(indexes(ThermometerReading).values()) == [
         ("device_id", "timestamp", "all rows"),
         ("timestamp", "all rows"),
-    }
-    assert set(indexes(ThermometerMessage)) == {
+    ]
+    assert sorted(indexes(ThermometerMessage).values()) == [
+        ("command_status", "expires_at", "partial"),  # open commands
+        ("correlation_id", "partial"),  # commands by correlation id
         ("device_id", "all rows"),
+        ("device_id", "received_at", "partial"),  # commands by device
         ("received_at", "all rows"),
         ("received_at", "partial"),  # failed messages
-        ("device_id", "received_at", "partial"),  # commands by device
-        ("correlation_id", "partial"),  # commands by correlation id
-        ("command_status", "expires_at", "partial"),  # open commands
-    }
+        ("received_at", "partial"),  # commands by age (retention)
+    ]
 
 
 def test_the_hubs_message_and_reading_queries_use_an_index():
@@ -74,11 +75,27 @@ def test_the_hubs_message_and_reading_queries_use_an_index():
     }
     few = {"dispatcher: pending commands", "dispatcher: overdue commands", "a reply's command"}
     for what, queryset in queries.items():
-        described = plan(queryset)
+        described = plan_of(queryset)
         table = queryset.model._meta.db_table
         assert f"SCAN {table}" not in described.split(" | "), f"{what} reads the whole table: {described}"
         if what not in few:  # open commands are few; sorting them is cheap
             assert "TEMP B-TREE" not in described, f"{what} sorts what it read: {described}"
+
+
+def test_retention_finds_what_to_remove_through_an_index():
+    from django.test import override_settings
+
+    from hubserver.lifecycle.prune import plan
+
+    finite = {"MESSAGE_RETENTION": "1d", "COMMAND_RETENTION": "1d", "READING_RETENTION": "1d", "ROLLUP_RETENTION": "1d"}
+    with override_settings(HUBSERVER=finite):
+        steps = plan(type_names=["thermometer"])
+    assert len(steps) == 6
+    for step in steps:
+        described = plan_of(step.queryset().order_by(step.order).values("pk")[:1000])
+        table = step.model._meta.db_table
+        assert f"SCAN {table}" not in described.split(" | "), f"{step.kind} reads the whole table: {described}"
+        assert "TEMP B-TREE" not in described, f"{step.kind} sorts what it read: {described}"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -86,7 +103,7 @@ def test_the_slimming_migration_keeps_every_row():
     executor = MigrationExecutor(connection)
     executor.migrate([("testapp", "0001_initial")])
     try:
-        assert ("device_id", "all rows") in indexes(ThermometerReading)  # the old layout is back
+        assert ("device_id", "all rows") in indexes(ThermometerReading).values()  # the old layout is back
         now = timezone.now().isoformat(" ")
         with connection.cursor() as cursor:
             cursor.execute(
@@ -105,4 +122,4 @@ def test_the_slimming_migration_keeps_every_row():
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
     assert ThermometerReading.objects.get().temperature == 19.5
-    assert ("device_id", "all rows") not in indexes(ThermometerReading)
+    assert ("device_id", "all rows") not in indexes(ThermometerReading).values()

@@ -149,7 +149,8 @@ def _rollup_model(device_type, device_model, build, base, options):
 
 
 def message_indexes(base):
-    """The Message model's partial indexes: only failed messages and outbound commands have entries.
+    """The Message model's partial indexes: only failed messages and outbound commands have entries (the
+    command history by device, replies by correlation id, open commands, and commands by age for retention).
 
     A query uses one when its WHERE clause repeats the index's condition (``processing_status="failed"``,
     ``direction="outbound"``), as the admin's filter, the command history and the dispatcher do.
@@ -160,6 +161,7 @@ def message_indexes(base):
             fields=["received_at"], name=_index_name(base, "msg_failed"), condition=Q(processing_status="failed")
         ),
         models.Index(fields=["device", "received_at"], name=_index_name(base, "msg_cmd_dev"), condition=outbound),
+        models.Index(fields=["received_at"], name=_index_name(base, "msg_cmd_age"), condition=outbound),
         models.Index(fields=["correlation_id"], name=_index_name(base, "msg_cmd_corr"), condition=outbound),
         models.Index(
             fields=["command_status", "expires_at"], name=_index_name(base, "msg_cmd_open"), condition=outbound

@@ -14,7 +14,8 @@ from operator import itemgetter
 
 from django.db import connections
 
-BUCKETS = {"1m": 60, "1h": 3600, "1d": 86400}  # bucket label -> seconds, finest first
+from .buckets import BUCKETS
+
 SUFFIXES = ("count", "min", "max", "sum", "last", "last_at")
 MINUTE, HOUR, DAY = BUCKETS["1m"], BUCKETS["1h"], BUCKETS["1d"]
 _HEAD = ("device_id", "bucket", "start")

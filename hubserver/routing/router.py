@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from ..conf import hub_settings
 from ..exceptions import ConfigurationError
+from ..lifecycle.prune import Pruner
 from ..registry import registry
 from .batch import write_batch
 from .devices import DeviceCache, device_key
@@ -38,6 +39,7 @@ class MessageRouter:
         self._dispatcher = Dispatcher()
         self._writer = None
         self._heartbeat = None
+        self.pruner = None
         self._refusal_log = ThrottledLog(logger)
         self._counts = Counter()
         self._refused = Counter()
@@ -53,7 +55,8 @@ class MessageRouter:
     # Lifecycle ----------------------------------------------------------------------------------
 
     async def start(self):
-        """Start the writer thread, the dispatcher and (if HEARTBEAT_TIMEOUT > 0) the heartbeat monitor.
+        """Start the writer thread, the dispatcher, (if HEARTBEAT_TIMEOUT > 0) the heartbeat monitor and (if
+        PRUNE_INTERVAL > 0) the pruner that removes rows past their retention.
 
         Settings are read here: change them before starting.
         """
@@ -79,6 +82,14 @@ class MessageRouter:
             self._heartbeat = HeartbeatMonitor(timeout, self._heartbeat_timed_out)
             await self._adopt_online_devices(device_models)
             self._heartbeat.start()
+        if hub_settings.PRUNE_INTERVAL > 0:  # retention: removal in the writer's thread, between batches
+            self.pruner = Pruner(
+                self._writer.run_sync,
+                hub_settings.PRUNE_INTERVAL,
+                hub_settings.PRUNE_BATCH_SIZE,
+                busy_seconds=lambda: self._writer.commit_seconds.sum,
+            )
+            self.pruner.start()
         self._running = True
 
     async def stop(self):
@@ -86,6 +97,9 @@ class MessageRouter:
         if not self._started:
             return
         self._running = False
+        if self.pruner is not None:
+            await self.pruner.stop()
+            self.pruner = None
         if self._heartbeat is not None:
             await self._heartbeat.stop()
             self._heartbeat = None
