@@ -4,6 +4,9 @@ import os
 import tempfile
 
 os.environ.setdefault("HUBSERVER_DATA_DIR", tempfile.mkdtemp(prefix="hubserver-test-"))
+# The hubs the tests start leave their running-hub notes (hubserver.running) here, where the user's own
+# commands on this machine do not see them.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="hubserver-test-runtime-")
 os.environ.pop("HUBSERVER_DEVICES", None)
 
 from hubserver.settings import *  # noqa: F403
