@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from .models import PERMISSIONS, effective_store
 
 CAN_PRODUCE, CAN_CONSUME, CAN_VIEW_STATUS = PERMISSIONS
+ADD_TOPIC = "add_brokertopic"  # a global permission only: who may create topics by sending to them
 
 
 @dataclass(slots=True)
@@ -75,6 +76,13 @@ class Snapshot:
 
     def may_produce(self, user_id, topic):
         return topic.is_public or self.allows(user_id, CAN_PRODUCE, topic)
+
+    def may_create_topics(self, user_id):
+        """Does the user hold ``dasf_broker.add_brokertopic`` (directly, through a group, as superuser)?"""
+        if user_id in self.superusers or user_id in self.global_users.get(ADD_TOPIC, ()):
+            return True
+        groups = self.groups_of.get(user_id)
+        return bool(groups) and not groups.isdisjoint(self.global_groups.get(ADD_TOPIC, ()))
 
     def object_holders(self, perm, topic_id):
         """User ids holding ``perm`` on the topic as an object permission (directly or through a group):
@@ -153,7 +161,7 @@ def load():
     ).values_list("group_id", "object_pk", "permission__codename"):
         snapshot.grant_group(group_id, codename, int(object_pk))
 
-    permissions = Permission.objects.filter(content_type=content_type, codename__in=PERMISSIONS)
+    permissions = Permission.objects.filter(content_type=content_type, codename__in=(*PERMISSIONS, ADD_TOPIC))
     for user_id, codename in user_model.user_permissions.through.objects.filter(permission__in=permissions).values_list(
         "user_id", "permission__codename"
     ):

@@ -245,6 +245,11 @@ class DasfService:
                 return topic, True
         return topic, False
 
+    async def _may_create_topics(self, user_id):
+        if self.grants.may_create_topics(user_id):
+            return True
+        return await self.recheck() and self.grants.may_create_topics(user_id)
+
     def _decide(self, user_id, perm, topic):
         if perm == CAN_PRODUCE:
             return self.grants.may_produce(user_id, topic)
@@ -333,7 +338,7 @@ class DasfService:
         principal = producer.principal
         if not app_settings.DASF_CREATE_TOPIC_ON_MESSAGE:
             raise Refused(f"error: topic {slug!r} does not exist")
-        if principal.anonymous or not await self._read(store.may_add_topics, principal.user_id):
+        if principal.anonymous or not await self._may_create_topics(principal.user_id):
             raise Refused(
                 f"error: topic {slug!r} does not exist, and {principal} may not create topics (that needs "
                 "the dasf_broker.add_brokertopic permission)"

@@ -319,13 +319,6 @@ def find_topic(slug):
     return BrokerTopic.objects.filter(slug=slug).values_list(*TOPIC_FIELDS).first()
 
 
-def may_add_topics(user_id):
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    return user is not None and user.has_perm("dasf_broker.add_brokertopic")
-
-
 def garbage_collect(now):
     """Delete topics whose ``garbage_collect_on`` has passed; returns their ids."""
     expired = list(BrokerTopic.objects.filter(garbage_collect_on__lte=now).values_list("pk", flat=True))
