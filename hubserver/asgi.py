@@ -15,7 +15,7 @@ from django.urls import path  # noqa: E402
 
 from hubserver.brokers import get_engine  # noqa: E402
 from hubserver.conf import hub_settings  # noqa: E402
-from hubserver.dasf.routing import websocket_urlpatterns as dasf_websocket_urlpatterns  # noqa: E402
+from hubserver.dasf.routing import build_websocket_urlpatterns as dasf_websocket_urlpatterns  # noqa: E402
 from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
 from hubserver.realtime.routing import hub_websocket_urlpatterns  # noqa: E402
 from hubserver.web.bodies import BodyLimitMiddleware  # noqa: E402

@@ -276,3 +276,19 @@ def test_a_deleted_topic_takes_its_object_permissions_along():
     topic.delete()
     assert UserObjectPermission.objects.count() == 0
     assert not BrokerMessage.objects.exists()
+
+
+async def test_dasf_broker_djangos_names_for_the_routes_and_the_token_middleware(transactional_db):
+    from channels.db import database_sync_to_async
+
+    from hubserver.dasf import routing
+    from hubserver.dasf.token_auth_middleware import TokenAuthMiddleware, TokenAuthMiddlewareStack, get_user
+
+    assert str(routing.websocket_urlpatterns[0].pattern) == "ws/"
+    with override_settings(DASF_WEBSOCKET_URL_ROUTE="dasf/"):
+        assert str(routing.websocket_urlpatterns[0].pattern) == "dasf/"
+    assert isinstance(TokenAuthMiddlewareStack(lambda *a: None), TokenAuthMiddleware)
+    user = await database_sync_to_async(_user)("scripted", token=True)
+    found = await get_user({"headers": [(b"authorization", f"Token {user.token}".encode())]})
+    assert found.username == "scripted"
+    assert not (await get_user({"headers": []})).is_authenticated

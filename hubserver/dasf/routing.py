@@ -16,7 +16,15 @@ from .auth import DasfAuthMiddlewareStack
 from .consumers import PongConsumer, TopicConsumer, TopicProducer
 
 
-def websocket_urlpatterns():
+def __getattr__(name):
+    """``websocket_urlpatterns`` (dasf-broker-django's name): the routes, built when asked, so they follow
+    the ``DASF_WEBSOCKET_URL_ROUTE`` of that moment."""
+    if name == "websocket_urlpatterns":
+        return build_websocket_urlpatterns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_websocket_urlpatterns():
     """The routes, built with the current ``DASF_WEBSOCKET_URL_ROUTE``."""
     from channels.routing import URLRouter
 
