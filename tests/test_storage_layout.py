@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from tests.testapp.devices import Thermometer
 from tests.testapp.models import ThermometerDevice, ThermometerMessage, ThermometerReading
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +54,7 @@ def test_the_hubs_message_and_reading_queries_use_an_index():
     device = ThermometerDevice.objects.create(device_id="t-1")
     now = timezone.now()
     messages = ThermometerMessage.objects
+    rollups = Thermometer.get_rollup_model().objects
     queries = {
         "dispatcher: pending commands": messages.filter(
             direction="outbound", command_status="pending", expires_at__gt=now, device__is_active=True
@@ -71,6 +73,12 @@ def test_the_hubs_message_and_reading_queries_use_an_index():
             device=device, timestamp__gte=now, timestamp__lt=now
         ).order_by("timestamp"),
         "readings, newest first": ThermometerReading.objects.order_by("-timestamp", "-id")[:100],
+        "a device's aggregates in a range": rollups.filter(device__in=[device], bucket=3600, start__gte=now)
+        .filter(start__lt=now)
+        .order_by("-start")[:1000],
+        "every device's aggregates in a range": rollups.filter(bucket=60, start__gte=now, start__lt=now).order_by(
+            "-start", "-id"
+        )[:100],
         "a device's latest readings": device.readings.order_by("-timestamp", "-id")[:100],
     }
     few = {"dispatcher: pending commands", "dispatcher: overdue commands", "a reply's command"}

@@ -9,10 +9,10 @@ gives, per type (``{type}`` is ``DeviceType.type_name()``, e.g. ``weatherstation
 | ``api/`` | ``ApiRoot``: the types the user may view, with their URLs (with a prefix only) |
 | ``api/{type}/devices/`` | ``{Type}DeviceViewSet``: list, create |
 | ``api/{type}/devices/{device_id}/`` | retrieve, update, partial update, delete |
-| ``api/{type}/devices/{device_id}/readings/`` | GET: the latest readings (``?limit=``, default 100, max 1000) |
+| ``api/{type}/devices/{device_id}/readings/`` | GET: the latest readings (``?limit=``), or a range's, per bucket too |
 | ``api/{type}/devices/{device_id}/provision/`` | POST: new credentials, shown once |
 | ``api/{type}/devices/{device_id}/commands/`` | GET: command history; POST: send a command |
-| ``api/{type}/readings/`` | ``{Type}ReadingViewSet``: read-only, filters, ordering, CSV |
+| ``api/{type}/readings/`` | ``{Type}ReadingViewSet``: read-only, filters, ordering, CSV; ``?bucket=`` for aggregates |
 | ``api/{type}/readings/{id}/`` | one reading |
 
 URL names are ``{type}-device-list``, ``{type}-device-detail``, ``{type}-device-readings``,
