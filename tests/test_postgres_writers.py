@@ -55,15 +55,31 @@ SCRIPT = textwrap.dedent(
             return await asyncio.gather(*futures)
 
         results = await asyncio.gather(*(feed(i, r) for i, r in enumerate(routers)))
+        # Values survive the PostgreSQL insert path: readings, JSON, raw bytes of an unparseable payload.
+        exact = await routers[0].route("things/weatherstation/pg-0/data", b'{"temperature": 21, "humidity": 40.5}')
+        raw = await routers[1].route("things/weatherstation/pg-1/data", bytes([255]) + b" not json")
         for router in routers:
             await router.stop()
         done.set()
         await asyncio.to_thread(reader.join)
         stored = [r.message_id for batch in results for r in batch if r.stored]
+        from hubserver.devicetypes.models import WeatherStationReading
+
+        def check():
+            reading = WeatherStationReading.objects.get(pk=exact.reading_id)
+            message = WeatherStationMessage.objects.get(pk=exact.message_id)
+            failed = WeatherStationMessage.objects.get(pk=raw.message_id)
+            return {
+                "reading": [reading.temperature, reading.humidity, reading.device.device_id],
+                "json": message.payload_json,
+                "failed": [failed.processing_status, bytes(failed.payload_raw).hex(), failed.payload_json],
+            }
+
+        values = await asyncio.to_thread(check)
         rows = await asyncio.to_thread(lambda: list(WeatherStationMessage.objects.values_list("pk", flat=True)))
         print(json.dumps({"stored": len(stored), "rows": len(rows), "unique_rows": len(set(rows)),
                           "seen": len(seen), "unique_seen": len(set(seen)),
-                          "missed": sorted(set(rows) - set(seen))[:20]}))
+                          "missed": sorted(set(rows) - set(seen) - {raw.message_id})[:20], "values": values}))
 
     asyncio.run(main())
     """
@@ -84,6 +100,11 @@ def test_concurrent_writers_commit_rows_in_cursor_order(postgres_url, tmp_path):
     import json
 
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["stored"] == figures["rows"] == figures["unique_rows"] == 3 * 1500
+    assert figures["stored"] + 2 == figures["rows"] == figures["unique_rows"] == 3 * 1500 + 2
+    assert figures["values"] == {
+        "reading": [21.0, 40.5, "pg-0"],
+        "json": {"temperature": 21, "humidity": 40.5},
+        "failed": ["failed", (b"\xff not json").hex(), None],
+    }
     assert figures["missed"] == [], f"the reader skipped rows that committed after a higher id: {figures}"
-    assert figures["seen"] == figures["unique_seen"] == figures["rows"]
+    assert figures["seen"] == figures["unique_seen"] == figures["rows"] - 1  # the unparseable one has no event

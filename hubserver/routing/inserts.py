@@ -15,7 +15,7 @@ from datetime import UTC
 import orjson
 from django.conf import settings
 from django.db import connections
-from django.db.models import BigIntegerField, DateTimeField, IntegerField, JSONField
+from django.db.models import BigIntegerField, DateTimeField, FloatField, IntegerField, JSONField
 
 
 class RowInserter:
@@ -50,6 +50,18 @@ class RowInserter:
             if (converter := _converter(field, connection)) is not None
         ]
         self._chunk = max(1, connection.ops.bulk_batch_size(all_fields, [None] * 1000))
+        # PostgreSQL: one short statement whatever the batch size, the values as one array per column
+        # (INSERT ... SELECT FROM unnest). A multi-row VALUES list of thousands of placeholders is parsed
+        # again by psycopg for every batch (client-side binding: most of a worker's time at 2,000 rows).
+        self._unnest = None
+        if connection.vendor == "postgresql":
+            arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in all_fields)
+            aliases = ", ".join(f"c{n}" for n in range(len(all_fields)))
+            self._unnest = (
+                f"INSERT INTO {quote(self.model._meta.db_table)} ({names}) SELECT {aliases} FROM unnest({arrays}) "
+                f"WITH ORDINALITY AS u({aliases}, n) ORDER BY n{self._tail}"
+            )
+            self._floats = [n for n, f in enumerate(all_fields) if isinstance(f, FloatField)]
         self._prepared = connection.alias
 
     def insert(self, rows, converted=None):
@@ -83,6 +95,16 @@ class RowInserter:
                 values.extend(defaults)
             prepared.append(values)
         pks = []
+        if self._unnest is not None:
+            columns = [list(column) for column in zip(*prepared, strict=True)]
+            for index in self._floats:  # one element type per array: 20 and 20.5 both as float8
+                columns[index] = [None if v is None else float(v) for v in columns[index]]
+            with connection.cursor() as cursor:
+                cursor.execute(self._unnest, columns)
+                pks = [row[0] for row in cursor.fetchall()]
+            if len(pks) != len(rows):
+                raise RuntimeError(f"{self.model.__name__}: inserted {len(rows)} rows but got {len(pks)} keys back")
+            return pks
         with connection.cursor() as cursor:
             for start in range(0, len(prepared), self._chunk):
                 chunk = prepared[start : start + self._chunk]
