@@ -11,6 +11,7 @@ class HubserverConfig(AppConfig):
 
     def ready(self):
         discover()
+        from . import checks  # noqa: F401  (registers the system checks)
         from .access.revocation import connect_revocation_signals
 
         connect_revocation_signals()

@@ -13,15 +13,21 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from hubserver.brokers import get_engine  # noqa: E402
 from hubserver.conf import hub_settings  # noqa: E402
 from hubserver.dasf.routing import build_websocket_urlpatterns as dasf_websocket_urlpatterns  # noqa: E402
+from hubserver.hub import running_hub  # noqa: E402
 from hubserver.plugins.websocket import mqtt_websocket_app  # noqa: E402
 from hubserver.realtime.routing import hub_websocket_urlpatterns  # noqa: E402
 from hubserver.web.bodies import BodyLimitMiddleware  # noqa: E402
 
+
+def _websocket_engine():
+    hub = running_hub()
+    return hub.websocket_engine() if hub is not None else None
+
+
 websocket_urlpatterns = [
-    path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(get_engine)),
+    path(hub_settings.MQTT_WEBSOCKET_PATH.strip("/"), mqtt_websocket_app(_websocket_engine)),
     *hub_websocket_urlpatterns,
     *dasf_websocket_urlpatterns(),  # after ws/hub/: the slug "hub" is the hub's own
 ]

@@ -7,16 +7,6 @@ from .registry import normalize_name, registry
 
 _DESCRIPTORS = (("_readings", Reading), ("_commands", Command), ("_state_fields", StateField))
 
-STATUS_CHOICES = (
-    ("online", "Online"),
-    ("offline", "Offline"),
-    ("error", "Error"),
-    ("maintenance", "Maintenance"),
-    ("low_battery", "Low battery"),
-    ("provisioning", "Provisioning"),
-)
-VALID_STATUSES = frozenset(value for value, _ in STATUS_CHOICES)
-
 
 def _verbose(class_name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", class_name).replace("_", " ")

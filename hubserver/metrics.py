@@ -9,7 +9,7 @@ Names (all prefixed ``hubserver_``):
 
 | metric | type | from |
 |---|---|---|
-| ``engine_running`` | gauge | 1 if a hub engine runs in this process |
+| ``engine_running`` | gauge | 1 if the hub (router and broker engines) runs in this process |
 | ``connected_clients`` / ``connected_devices`` | gauge | broker: live MQTT principals / device ones |
 | ``messages_received_total`` / ``_stored_total`` / ``_failed_total`` | counter | router |
 | ``messages_refused_total{reason}`` | counter | router refusals, plus the broker bridge's ``acl`` drops |
@@ -35,7 +35,7 @@ Names (all prefixed ``hubserver_``):
 | ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
 | ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
 
-Router counters restart with the engine; Prometheus' ``rate()`` handles such resets.
+Router counters restart with the hub; Prometheus' ``rate()`` handles such resets.
 """
 
 import logging
@@ -117,22 +117,17 @@ def _limit_metrics(broker_stats):
     )
 
 
-def _connected_devices(engine):
-    return engine.stats().get("devices", 0) if engine is not None else 0
-
-
 class HubCollector(Collector):
-    """Reads the hub's counters at scrape time from the running engine, the verifiers and the views."""
+    """Reads the hub's counters at scrape time from the running hub, the verifiers and the views."""
 
     def describe(self):
         return []  # names are fixed, but their values need a live engine: no collect() at registration
 
     def collect(self):
-        from .brokers import get_engine
+        from .hub import running_hub
 
-        engine = get_engine()
         try:
-            yield from self._engine_metrics(engine)
+            yield from self._engine_metrics(running_hub())
         except Exception:  # a scrape must never fail because one source is half-started
             logger.exception("collecting the engine's metrics failed")
         yield from self._verifier_metrics()
@@ -158,9 +153,9 @@ class HubCollector(Collector):
             "dasf_slow_consumers", "DASF connections closed for falling behind (4429).", stats.get("too_slow", 0)
         )
 
-    def _engine_metrics(self, engine):
-        router = getattr(engine, "router", None)
-        broker_stats = engine.stats() if engine is not None and hasattr(engine, "stats") else {}
+    def _engine_metrics(self, hub):
+        router = hub.router if hub is not None else None
+        broker_stats = hub.stats() if hub is not None else {}
         router_stats = router.stats() if router is not None else {}
         yield _gauge("engine_running", "1 if a hub engine (broker and router) runs in this process.", int(bool(router)))
         yield _gauge(
@@ -168,7 +163,7 @@ class HubCollector(Collector):
             "MQTT clients (devices, service and anonymous clients) connected to the embedded broker.",
             broker_stats.get("connected", 0),
         )
-        yield _gauge("connected_devices", "Devices with a live MQTT connection.", _connected_devices(engine))
+        yield _gauge("connected_devices", "Devices with a live MQTT connection.", broker_stats.get("devices", 0))
         yield _counter("messages_received", "Device messages submitted to the router.", router_stats.get("received", 0))
         yield _counter("messages_stored", "Device messages committed as Message rows.", router_stats.get("stored", 0))
         yield _counter(

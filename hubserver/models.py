@@ -4,7 +4,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from .devicetype import STATUS_CHOICES
+from .vocabulary import CommandState, DeviceStatus, Direction
 
 
 class BaseDevice(models.Model):
@@ -16,7 +16,7 @@ class BaseDevice(models.Model):
         validators=[RegexValidator(r"^[^/+#\x00\s]+$", "A device id is one topic level: no '/', '+', '#' or spaces.")],
     )
     name = models.CharField(max_length=255, blank=True)
-    status = models.CharField(max_length=20, choices=STATUS_CHOICES, default="offline", db_index=True)
+    status = models.CharField(max_length=20, choices=DeviceStatus.CHOICES, default=DeviceStatus.OFFLINE, db_index=True)
     battery_level = models.FloatField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     firmware_version = models.CharField(max_length=64, blank=True)
@@ -67,8 +67,8 @@ class BaseMessage(models.Model):
     """
 
     class Direction(models.TextChoices):
-        INBOUND = "inbound", "Inbound"
-        OUTBOUND = "outbound", "Outbound"
+        INBOUND = Direction.INBOUND, "Inbound"
+        OUTBOUND = Direction.OUTBOUND, "Outbound"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -79,12 +79,12 @@ class BaseMessage(models.Model):
     class CommandStatus(models.TextChoices):
         """An outbound command's life: pending -> sent -> delivered (PUBACK) -> replied, failed or expired."""
 
-        PENDING = "pending", "Pending"
-        SENT = "sent", "Sent"
-        DELIVERED = "delivered", "Delivered"
-        REPLIED = "replied", "Replied"
-        FAILED = "failed", "Failed"
-        EXPIRED = "expired", "Expired"
+        PENDING = CommandState.PENDING, "Pending"
+        SENT = CommandState.SENT, "Sent"
+        DELIVERED = CommandState.DELIVERED, "Delivered"
+        REPLIED = CommandState.REPLIED, "Replied"
+        FAILED = CommandState.FAILED, "Failed"
+        EXPIRED = CommandState.EXPIRED, "Expired"
 
     topic = models.CharField(max_length=255)
     direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND)

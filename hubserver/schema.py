@@ -1,6 +1,6 @@
 """JSON Schema of what each DeviceType's devices send and receive, for device makers and the API docs."""
 
-from .devicetype import VALID_STATUSES
+from .vocabulary import DeviceStatus
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 TIMESTAMP = {
@@ -52,7 +52,7 @@ def status_schema(device_type):
         "title": f"{device_type._meta.verbose_name} status",
         "type": "object",
         "properties": {
-            "status": {"enum": sorted(VALID_STATUSES)},
+            "status": {"enum": sorted(DeviceStatus.VALID)},
             "battery_level": battery,
             "battery": {**battery, "description": "alias of battery_level"},
             "firmware_version": {"type": "string", "maxLength": 64},

@@ -1,12 +1,16 @@
 """The router bridge: every permitted PUBLISH from a device goes to the MessageRouter, and the broker
 acknowledges it only once the router has committed it (a PUBACK before commit loses
-acknowledged messages on a crash)."""
+acknowledged messages on a crash).
+
+The bridge turns a topic into the router's parts: a device may publish only to its own ``data``,
+``status`` and ``reply`` topics, so the ACL check that admits the message also names its kind, and the
+type and device id are the device's own (``hubserver.access.acl.device_publish_kind``)."""
 
 import enum
 import logging
 from collections import Counter
 
-from hubserver.access.acl import can_publish
+from hubserver.access.acl import can_publish, device_publish_kind
 from hubserver.access.principals import DevicePrincipal
 from hubserver.routing.throttle import ThrottledLog, clip
 
@@ -38,21 +42,31 @@ class RouterBridge:
         """The reader's short path for a device's PUBLISH: the router's future, or None when the ACL refuses
         it (acknowledge it, store and deliver nothing). Raises when it cannot be queued (do not acknowledge).
         ``properties``: the message's MQTT 5 properties (``plugins/mqtt5/session.message_properties``)."""
-        if not self._permitted(session, principal_of(session), topic):
+        if self.closing:
+            raise ConnectionAbortedError("the hub is stopping")
+        principal = principal_of(session)
+        kind = device_publish_kind(principal, topic) if isinstance(principal, DevicePrincipal) else None
+        if kind is None:
+            self._drop(session, topic)
             return None
-        return await self.router.submit(topic, payload, qos=qos, client_id=session.client_id)
+        return await self.router.submit(
+            kind, principal.type_name, principal.device_id, payload, qos=qos, client_id=session.client_id
+        )
 
     def _permitted(self, session, principal, topic):
         """False (counted, logged) when the ACL refuses; raises while the hub stops (do not acknowledge)."""
         if self.closing:
             raise ConnectionAbortedError("the hub is stopping")
         if principal is None or not can_publish(principal, topic):
-            self.refused["acl"] += 1
-            self._log.info(
-                "acl", session.client_id, "%s may not publish to %s; dropped", clip(session.client_id), clip(topic)
-            )
+            self._drop(session, topic)
             return False
         return True
+
+    def _drop(self, session, topic):
+        self.refused["acl"] += 1
+        self._log.info(
+            "acl", session.client_id, "%s may not publish to %s; dropped", clip(session.client_id), clip(topic)
+        )
 
     def deliver(self, session, topic, payload, qos, properties=None):
         """Pass a stored message on to the subscribers whose filters match it (none: nothing to do)."""
@@ -68,7 +82,14 @@ class RouterBridge:
             return Outcome.DROP
         if not isinstance(principal, DevicePrincipal):
             return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace
-        future = await self.router.submit(topic, bytes(message.data), qos=message.qos or 0, client_id=session.client_id)
+        future = await self.router.submit(
+            device_publish_kind(principal, topic),  # not None: can_publish admitted the device's own topic
+            principal.type_name,
+            principal.device_id,
+            bytes(message.data),
+            qos=message.qos or 0,
+            client_id=session.client_id,
+        )
         if not message.qos:
             future.add_done_callback(_log_failure)
             return Outcome.DELIVER

@@ -460,6 +460,43 @@ class HubBroker(Broker):
         """Accepted MQTT connections, whether or not they completed their CONNECT."""
         return self._sockets
 
+    # --- what the embedded engine (hubserver/brokers/embedded.py) uses: nothing else of amqtt -----------------
+
+    async def close_listeners(self):
+        """Stop accepting connections on every listener (the connections already open stay)."""
+        for server in self._servers.values():
+            await server.close_instance()
+
+    def _live_handler(self, client_id):
+        session, handler = self._sessions.get(client_id, (None, None))
+        if handler is None or not session.transitions.is_connected():
+            return None
+        return handler
+
+    def is_connected(self, client_id, topic=None):
+        """Connected, and (given a topic) subscribed to a filter that matches it."""
+        if self._live_handler(client_id) is None:
+            return False
+        return topic is None or self.subscribed(client_id, topic)
+
+    async def publish_to(self, client_id, topic, data, qos):
+        """Send to one client's live session; returns once it acknowledged (QoS >= 1) or it was written."""
+        handler = self._live_handler(client_id)
+        if handler is None:
+            raise ConnectionError(f"{client_id} is not connected")
+        await handler.mqtt_publish(topic, data, qos, retain=False)
+
+    async def kick_username(self, username):
+        """Close and forget every session authenticated as ``username``; returns their client ids."""
+        kicked = [client_id for client_id, (session, _) in list(self._sessions.items()) if session.username == username]
+        for client_id in kicked:
+            await self.kick(client_id, forget=True)
+        return kicked
+
+    def connection_count(self):
+        """Open client connections (a take-over briefly counts twice)."""
+        return sum(self._live.values())
+
     # --- access checks ---------------------------------------------------------------------------------
 
     # Upstream (_topic_filtering): every check fans out to the plugins through tasks and gather; the hub's

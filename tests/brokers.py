@@ -40,24 +40,28 @@ class StockBroker:
 
 @pytest.fixture(params=["hub", STOCK])
 async def broker(request, transactional_db, hub_settings_override):
-    from hubserver.brokers.embedded import EmbeddedBroker
-    from hubserver.routing import MessageRouter
+    """The hub's embedded engine (started by a Hub, as ``hubserver run`` does), then stock amqtt."""
+    from hubserver.hub import Hub
 
     limit = getattr(request, "param_max_connections", 0)
     marker = request.node.get_closest_marker("max_connections")
     limit = marker.args[0] if marker else limit
     port = free_port()
     with override_settings(HUBSERVER={"MAX_CONNECTIONS": limit, **hub_settings_override}):
-        engine = (
-            EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=port)
-            if request.param == "hub"
-            else StockBroker(port, max_connections=limit)
-        )
-        await engine.start()
-        try:
-            yield engine
-        finally:
-            await engine.stop()
+        if request.param == "hub":
+            hub = Hub(embedded={"host": "127.0.0.1", "port": port})
+            await hub.start()
+            try:
+                yield hub.engine
+            finally:
+                await hub.stop()
+        else:
+            engine = StockBroker(port, max_connections=limit)
+            await engine.start()
+            try:
+                yield engine
+            finally:
+                await engine.stop()
 
 
 @pytest.fixture

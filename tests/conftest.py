@@ -1,5 +1,6 @@
-"""Fixtures: an in-process hub (the embedded engine and router in the test's event loop, on free ports),
-provisioned devices and service users. Subprocess tests of ``hubserver run`` live in tests/test_run.py."""
+"""Fixtures: an in-process hub (``hubserver.hub.Hub``, built as ``hubserver run`` builds it, in the test's
+event loop, its embedded broker on a free port), provisioned devices and service users. Subprocess tests
+of ``hubserver run`` live in tests/test_run.py."""
 
 import pytest
 from channels.db import database_sync_to_async
@@ -30,16 +31,17 @@ def hub_settings_override(request):
 
 @pytest.fixture
 async def hub(transactional_db, hub_settings_override):
-    from hubserver.brokers.embedded import EmbeddedBroker
-    from hubserver.routing import MessageRouter
+    """The running Hub (``running_hub()`` returns it): ``hub.router``, ``hub.commands``, ``hub.engine`` (the
+    embedded broker engine: ``hub.engine.port`` is its MQTT port)."""
+    from hubserver.hub import Hub
 
     with override_settings(HUBSERVER=dict(hub_settings_override)):
-        engine = EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=free_port())
-        await engine.start()
+        hub = Hub(embedded={"host": "127.0.0.1", "port": free_port()})
+        await hub.start()
         try:
-            yield engine
+            yield hub
         finally:
-            await engine.stop()
+            await hub.stop()
 
 
 @pytest.fixture
@@ -82,7 +84,11 @@ async def device_client(hub, clients, type_name="thermometer", device_id="t-1", 
     """A connected paho client for a freshly provisioned device."""
     _, credentials = await provision_device(type_name, device_id)
     client = clients(
-        hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"], **kwargs
+        hub.engine.port,
+        credentials["mqtt_username"],
+        credentials["mqtt_username"],
+        credentials["mqtt_password"],
+        **kwargs,
     )
     await client.connect()
     return client, credentials

@@ -102,8 +102,8 @@ async def drain(ws, wait=0.2):
 
 @contextlib.asynccontextmanager
 async def fanout_on(router):
-    """Register the realtime commit listener on a router for the block, unless the engine already did
-    (the hub's wiring: ``router.add_commit_listener(on_commit)`` in ``EmbeddedBroker.start()``)."""
+    """Register the realtime commit listener on a router for the block, unless the hub already did
+    (its wiring: ``router.add_commit_listener(on_commit)`` in ``Hub.start()``)."""
     from hubserver.realtime.fanout import on_commit
 
     if on_commit in router._dispatcher.commit_listeners:

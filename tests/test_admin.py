@@ -190,7 +190,7 @@ async def test_deactivate_action_saves_each_device_and_disconnects_its_session(h
     assert not (await device_model.objects.aget(device_id="live-1")).is_active
     assert not (await device_model.objects.aget(device_id="idle-1")).is_active
     # It cannot come back.
-    again = clients(hub.port, "thermometer.live-1", "thermometer.live-1", "whatever")
+    again = clients(hub.engine.port, "thermometer.live-1", "thermometer.live-1", "whatever")
     assert await again.connect(expect_success=False) != 0
 
 

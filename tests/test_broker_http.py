@@ -17,7 +17,6 @@ from hubserver.access import (
     provision,
     throttle,
 )
-from hubserver.brokers import set_engine
 from hubserver.views import broker_auth
 from tests.testapp.models import HygrometerDevice, ThermometerDevice
 
@@ -35,11 +34,9 @@ def _clean():
     broker_auth.clear_service_cache()
     broker_auth.stats.clear()
     throttle.reset()
-    set_engine(None)
     with override_settings(HUBSERVER=dict(HUB)):
         yield
     broker_auth.clear_service_cache()
-    set_engine(None)
 
 
 def device(model=ThermometerDevice, device_id="t-1", **fields):
@@ -233,7 +230,6 @@ async def test_a_successful_check_never_reaches_the_router_when_an_engine_runs(h
         connected.append(device.device_id)
 
     signals.device_connected.connect(on_connected)
-    set_engine(hub)
     try:
         _, creds = await _make_device("t-live")
         client = AsyncClient()
@@ -251,7 +247,6 @@ async def test_a_successful_check_never_reaches_the_router_when_an_engine_runs(h
         assert hub.router.stats()["tracked_devices"] == 0
     finally:
         signals.device_connected.disconnect(on_connected)
-        set_engine(None)
 
 
 @database_sync_to_async

@@ -93,10 +93,10 @@ def _waiting_loop_tasks():
 
 
 async def test_a_connection_runs_on_lean_objects(hub, service, clients):
-    client = clients(hub.port, "lean", *service)
+    client = clients(hub.engine.port, "lean", *service)
     await client.connect()
     await client.subscribe("lab/lean", qos=1)
-    session, handler = hub.broker._sessions["lean"]
+    session, handler = hub.engine.broker._sessions["lean"]
     assert type(session) is HubSession and isinstance(session.transitions, SessionState)
     assert isinstance(session.delivered_message_queue, LeanQueue)
     assert isinstance(handler._pending_subscriptions, LeanQueue)
@@ -109,19 +109,19 @@ async def test_a_connection_runs_on_lean_objects(hub, service, clients):
 async def test_take_over_and_persistent_resume_move_the_session_state(broker, service, clients):
     """Upstream, the taken-over connection's loop marks the shared session disconnected after the new
     connection took it: the new connection then gets no live messages (the stock run fails here)."""
-    hub, broker = broker, broker.broker
-    watcher = clients(hub.port, "watcher", *service)
+    engine, broker = broker, broker.broker
+    watcher = clients(engine.port, "watcher", *service)
     await watcher.connect()
     await watcher.subscribe("lab/will", qos=0)
 
-    first = clients(hub.port, "roamer", *service, clean_session=False, will=("lab/will", b"first gone"))
+    first = clients(engine.port, "roamer", *service, clean_session=False, will=("lab/will", b"first gone"))
     await first.connect()
     await first.subscribe("lab/roam", qos=1)
     session, first_handler = broker._sessions["roamer"]
     assert session.transitions.state == "connected" and session.last_connect_time is not None
 
     # A second connection with the same client id takes the session over [MQTT-3.1.4-2].
-    second = clients(hub.port, "roamer", *service, clean_session=False)
+    second = clients(engine.port, "roamer", *service, clean_session=False)
     await second.connect()
     await first.wait_disconnected()
     assert second.session_present
@@ -129,7 +129,7 @@ async def test_take_over_and_persistent_resume_move_the_session_state(broker, se
     assert resumed is session and second_handler is not first_handler
     await asyncio.sleep(0.2)  # the old connection's loop has ended
     assert session.transitions.is_connected()
-    await hub.publish("lab/roam", b"to the new connection", qos=1)
+    await engine.publish("lab/roam", b"to the new connection", qos=1)
     assert [m.payload for m in await second.wait_messages(1)] == [b"to the new connection"]
     assert first.messages == []
 
@@ -137,10 +137,10 @@ async def test_take_over_and_persistent_resume_move_the_session_state(broker, se
     await second.disconnect()
     await until(lambda: session.transitions.state == "disconnected", message="session disconnected")
     assert session.last_disconnect_time is not None
-    await hub.publish("lab/roam", b"while offline", qos=1)
+    await engine.publish("lab/roam", b"while offline", qos=1)
     await until(lambda: session.retained_messages.qsize() == 1, message="the offline queue")
 
-    third = clients(hub.port, "roamer", *service, clean_session=False)
+    third = clients(engine.port, "roamer", *service, clean_session=False)
     await third.connect()
     assert third.session_present
     assert [(m.payload, m.qos, m.retain) for m in await third.wait_messages(1)] == [(b"while offline", 1, False)]
@@ -152,11 +152,11 @@ async def test_take_over_and_persistent_resume_move_the_session_state(broker, se
 
 
 async def test_the_client_loop_handles_subscribe_unsubscribe_messages_then_the_disconnection(hub, service, clients):
-    listener = clients(hub.port, "listener", *service)
+    listener = clients(hub.engine.port, "listener", *service)
     await listener.connect()
     await listener.subscribe("lab/loop/#", qos=1)
 
-    raw = RawClient(hub.port)
+    raw = RawClient(hub.engine.port)
     code, _ = await raw.connect("talker", *service, will=("lab/loop/will", b"talker gone", 1))
     assert code == 0
     assert await raw.subscribe("lab/loop/echo", qos=1) == 1
@@ -176,5 +176,7 @@ async def test_the_client_loop_handles_subscribe_unsubscribe_messages_then_the_d
     received = await listener.wait_messages(3)
     assert [m.payload for m in received] == [b"one", b"two", b"talker gone"]
     assert await raw.closed(timeout=2)
-    await until(lambda: hub.broker._sessions.get("talker", (None,))[0] is None or not hub.is_connected("talker"))
-    assert not hub.broker.subscribed("talker", "lab/loop/echo")
+    await until(
+        lambda: hub.engine.broker._sessions.get("talker", (None,))[0] is None or not hub.engine.is_connected("talker")
+    )
+    assert not hub.engine.broker.subscribed("talker", "lab/loop/echo")

@@ -92,7 +92,9 @@ async def test_a_command_for_an_offline_device_waits_until_it_connects(hub, clie
     message = await Thermometer.asend_command(device, "reboot")
     await asyncio.sleep(0.3)
     assert await status_of(message.correlation_id) == "pending"
-    client = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"])
+    client = clients(
+        hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
+    )
     await client.connect()
     await client.subscribe("things/thermometer/c-3/cmd", qos=1)
     received = await client.wait_messages(1)
@@ -105,24 +107,23 @@ async def test_a_command_for_an_offline_device_waits_until_it_connects(hub, clie
 
 
 async def test_commands_queued_without_a_running_hub_are_sent_after_it_starts(transactional_db, clients):
-    from hubserver.brokers.embedded import EmbeddedBroker
-    from hubserver.routing import MessageRouter
+    from hubserver.hub import Hub
     from tests.mqtt import free_port
 
     device, credentials = await provision_device("thermometer", "c-4")
     message = await Thermometer.asend_command(device, "reboot")  # no hub in this process yet
-    engine = EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=free_port())
-    await engine.start()
+    hub = Hub(embedded={"host": "127.0.0.1", "port": free_port()})
+    await hub.start()
     try:
         client = clients(
-            engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
+            hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
         )
         await client.connect()
         await client.subscribe("things/thermometer/c-4/cmd", qos=1)
         received = await client.wait_messages(1)
         assert json.loads(received[0].payload)["correlation_id"] == message.correlation_id
     finally:
-        await engine.stop()
+        await hub.stop()
 
 
 async def test_a_command_without_a_reply_expires(hub):

@@ -52,8 +52,10 @@ async def test_a_burst_of_connects_shares_lookups_and_keeps_identities_apart(hub
         (off_credentials["mqtt_username"], off_credentials["mqtt_password"]),
         ("thermometer.ghost", victim["mqtt_password"]),
     ]
-    accepted = [clients(hub.port, c["mqtt_username"], c["mqtt_username"], c["mqtt_password"]) for _, _, c in good]
-    refused = [clients(hub.port, username, username, password) for username, password in bad]
+    accepted = [
+        clients(hub.engine.port, c["mqtt_username"], c["mqtt_username"], c["mqtt_password"]) for _, _, c in good
+    ]
+    refused = [clients(hub.engine.port, username, username, password) for username, password in bad]
 
     codes = await asyncio.gather(*(client.connect(expect_success=False) for client in accepted + refused))
 
@@ -67,7 +69,7 @@ async def test_a_burst_of_connects_shares_lookups_and_keeps_identities_apart(hub
     other = good[1]
     assert await accepted[0].subscribe(f"things/{other[0]}/{other[1]}/cmd") == 128
     for type_name, device_id, _ in good:
-        await hub.publish(f"things/{type_name}/{device_id}/cmd", json.dumps({"to": device_id}).encode(), qos=1)
+        await hub.engine.publish(f"things/{type_name}/{device_id}/cmd", json.dumps({"to": device_id}).encode(), qos=1)
     for (_, device_id, _), client in zip(good, accepted, strict=True):
         messages = await client.wait_messages(1)
         assert [json.loads(m.payload)["to"] for m in messages] == [device_id]

@@ -10,7 +10,6 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from hubserver.brokers import set_engine
 from tests.conftest import provision_device
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,29 +88,22 @@ def no_gc():
 
 
 async def test_a_burst_of_bad_key_ingest_requests_leaves_no_connection_open(hub, application, no_gc):
-    set_engine(hub)
-    try:
-        await provision_device("thermometer", "t-1")
-        path = "/iot/devices/thermometer/t-1/data/"
-        await post(application, path, {"temperature": 1.0}, [(b"x-api-key", b"warm-up")])
-        before = sqlite_descriptors()
-        after = []
-        for _ in range(2):
-            statuses = await asyncio.gather(
-                *(
-                    post(application, path, {"temperature": 1.0}, [(b"x-api-key", b"wrong-%d" % n)])
-                    for n in range(BURST)
-                )
-            )
-            assert set(statuses) <= {401, 429}  # wrong keys; after AUTH_FAILURE_LIMIT of them, throttled
-            after.append(sqlite_descriptors())
-        # The lookups run on the loop's thread pool, whose threads keep one connection each (a file and its
-        # -wal: 2 or 3 descriptors): at most that many more after the first burst, none after the second.
-        pool_threads = min(32, (os.cpu_count() or 1) + 4)
-        assert after[0] - before <= 3 * pool_threads
-        assert after[1] <= after[0]
-    finally:
-        set_engine(None)
+    await provision_device("thermometer", "t-1")
+    path = "/iot/devices/thermometer/t-1/data/"
+    await post(application, path, {"temperature": 1.0}, [(b"x-api-key", b"warm-up")])
+    before = sqlite_descriptors()
+    after = []
+    for _ in range(2):
+        statuses = await asyncio.gather(
+            *(post(application, path, {"temperature": 1.0}, [(b"x-api-key", b"wrong-%d" % n)]) for n in range(BURST))
+        )
+        assert set(statuses) <= {401, 429}  # wrong keys; after AUTH_FAILURE_LIMIT of them, throttled
+        after.append(sqlite_descriptors())
+    # The lookups run on the loop's thread pool, whose threads keep one connection each (a file and its
+    # -wal: 2 or 3 descriptors): at most that many more after the first burst, none after the second.
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)
+    assert after[0] - before <= 3 * pool_threads
+    assert after[1] <= after[0]
 
 
 async def test_bursts_of_sync_view_requests_leave_no_connection_open(application, no_gc):

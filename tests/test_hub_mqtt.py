@@ -175,24 +175,24 @@ async def test_a_failed_commit_is_not_acknowledged(hub, clients, monkeypatch):
 class TestAccessControl:
     async def test_wrong_password_unknown_user_and_anonymous_are_refused(self, hub, clients):
         _, credentials = await provision_device("thermometer", "t-10")
-        wrong = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"], "nope")
+        wrong = clients(hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], "nope")
         assert await wrong.connect(expect_success=False) == 135  # paho's "not authorized"
-        unknown = clients(hub.port, "thermometer.ghost", "thermometer.ghost", "x")
+        unknown = clients(hub.engine.port, "thermometer.ghost", "thermometer.ghost", "x")
         assert await unknown.connect(expect_success=False) == 135
-        anonymous = clients(hub.port, "anon")
+        anonymous = clients(hub.engine.port, "anon")
         assert await anonymous.connect(expect_success=False) == 135
 
     async def test_a_wrong_client_id_is_refused_with_the_rule_in_the_log(self, hub, clients, caplog):
         _, credentials = await provision_device("thermometer", "t-13")
         username, password = credentials["mqtt_username"], credentials["mqtt_password"]
-        device = clients(hub.port, "foo", username, password)
+        device = clients(hub.engine.port, "foo", username, password)
         assert await device.connect(expect_success=False) == 135
         assert (
             f"refused MQTT connection of '{username}': a device's client id must equal its username "
             f"('{username}'), got 'foo'" in caplog.text
         )
         await make_service_user()
-        service = clients(hub.port, username, "dashboard", "s3cret-pass")
+        service = clients(hub.engine.port, username, "dashboard", "s3cret-pass")
         assert await service.connect(expect_success=False) == 135
         assert (
             f"refused MQTT connection of 'dashboard': client id '{username}' is the username of a device, which "
@@ -202,9 +202,9 @@ class TestAccessControl:
     async def test_a_wrong_password_cannot_knock_a_device_off(self, hub, clients):
         victim, credentials = await device_client(hub, clients, "thermometer", "t-11")
         assert await victim.subscribe("things/thermometer/t-11/cmd") == 1
-        intruder = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"], "guess")
+        intruder = clients(hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], "guess")
         assert await intruder.connect(expect_success=False) == 135
-        await hub.publish("things/thermometer/t-11/cmd", b'{"command": "reboot"}', qos=1)
+        await hub.engine.publish("things/thermometer/t-11/cmd", b'{"command": "reboot"}', qos=1)
         messages = await victim.wait_messages(1)
         assert messages[0].topic == "things/thermometer/t-11/cmd" and victim.connected
 
@@ -213,7 +213,7 @@ class TestAccessControl:
         device.is_active = False
         await database_sync_to_async(device.save)()
         client = clients(
-            hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
+            hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
         )
         assert await client.connect(expect_success=False) == 135
 
@@ -246,7 +246,7 @@ class TestAccessControl:
         await provision_device("thermometer", "t-17")
         _, credentials = await provision_device("thermometer", "t-18")
         client = clients(
-            hub.port,
+            hub.engine.port,
             credentials["mqtt_username"],
             credentials["mqtt_username"],
             credentials["mqtt_password"],
@@ -254,7 +254,7 @@ class TestAccessControl:
         )
         assert await client.connect(expect_success=False) == 135
         ok = clients(
-            hub.port,
+            hub.engine.port,
             credentials["mqtt_username"],
             credentials["mqtt_username"],
             credentials["mqtt_password"],
@@ -266,17 +266,17 @@ class TestAccessControl:
         await make_service_user("dashboard", "pw-1")
         device, _ = await device_client(hub, clients, "thermometer", "t-19")
         await device.subscribe("things/thermometer/t-19/cmd")
-        service = clients(hub.port, "dash", "dashboard", "pw-1")
+        service = clients(hub.engine.port, "dash", "dashboard", "pw-1")
         await service.connect()
         await service.publish("things/thermometer/t-19/cmd", b'{"command": "reboot"}')
         await asyncio.sleep(0.3)
         assert device.messages == []
-        await hub.publish("things/thermometer/t-19/cmd", b'{"command": "reboot"}')
+        await hub.engine.publish("things/thermometer/t-19/cmd", b'{"command": "reboot"}')
         assert (await device.wait_messages(1))[0].payload == b'{"command": "reboot"}'
 
     async def test_service_client_reads_the_device_namespace(self, hub, clients):
         await make_service_user("node-red", "pw-2")
-        service = clients(hub.port, "nr", "node-red", "pw-2")
+        service = clients(hub.engine.port, "nr", "node-red", "pw-2")
         await service.connect()
         assert await service.subscribe("things/#", qos=1) == 1
         device, _ = await device_client(hub, clients, "thermometer", "t-20")
@@ -286,7 +286,7 @@ class TestAccessControl:
 
     async def test_user_without_the_permission_is_refused(self, hub, clients):
         await make_service_user("visitor", "pw-3", permitted=False)
-        client = clients(hub.port, "v", "visitor", "pw-3")
+        client = clients(hub.engine.port, "v", "visitor", "pw-3")
         assert await client.connect(expect_success=False) == 135
 
     async def test_rotating_credentials_disconnects_the_live_session(self, hub, clients):
@@ -315,7 +315,7 @@ class TestAnonymous:
         return {"ALLOW_ANONYMOUS": True, "ANONYMOUS_DENY": ["secret/#"]}
 
     async def test_anonymous_only_outside_the_namespace_and_deny_list(self, hub, clients):
-        anonymous = clients(hub.port, "anon-1")
+        anonymous = clients(hub.engine.port, "anon-1")
         await anonymous.connect()
         assert await anonymous.subscribe("things/#") == 0x80
         assert await anonymous.subscribe("secret/x") == 0x80

@@ -7,7 +7,6 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
-from hubserver.brokers import set_engine
 from hubserver.views import ingest
 from tests.conftest import provision_device
 from tests.testapp.models import (
@@ -30,13 +29,9 @@ def hub_settings_override():
 
 @pytest.fixture
 async def engine(hub):
-    """The in-process hub, registered as this process's engine (what ``hubserver run`` does)."""
-    set_engine(hub)
+    """The in-process hub (``running_hub()`` returns it, as under ``hubserver run``)."""
     ingest.stats.clear()
-    try:
-        yield hub
-    finally:
-        set_engine(None)
+    return hub
 
 
 def url(type_name, device_id, kind="data"):
@@ -183,8 +178,7 @@ async def test_oversize_payload_is_413_and_not_stored(engine):
     assert len(await rows(ThermometerMessage)) == 1
 
 
-async def test_without_an_engine_the_answer_is_503(hub):
-    set_engine(None)
+async def test_without_an_engine_the_answer_is_503(transactional_db):
     _, creds = await provision_device("thermometer", "t-1")
     response = await send(url("thermometer", "t-1"), {"temperature": 1.0}, creds["api_key"])
     assert response.status_code == 503
@@ -217,7 +211,7 @@ async def test_only_post_and_the_http_path_feeds_router_stats(engine):
 async def test_device_created_by_another_process_after_a_refusal_is_accepted(engine):
     # The router caches "unknown device" for a while; a row created behind its back (no signal in this
     # process) must still be accepted once the view has found it and verified its key.
-    result = await engine.router.route("things/thermometer/late/data", b"{}")
+    result = await engine.router.route("data", "thermometer", "late", b"{}")
     assert result.stored is False and result.reason == "unknown_device"
     _, creds = await provision_device("thermometer", "late")
     engine.router.devices._negative[("thermometer", "late")] = ("unknown_device", float("inf"))  # stale entry

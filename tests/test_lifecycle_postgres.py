@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent(
         futures = []
         for n, (device, value, when) in enumerate(rounds):
             payload = json.dumps({"temperature": value, "humidity": 50.0, "timestamp": when.isoformat()}).encode()
-            futures.append(await router.submit(f"things/weatherstation/{device}/data", payload, qos=1))
+            futures.append(await router.submit("data", "weatherstation", device, payload, qos=1))
         results = await asyncio.gather(*futures)
         await router.stop()
         return results

@@ -11,7 +11,6 @@ from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubserver.brokers import set_engine
 from hubserver.views import broker_auth, ingest
 from hubserver.views.metrics import metrics_view
 from tests.conftest import device_client, provision_device
@@ -22,22 +21,6 @@ urlpatterns = [path("iot/", include("hubserver.urls")), path("metrics", metrics_
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]
 
 REMOTE = ["10.1.2.3", 40000]
-
-
-@pytest.fixture(autouse=True)
-def _no_engine():
-    set_engine(None)
-    yield
-    set_engine(None)
-
-
-@pytest.fixture
-async def engine(hub):
-    set_engine(hub)
-    try:
-        yield hub
-    finally:
-        set_engine(None)
 
 
 class RemoteAsyncClient(AsyncClient):
@@ -111,17 +94,17 @@ def test_access_rules():
     assert user.get("/metrics").status_code == 403
 
 
-async def test_counters_move_with_mqtt_and_http_traffic(engine, clients):
+async def test_counters_move_with_mqtt_and_http_traffic(hub, clients):
     before = await scrape()
     assert value(before, "hubserver_engine_running") == 1
 
-    client, _ = await device_client(engine, clients, "thermometer", "t-1")
+    client, _ = await device_client(hub, clients, "thermometer", "t-1")
     for temperature in (20.0, 21.0, 22.0):
         await client.publish("things/thermometer/t-1/data", json.dumps({"temperature": temperature}))
     await client.publish("things/thermometer/t-1/data", b"not json")
     await client.publish("things/thermometer/t-9/data", json.dumps({"temperature": 1.0}))  # not its own: ACL
-    await until(lambda: engine.stats()["dropped"].get("acl", 0) >= 1, message="the ACL drop")
-    assert (await engine.router.route("things/thermometer/ghost/data", b"{}")).reason == "unknown_device"
+    await until(lambda: hub.stats()["dropped"].get("acl", 0) >= 1, message="the ACL drop")
+    assert (await hub.router.route("data", "thermometer", "ghost", b"{}")).reason == "unknown_device"
 
     _, hygro = await provision_device("hygrometer", "h-1")
     http = AsyncClient()
@@ -135,7 +118,7 @@ async def test_counters_move_with_mqtt_and_http_traffic(engine, clients):
     response = await http.post("/iot/devices/hygrometer/h-1/data/", "{}", content_type="application/json")
     assert response.status_code == 401
 
-    bad = clients(engine.port, "thermometer.t-1", "thermometer.t-1", "wrong-password")
+    bad = clients(hub.engine.port, "thermometer.t-1", "thermometer.t-1", "wrong-password")
     assert await bad.connect(expect_success=False) != 0  # not authorized
     token = "a-broker-token-for-the-metrics"
     with override_settings(HUBSERVER={"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": token}):
@@ -146,7 +129,7 @@ async def test_counters_move_with_mqtt_and_http_traffic(engine, clients):
             headers={"Authorization": f"Bearer {token}"},
         )
     assert response.json() == {"result": "deny"}
-    await engine.router.flush()
+    await hub.router.flush()
 
     after = await scrape()
 
@@ -175,7 +158,7 @@ async def test_counters_move_with_mqtt_and_http_traffic(engine, clients):
     assert value(after, "hubserver_verifier_cache_entries", verifier="device") >= 1
 
     await client.disconnect()
-    await until(lambda: engine.stats()["connected"] == 0, message="the disconnect")
+    await until(lambda: hub.stats()["connected"] == 0, message="the disconnect")
     assert value(await scrape(), "hubserver_connected_devices") == 0
 
 
@@ -186,7 +169,7 @@ def _staff_user():
     return User.objects.create_user("ops", password="x", is_staff=True)
 
 
-async def test_async_scrape_from_a_remote_staff_user(engine):
+async def test_async_scrape_from_a_remote_staff_user(hub):
     remote = RemoteAsyncClient()
     assert (await remote.get("/metrics")).status_code == 403
     await remote.aforce_login(await _staff_user())
@@ -211,11 +194,7 @@ async def test_commit_latency_batch_sizes_and_per_type_counts_are_exported(hub, 
     await client.publish("things/hygrometer/m-type-1/data", b'{"humidity": 50}')
     await client.publish("things/hygrometer/m-type-1/data", b"not json")
     await hub.router.flush()
-    set_engine(hub)
-    try:
-        text = hub_metrics.render().decode()
-    finally:
-        set_engine(None)
+    text = hub_metrics.render().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     commit = families["hubserver_commit_seconds"]
     assert any(s.name.endswith("_count") and s.value >= 1 for s in commit.samples)

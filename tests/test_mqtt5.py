@@ -55,7 +55,7 @@ def raw():
 async def device5(hub, v5, device_id="t-1", **kwargs):
     _, credentials = await provision_device("thermometer", device_id)
     username = credentials["mqtt_username"]
-    client = v5(hub.port, username, username, credentials["mqtt_password"], **kwargs)
+    client = v5(hub.engine.port, username, username, credentials["mqtt_password"], **kwargs)
     await client.connect()
     return client, credentials
 
@@ -69,10 +69,10 @@ def messages_of(device_id):
 
 
 async def test_message_properties_reach_an_mqtt5_subscriber_with_its_subscription_identifier(hub, service, v5):
-    subscriber = v5(hub.port, "sub", *service)
+    subscriber = v5(hub.engine.port, "sub", *service)
     await subscriber.connect()
     assert await subscriber.subscribe("lab/#", qos=1, subscription_id=42) == 1
-    publisher = v5(hub.port, "pub", *service)
+    publisher = v5(hub.engine.port, "pub", *service)
     await publisher.connect()
     code, _ = await publisher.publish(
         "lab/x",
@@ -97,10 +97,10 @@ async def test_message_properties_reach_an_mqtt5_subscriber_with_its_subscriptio
 
 
 async def test_mqtt5_and_311_clients_receive_each_others_messages(hub, service, v5, clients):
-    old = clients(hub.port, "old", *service)
+    old = clients(hub.engine.port, "old", *service)
     await old.connect()
     await old.subscribe("mixed/#", qos=1)
-    new = v5(hub.port, "new", *service)
+    new = v5(hub.engine.port, "new", *service)
     await new.connect()
     await new.subscribe("mixed/#", qos=1)
     await new.publish("mixed/from5", b"a", ContentType="text/plain")
@@ -113,7 +113,7 @@ async def test_mqtt5_and_311_clients_receive_each_others_messages(hub, service, 
 
 
 async def test_connack_advertises_the_hubs_limits_and_assigns_a_client_id(hub, service, raw):
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     connack = await client.connect("", *service)
     assert connack.reason_code == reasons.SUCCESS
     assert connack.properties["receive_maximum"] >= 1
@@ -123,7 +123,7 @@ async def test_connack_advertises_the_hubs_limits_and_assigns_a_client_id(hub, s
 
 
 async def test_wrong_credentials_get_connack_0x86(hub, service, v5):
-    client = v5(hub.port, "intruder", "svc", "wrong")
+    client = v5(hub.engine.port, "intruder", "svc", "wrong")
     assert await client.connect(expect_success=False) == reasons.BAD_USER_NAME_OR_PASSWORD
 
 
@@ -158,12 +158,12 @@ async def test_a_payload_over_the_limit_gets_quota_exceeded_with_a_reason_string
 
 
 async def test_session_expiry_keeps_subscriptions_and_queued_messages_until_it_elapses(hub, service, v5):
-    first = v5(hub.port, "keeper", *service, session_expiry=60)
+    first = v5(hub.engine.port, "keeper", *service, session_expiry=60)
     await first.connect()
     await first.subscribe("lab/p", qos=1)
     await first.disconnect()
-    await hub.publish("lab/p", b"while you were away", qos=1)
-    second = v5(hub.port, "keeper", *service, clean_start=False, session_expiry=60)
+    await hub.engine.publish("lab/p", b"while you were away", qos=1)
+    second = v5(hub.engine.port, "keeper", *service, clean_start=False, session_expiry=60)
     await second.connect()
     assert second.session_present
     (message,) = await second.wait_messages(1)
@@ -171,31 +171,31 @@ async def test_session_expiry_keeps_subscriptions_and_queued_messages_until_it_e
 
 
 async def test_a_session_with_expiry_0_ends_with_its_connection(hub, service, v5):
-    first = v5(hub.port, "fleeting", *service)  # no Session Expiry Interval: 0
+    first = v5(hub.engine.port, "fleeting", *service)  # no Session Expiry Interval: 0
     await first.connect()
     await first.subscribe("lab/q", qos=1)
     await first.disconnect()
-    second = v5(hub.port, "fleeting", *service, clean_start=False)
+    second = v5(hub.engine.port, "fleeting", *service, clean_start=False)
     await second.connect()
     assert second.session_present is False
 
 
 async def test_an_expired_session_is_gone(hub, service, v5):
-    first = v5(hub.port, "brief", *service, session_expiry=1)
+    first = v5(hub.engine.port, "brief", *service, session_expiry=1)
     await first.connect()
     await first.subscribe("lab/e", qos=1)
     await first.disconnect()
-    await until(lambda: "brief" not in hub.broker._sessions, timeout=5, message="the session to expire")
-    second = v5(hub.port, "brief", *service, clean_start=False, session_expiry=1)
+    await until(lambda: "brief" not in hub.engine.broker._sessions, timeout=5, message="the session to expire")
+    second = v5(hub.engine.port, "brief", *service, clean_start=False, session_expiry=1)
     await second.connect()
     assert second.session_present is False
 
 
 async def test_incoming_topic_aliases_are_resolved_per_connection(hub, service, v5, raw):
-    subscriber = v5(hub.port, "aliases-sub", *service)
+    subscriber = v5(hub.engine.port, "aliases-sub", *service)
     await subscriber.connect()
     await subscriber.subscribe("alias/#", qos=0)
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     assert (await client.connect("aliaser", *service)).reason_code == 0
     client.send(codec.Publish("alias/long/topic", b"1", properties={"topic_alias": 3}))
     client.send(codec.Publish("", b"2", properties={"topic_alias": 3}))
@@ -208,7 +208,7 @@ async def test_incoming_topic_aliases_are_resolved_per_connection(hub, service, 
 
 
 async def test_a_topic_alias_above_the_maximum_is_disconnected_with_0x94(hub, service, raw):
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     connack = await client.connect("aliaser", *service)
     too_big = connack.properties["topic_alias_maximum"] + 1
     client.send(codec.Publish("a/b", b"x", properties={"topic_alias": too_big}))
@@ -218,12 +218,12 @@ async def test_a_topic_alias_above_the_maximum_is_disconnected_with_0x94(hub, se
 
 
 async def test_outgoing_topic_aliases_up_to_the_clients_maximum(hub, service, raw):
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     await client.connect("receiver", *service, properties={"topic_alias_maximum": 1})
     client.send(codec.Subscribe(1, [codec.Subscription("out/#", 0)]))
     assert (await client.read_type(codec.Suback)).reason_codes == [0]
     for topic in ("out/a", "out/a", "out/b"):
-        await hub.publish(topic, b"x", qos=0)
+        await hub.engine.publish(topic, b"x", qos=0)
     first, second, third = [await client.read_type(codec.Publish) for _ in range(3)]
     assert (first.topic, first.properties["topic_alias"]) == ("out/a", 1)  # defines alias 1
     assert (second.topic, second.properties["topic_alias"]) == ("", 1)  # uses it
@@ -231,12 +231,12 @@ async def test_outgoing_topic_aliases_up_to_the_clients_maximum(hub, service, ra
 
 
 async def test_the_clients_receive_maximum_limits_unacknowledged_deliveries(hub, service, raw):
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     await client.connect("slow", *service, properties={"receive_maximum": 1})
     client.send(codec.Subscribe(1, [codec.Subscription("rm/#", 1)]))
     await client.read_type(codec.Suback)
     for n in range(3):
-        await hub.publish("rm/x", str(n).encode(), qos=1)
+        await hub.engine.publish("rm/x", str(n).encode(), qos=1)
     first = await client.read_type(codec.Publish)
     assert first.payload == b"0"
     assert await client.silent(0.5), "a second PUBLISH before the first PUBACK [MQTT-3.3.4-9]"
@@ -245,18 +245,18 @@ async def test_the_clients_receive_maximum_limits_unacknowledged_deliveries(hub,
 
 
 async def test_shared_subscriptions_deliver_each_message_to_one_member_of_the_group(hub, service, v5, clients):
-    members = [v5(hub.port, f"worker-{n}", *service) for n in range(2)]
-    old = clients(hub.port, "worker-311", *service)
+    members = [v5(hub.engine.port, f"worker-{n}", *service) for n in range(2)]
+    old = clients(hub.engine.port, "worker-311", *service)
     for member in members:
         await member.connect()
         assert await member.subscribe("$share/workers/jobs/#", qos=1) == 1
     await old.connect()
     assert await old.subscribe("$share/workers/jobs/#", qos=1) == 1  # a 3.1.1 client may share too
-    watcher = v5(hub.port, "watcher", *service)
+    watcher = v5(hub.engine.port, "watcher", *service)
     await watcher.connect()
     await watcher.subscribe("jobs/#", qos=1)
     for n in range(9):
-        await hub.publish(f"jobs/{n}", str(n).encode(), qos=1)
+        await hub.engine.publish(f"jobs/{n}", str(n).encode(), qos=1)
     await watcher.wait_messages(9)  # an ordinary subscription still gets every message
     everyone = [*members, old]
     await until(lambda: sum(len(c.messages) for c in everyone) >= 9, message="9 shared deliveries")
@@ -267,17 +267,17 @@ async def test_shared_subscriptions_deliver_each_message_to_one_member_of_the_gr
 
 
 async def test_no_local_and_retain_options(hub, service, v5):
-    client = v5(hub.port, "self", *service)
+    client = v5(hub.engine.port, "self", *service)
     await client.connect()
     await client.subscribe("loop/#", qos=1, noLocal=True)
-    other = v5(hub.port, "other", *service)
+    other = v5(hub.engine.port, "other", *service)
     await other.connect()
     await client.publish("loop/mine", b"not for me")
     await other.publish("loop/theirs", b"for me")
     (message,) = await client.wait_messages(1)
     assert message.payload == b"for me"  # [MQTT-3.8.3-3]
     await other.publish("kept/a", b"retained", retain=True)
-    keeper = v5(hub.port, "keeper", *service)
+    keeper = v5(hub.engine.port, "keeper", *service)
     await keeper.connect()
     await keeper.subscribe("kept/#", qos=1, retainAsPublished=True)
     (retained,) = await keeper.wait_messages(1)
@@ -285,7 +285,7 @@ async def test_no_local_and_retain_options(hub, service, v5):
     await other.publish("kept/a", b"live", retain=True)
     live = (await keeper.wait_messages(2))[1]
     assert (live.payload, live.retain) == (b"live", True)  # Retain As Published [MQTT-3.3.1-12]
-    never = v5(hub.port, "never", *service)
+    never = v5(hub.engine.port, "never", *service)
     await never.connect()
     await never.subscribe("kept/#", qos=1, retainHandling=2)
     await other.publish("kept/b", b"later", retain=False)
@@ -294,16 +294,16 @@ async def test_no_local_and_retain_options(hub, service, v5):
 
 
 async def test_a_take_over_is_told_session_taken_over(hub, service, v5):
-    first = v5(hub.port, "twin", *service)
+    first = v5(hub.engine.port, "twin", *service)
     await first.connect()
-    second = v5(hub.port, "twin", *service)
+    second = v5(hub.engine.port, "twin", *service)
     await second.connect()
     await first.wait_disconnected()
     assert first.disconnect_reason == reasons.SESSION_TAKEN_OVER
 
 
 async def test_a_silent_client_is_told_keep_alive_timeout(hub, service, raw):
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     await client.connect("silent", *service, keepalive=1)
     disconnect = await client.read_type(codec.Disconnect, timeout=5)
     assert disconnect.reason_code == reasons.KEEP_ALIVE_TIMEOUT
@@ -321,18 +321,18 @@ async def test_revoked_credentials_are_told_not_authorized(hub, v5):
 
 
 async def test_the_will_waits_for_its_delay_and_a_quick_return_cancels_it(hub, service, v5, raw):
-    watcher = v5(hub.port, "watcher", *service)
+    watcher = v5(hub.engine.port, "watcher", *service)
     await watcher.connect()
     await watcher.subscribe("wills/#", qos=1)
     will = codec.Will("wills/a", b"gone", 1, False, {"will_delay_interval": 1, "content_type": "text/plain"})
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     await client.connect("mortal", *service, will=will, properties={"session_expiry_interval": 60})
     client.close()
     await asyncio.sleep(0.3)
     assert watcher.messages == []  # delayed [MQTT-3.1.3-9]
     (message,) = await watcher.wait_messages(1, timeout=5)
     assert (message.payload, message.prop("ContentType")) == (b"gone", "text/plain")
-    back = raw(hub.port)
+    back = raw(hub.engine.port)
     await back.connect(
         "phoenix",
         *service,
@@ -340,17 +340,17 @@ async def test_the_will_waits_for_its_delay_and_a_quick_return_cancels_it(hub, s
         properties={"session_expiry_interval": 60},
     )
     back.close()
-    again = raw(hub.port)
+    again = raw(hub.engine.port)
     await again.connect("phoenix", *service, clean_start=False, properties={"session_expiry_interval": 60})
     await asyncio.sleep(2.5)
     assert [m.payload for m in watcher.messages] == [b"gone"]  # the return within the delay cancelled it
 
 
 async def test_disconnect_with_will_message_publishes_the_will(hub, service, v5):
-    watcher = v5(hub.port, "watcher", *service)
+    watcher = v5(hub.engine.port, "watcher", *service)
     await watcher.connect()
     await watcher.subscribe("wills/#", qos=1)
-    client = v5(hub.port, "leaver", *service, will=("wills/leaver", b"bye", 1))
+    client = v5(hub.engine.port, "leaver", *service, will=("wills/leaver", b"bye", 1))
     await client.connect()
     await client.disconnect(reason_code=reasons.DISCONNECT_WITH_WILL)
     (message,) = await watcher.wait_messages(1)
@@ -358,8 +358,8 @@ async def test_disconnect_with_will_message_publishes_the_will(hub, service, v5)
 
 
 async def test_a_level_the_hub_does_not_speak_gets_connack_0x01_and_is_closed(hub, service):
-    client = RawClient(hub.port)
-    client.reader, client.writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    client = RawClient(hub.engine.port)
+    client.reader, client.writer = await asyncio.open_connection("127.0.0.1", hub.engine.port)
     body = b"\x00\x04MQTT\x06\x02\x00\x3c\x00\x00\x00\x01x"
     client.writer.write(bytes([0x10, len(body)]) + body)
     packet_type, data = await client.read_packet()
@@ -369,9 +369,9 @@ async def test_a_level_the_hub_does_not_speak_gets_connack_0x01_and_is_closed(hu
 
 
 async def test_a_malformed_packet_closes_only_that_connection_with_0x81(hub, service, v5, raw):
-    bystander = v5(hub.port, "bystander", *service)
+    bystander = v5(hub.engine.port, "bystander", *service)
     await bystander.connect()
-    client = raw(hub.port)
+    client = raw(hub.engine.port)
     await client.connect("clumsy", *service)
     client.send(b"\x30\x04\x00\x02\xff\xfe\x00")  # PUBLISH, topic not UTF-8 (one byte short of a body too)
     client.send(b"\x00")

@@ -87,14 +87,14 @@ def _auth():
 
 async def subscribed(hub, client_id, count=1):
     await until(
-        lambda: len(hub.broker._filters_by_client.get(client_id, ())) >= count, message=f"{client_id} subscribed"
+        lambda: len(hub.engine.broker._filters_by_client.get(client_id, ())) >= count, message=f"{client_id} subscribed"
     )
 
 
 async def test_properties_travel_from_mosquitto_pub_to_mosquitto_sub(hub, service, processes):
     receiver = await processes(
         *sub(
-            hub.port,
+            hub.engine.port,
             "msub",
             "-t",
             "lab/#",
@@ -115,7 +115,7 @@ async def test_properties_travel_from_mosquitto_pub_to_mosquitto_sub(hub, servic
     await subscribed(hub, "msub")
     sender = await processes(
         *pub(
-            hub.port,
+            hub.engine.port,
             "mpub",
             "-t",
             "lab/props",
@@ -160,7 +160,7 @@ async def test_a_refused_device_message_fails_mosquitto_pub_with_the_reason(hub,
         "-h",
         "127.0.0.1",
         "-p",
-        str(hub.port),
+        str(hub.engine.port),
         "-i",
         username,
         "-u",
@@ -181,23 +181,25 @@ async def test_a_refused_device_message_fails_mosquitto_pub_with_the_reason(hub,
 
 
 async def test_session_expiry_with_mosquitto_sub(hub, service, processes):
-    first = await processes(*sub(hub.port, "keeper", "-c", "-x", "60", "-q", "1", "-t", "lab/kept", "-W", "2"))
+    first = await processes(*sub(hub.engine.port, "keeper", "-c", "-x", "60", "-q", "1", "-t", "lab/kept", "-W", "2"))
     await subscribed(hub, "keeper")
     first.stop()
     await first.wait()
-    await hub.publish("lab/kept", b"queued while away", qos=1)
+    await hub.engine.publish("lab/kept", b"queued while away", qos=1)
     again = await processes(
-        *sub(hub.port, "keeper", "-c", "-x", "60", "-q", "1", "-t", "lab/kept", "-C", "1", "-W", "15")
+        *sub(hub.engine.port, "keeper", "-c", "-x", "60", "-q", "1", "-t", "lab/kept", "-C", "1", "-W", "15")
     )
     assert await again.wait() == 0, await again.stderr()
     assert again.lines == ["queued while away"]
 
 
 async def test_topic_aliases_from_mosquitto_pub(hub, service, processes):
-    receiver = await processes(*sub(hub.port, "aliased-sub", "-t", "alias/#", "-C", "3", "-W", "15", "-F", "%t %p"))
+    receiver = await processes(
+        *sub(hub.engine.port, "aliased-sub", "-t", "alias/#", "-C", "3", "-W", "15", "-F", "%t %p")
+    )
     await subscribed(hub, "aliased-sub")
     sender = await processes(
-        *pub(hub.port, "aliaser", "-t", "alias/long/topic/name", "-l", "-D", "publish", "topic-alias", "1")
+        *pub(hub.engine.port, "aliaser", "-t", "alias/long/topic/name", "-l", "-D", "publish", "topic-alias", "1")
     )
     sender.proc.stdin.write(b"one\ntwo\nthree\n")
     await sender.proc.stdin.drain()
@@ -209,13 +211,13 @@ async def test_topic_aliases_from_mosquitto_pub(hub, service, processes):
 
 async def test_shared_subscription_between_mosquitto_subs(hub, service, processes):
     members = [
-        await processes(*sub(hub.port, f"share-{n}", "-t", "$share/grp/work/#", "-q", "1", "-W", "10"))
+        await processes(*sub(hub.engine.port, f"share-{n}", "-t", "$share/grp/work/#", "-q", "1", "-W", "10"))
         for n in range(2)
     ]
     for n in range(2):
         await subscribed(hub, f"share-{n}")
     for n in range(6):
-        await hub.publish(f"work/{n}", str(n).encode(), qos=1)
+        await hub.engine.publish(f"work/{n}", str(n).encode(), qos=1)
     await until(lambda: sum(len(m.lines) for m in members) >= 6, message="six shared deliveries")
     await asyncio.sleep(0.3)
     assert sorted(line for m in members for line in m.lines) == [str(n) for n in range(6)]
@@ -223,7 +225,7 @@ async def test_shared_subscription_between_mosquitto_subs(hub, service, processe
 
 
 async def test_request_response_with_mosquitto_rr(hub, service, processes):
-    responder = Client5(hub.port, "responder", *service)
+    responder = Client5(hub.engine.port, "responder", *service)
     await responder.connect()
     await responder.subscribe("svc/requests", qos=1)
 
@@ -242,7 +244,7 @@ async def test_request_response_with_mosquitto_rr(hub, service, processes):
             "-h",
             "127.0.0.1",
             "-p",
-            str(hub.port),
+            str(hub.engine.port),
             "-i",
             "asker",
             *_auth(),

@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from hubserver.brokers import set_engine
 from tests.conftest import provision_device
 from tests.mqtt import RawClient, _length, _string
 from tests.test_metrics import scrape, value
@@ -22,16 +21,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 async def engine(hub):
-    set_engine(hub)
-    try:
-        yield hub
-    finally:
-        set_engine(None)
+    """The running hub (``running_hub()`` returns it, as under ``hubserver run``)."""
+    return hub
 
 
 async def device(hub, device_id):
     _, credentials = await provision_device("thermometer", device_id)
-    client = RawClient(hub.port)
+    client = RawClient(hub.engine.port)
     username = credentials["mqtt_username"]
     assert (await client.connect(username, username, credentials["mqtt_password"]))[0] == 0
     await asyncio.sleep(0.2)
@@ -144,7 +140,7 @@ async def test_a_client_that_reads_nothing_is_not_read_either(engine):
     fills.)"""
     flooder = await device(engine, "deaf-1")
     bystander = await device(engine, "calm-2")
-    (handler,) = [h for s, h in engine.broker._sessions.values() if s.client_id == "thermometer.deaf-1"]
+    (handler,) = [h for s, h in engine.engine.broker._sessions.values() if s.client_id == "thermometer.deaf-1"]
     handler._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     flooder.writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     flooder.writer.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
@@ -178,8 +174,8 @@ async def test_qos2_messages_waiting_for_pubrel_are_capped(engine):
 async def test_what_a_client_chose_is_clipped_in_the_log(hub, caplog):
     """A CONNECT with a 60 KB client id and username costs the log a short line."""
     caplog.set_level(logging.INFO)
-    raw = RawClient(hub.port)
-    raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    raw = RawClient(hub.engine.port)
+    raw.reader, raw.writer = await asyncio.open_connection("127.0.0.1", hub.engine.port)
     huge = "x" * 60_000
     body = _string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _string(huge) + _string(huge) + _string("pw")
     raw.writer.write(bytes([0x10]) + _length(len(body)) + body)

@@ -30,7 +30,7 @@ def stored(model, **filters):
 
 async def device(hub, device_id):
     _, credentials = await provision_device("thermometer", device_id)
-    client = RawClient(hub.port)
+    client = RawClient(hub.engine.port)
     username = credentials["mqtt_username"]
     assert (await client.connect(username, username, credentials["mqtt_password"]))[0] == 0
     await asyncio.sleep(0.2)  # the connect's status change commits before the test starts
@@ -124,7 +124,7 @@ async def test_retained_and_qos2_publishes_still_take_the_full_path(hub):
         publish_packet("things/thermometer/r-7/status", b'{"status": "online"}', packet_id=4, retain=True)
     )
     assert await pubacks(client, 1) == [4]
-    assert "things/thermometer/r-7/status" in hub.broker._retained_messages
+    assert "things/thermometer/r-7/status" in hub.engine.broker._retained_messages
     client.writer.write(publish_packet("things/thermometer/r-7/data", b'{"uptime": 9}', qos=2, packet_id=5))
     packet_type, data = await client.read_packet()
     assert (packet_type, struct.unpack("!H", data)[0]) == (5, 5)  # PUBREC

@@ -82,7 +82,7 @@ DEVICE_PUBLISHES = [
 async def test_a_device_publish_breaking_a_rule_closes_without_acknowledgement(hub, build):
     """The reader's short path applies the same rules, and acknowledges nothing it closes for."""
     _, credentials = await provision_device("thermometer", "strict-1")
-    raw = RawClient(hub.port)
+    raw = RawClient(hub.engine.port)
     username = credentials["mqtt_username"]
     try:
         assert (await raw.connect(username, username, credentials["mqtt_password"]))[0] == 0
@@ -95,7 +95,7 @@ async def test_a_device_publish_breaking_a_rule_closes_without_acknowledgement(h
 async def test_a_subscription_is_still_answered_after_a_refused_one(hub, service):
     """Rules are about malformed packets: a well-formed filter the ACL refuses still gets 0x80 and the
     connection stays up (checked against the strictness above)."""
-    raw = RawClient(hub.port)
+    raw = RawClient(hub.engine.port)
     try:
         assert (await raw.connect("polite", *service))[0] == 0
         assert await raw.subscribe("$SYS/#", qos=1, packet_id=3) in (0x80, 1)
@@ -106,11 +106,11 @@ async def test_a_subscription_is_still_answered_after_a_refused_one(hub, service
 
 
 async def test_a_bystander_is_served_while_violators_are_closed(hub, service):
-    bystander = RawClient(hub.port)
+    bystander = RawClient(hub.engine.port)
     assert (await bystander.connect("bystander", *service))[0] == 0
     try:
         for index, violation in enumerate(VIOLATIONS + CLOSED_BY_STOCK_TOO):
-            raw = RawClient(hub.port)
+            raw = RawClient(hub.engine.port)
             assert (await raw.connect(f"v{index}", *service))[0] == 0
             raw.writer.write(violation.values[0])
             assert await raw.closed(timeout=3)

@@ -49,15 +49,15 @@ SCRIPT = textwrap.dedent(
             futures = []
             for n in range(PER_WRITER):
                 payload = json.dumps({"temperature": n % 50, "humidity": index}).encode()
-                futures.append(await router.submit(f"things/weatherstation/pg-{n % DEVICES}/data", payload, qos=1))
+                futures.append(await router.submit("data", "weatherstation", f"pg-{n % DEVICES}", payload, qos=1))
                 if n % 50 == 0:
                     await asyncio.sleep(0)
             return await asyncio.gather(*futures)
 
         results = await asyncio.gather(*(feed(i, r) for i, r in enumerate(routers)))
         # Values survive the PostgreSQL insert path: readings, JSON, raw bytes of an unparseable payload.
-        exact = await routers[0].route("things/weatherstation/pg-0/data", b'{"temperature": 21, "humidity": 40.5}')
-        raw = await routers[1].route("things/weatherstation/pg-1/data", bytes([255]) + b" not json")
+        exact = await routers[0].route("data", "weatherstation", "pg-0", b'{"temperature": 21, "humidity": 40.5}')
+        raw = await routers[1].route("data", "weatherstation", "pg-1", bytes([255]) + b" not json")
         for router in routers:
             await router.stop()
         done.set()

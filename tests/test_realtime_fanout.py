@@ -90,3 +90,40 @@ async def test_one_group_send_per_batch_and_group_and_no_duplicates(counted):
 async def test_batches_nobody_watches_cost_no_channel_layer_message(counted):
     await fanout.on_commit([data("t-1", 1, 1.0), connected("t-2")])
     assert counted == {}
+
+
+async def test_status_events_come_from_the_committed_result_without_reading_rows(counted):
+    """The batch hands realtime what it wrote: a status event for a message row that is not in the database
+    (nothing to read back) still shows what the device stated and the status it replaced."""
+    from datetime import UTC, datetime
+
+    await provision_device("thermometer", "t-1")
+    ws = await viewer("watcher")
+    await request(ws, {"type": "subscribe", "device_type": "thermometer", "request_id": 1})
+    received = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    status = RouteResult(
+        stored=True,
+        kind="status",
+        type_name="thermometer",
+        device_id="t-1",
+        message_id=987654,  # no such row
+        processing_status="completed",
+        old_status="online",
+        new_status="maintenance",
+        received_at=received,
+        status_fields={"status": "maintenance", "battery_level": 42.0, "firmware_version": "9.9"},
+    )
+    await fanout.on_commit([status])
+    (event,) = await drain(ws)
+    assert event == {
+        "type": "status",
+        "device_type": "thermometer",
+        "device_id": "t-1",
+        "id": 987654,
+        "timestamp": "2030-01-02T03:04:05Z",
+        "status": "maintenance",
+        "old_status": "online",
+        "battery_level": 42.0,
+        "firmware_version": "9.9",
+    }
+    await ws.disconnect()

@@ -30,7 +30,7 @@ async def publish(device, device_id, payload, kind="data"):
 
 
 async def route(hub, device_id, payload, kind="data"):
-    result = await hub.router.route(f"things/thermometer/{device_id}/{kind}", json.dumps(payload))
+    result = await hub.router.route(kind, "thermometer", device_id, json.dumps(payload))
     assert result.stored
     await hub.router.flush()
     return result

@@ -118,7 +118,7 @@ async def test_flat_payload_creates_a_reading(router, thermometer):
     payload = b'{"temperature": 21.5, "uptime": 10, "door_open": true, "label": "hall", "timestamp": "%s"}' % (
         GIVEN.encode()
     )
-    result = await router.route(f"{T1}/data", payload, qos=1, client_id="t1")
+    result = await router.route("data", "thermometer", "t1", payload, qos=1, client_id="t1")
 
     (reading,) = await rows(ThermometerReading)
     assert (reading.temperature, reading.uptime, reading.door_open, reading.label) == (21.5, 10, True, "hall")
@@ -139,9 +139,11 @@ async def test_flat_payload_creates_a_reading(router, thermometer):
 async def test_stored_rows_read_back_like_rows_saved_through_the_orm(router, thermometer):
     """The writer inserts plain rows: every column, the ones it does not set included, must read back as the
     model's own save() would have stored it."""
-    await router.route(f"{T1}/data", '{"label": "caf\u00e9 ☕", "uptime": 3.0, "nested": {"a": [1, null]}}'.encode())
-    await router.route(f"{T1}/data", b"\xff not json")
-    await router.route(f"{T1}/status", b'{"status": "maintenance", "battery_level": 55.5}')
+    await router.route(
+        "data", "thermometer", "t1", '{"label": "caf\u00e9 ☕", "uptime": 3.0, "nested": {"a": [1, null]}}'.encode()
+    )
+    await router.route("data", "thermometer", "t1", b"\xff not json")
+    await router.route("status", "thermometer", "t1", b'{"status": "maintenance", "battery_level": 55.5}')
 
     ok, broken, status = await rows(ThermometerMessage)
     reference = ThermometerMessage(device=thermometer, topic="x")
@@ -170,7 +172,7 @@ async def test_readings_list_payload_converts_the_timestamp_to_utc(router, hygro
         b'{"readings": [{"type": "temperature", "value": 25.3}, {"type": "humidity", "value": 80.1}],'
         b' "timestamp": "2025-01-15T14:00:00+02:00"}'
     )
-    await router.route(f"{H1}/data", payload)
+    await router.route("data", "hygrometer", "h1", payload)
 
     (reading,) = await rows(HygrometerReading)
     assert (reading.temperature, reading.humidity) == (25.3, 80.1)
@@ -184,7 +186,7 @@ async def test_missing_or_unparseable_timestamp_uses_server_time(router, thermom
     if timestamp is not None:
         body["timestamp"] = timestamp
     before = timezone.now()
-    await router.route(f"{T1}/data", orjson.dumps(body))
+    await router.route("data", "thermometer", "t1", orjson.dumps(body))
     after = timezone.now()
 
     (reading,) = await rows(ThermometerReading)
@@ -195,7 +197,7 @@ async def test_missing_or_unparseable_timestamp_uses_server_time(router, thermom
 
 async def test_server_time_is_the_time_the_broker_received_the_message(router, thermometer):
     received = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
-    await router.route(f"{T1}/data", b'{"temperature": 20}', received_at=received)
+    await router.route("data", "thermometer", "t1", b'{"temperature": 20}', received_at=received)
 
     (reading,) = await rows(ThermometerReading)
     assert reading.timestamp == received
@@ -205,7 +207,9 @@ async def test_server_time_is_the_time_the_broker_received_the_message(router, t
 
 
 async def test_unknown_fields_are_ignored(router, thermometer):
-    result = await router.route(f"{T1}/data", b'{"temperature": 19, "pressure": 1013, "mode": "manual", "x": {}}')
+    result = await router.route(
+        "data", "thermometer", "t1", b'{"temperature": 19, "pressure": 1013, "mode": "manual", "x": {}}'
+    )
 
     (reading,) = await rows(ThermometerReading)
     assert reading.temperature == 19
@@ -217,7 +221,10 @@ async def test_unknown_fields_are_ignored(router, thermometer):
 
 async def test_invalid_values_fail_the_message_and_valid_ones_are_kept(router, thermometer):
     result = await router.route(
-        f"{T1}/data", b'{"temperature": 120, "uptime": "long", "door_open": 1, "label": "ok", "humidity": 5}'
+        "data",
+        "thermometer",
+        "t1",
+        b'{"temperature": 120, "uptime": "long", "door_open": 1, "label": "ok", "humidity": 5}',
     )
 
     (reading,) = await rows(ThermometerReading)
@@ -233,7 +240,7 @@ async def test_invalid_values_fail_the_message_and_valid_ones_are_kept(router, t
 
 async def test_a_message_without_declared_readings_is_completed_without_a_reading(router, thermometer, record):
     calls = record(signals.device_data_received)
-    result = await router.route(f"{T1}/data", b'{"pressure": 1013}')
+    result = await router.route("data", "thermometer", "t1", b'{"pressure": 1013}')
     await router.flush()
 
     assert await count(ThermometerReading) == 0
@@ -253,7 +260,7 @@ async def test_a_message_without_declared_readings_is_completed_without_a_readin
     ],
 )
 async def test_unparseable_payload_is_stored_failed_and_the_router_keeps_working(router, thermometer, payload, reason):
-    result = await router.route(f"{T1}/data", payload)
+    result = await router.route("data", "thermometer", "t1", payload)
 
     (message,) = await rows(ThermometerMessage)
     assert message.processing_status == "failed"
@@ -262,7 +269,7 @@ async def test_unparseable_payload_is_stored_failed_and_the_router_keeps_working
     assert message.payload_json is None
     assert result.stored and result.processing_status == "failed"
 
-    await router.route(f"{T1}/data", b'{"temperature": 22}')
+    await router.route("data", "thermometer", "t1", b'{"temperature": 22}')
     (reading,) = await rows(ThermometerReading)
     assert reading.temperature == 22
     assert router.stats()["failed"] == 1
@@ -275,9 +282,12 @@ async def test_unparseable_payload_is_stored_failed_and_the_router_keeps_working
 async def test_status_payload_updates_the_device_and_fires_status_changed_once(router, hygrometer, record):
     calls = record(signals.device_status_changed)
     result = await router.route(
-        f"{H1}/status", b'{"status": "maintenance", "battery": 55, "firmware_version": "2.1.0", "timestamp": "x"}'
+        "status",
+        "hygrometer",
+        "h1",
+        b'{"status": "maintenance", "battery": 55, "firmware_version": "2.1.0", "timestamp": "x"}',
     )
-    await router.route(f"{H1}/status", b'{"status": "maintenance", "battery_level": 50.5}')
+    await router.route("status", "hygrometer", "h1", b'{"status": "maintenance", "battery_level": 50.5}')
     await router.flush()
 
     device = await get(HygrometerDevice, pk=hygrometer.pk)
@@ -297,7 +307,9 @@ async def test_status_payload_updates_the_device_and_fires_status_changed_once(r
 async def test_invalid_status_fields_fail_the_message_and_valid_ones_apply(router, transactional_db, record):
     thermometer = await sync_to_async(ThermometerDevice.objects.create)(device_id="t1", status="error")
     calls = record(signals.device_status_changed)
-    await router.route(f"{T1}/status", b'{"status": "asleep", "battery_level": 150, "firmware_version": "3.0"}')
+    await router.route(
+        "status", "thermometer", "t1", b'{"status": "asleep", "battery_level": 150, "firmware_version": "3.0"}'
+    )
     await router.flush()
 
     device = await get(ThermometerDevice, pk=thermometer.pk)
@@ -319,8 +331,8 @@ async def test_data_received_fires_once_per_message_with_the_documented_argument
 ):
     calls = record(signals.device_data_received, is_async=is_async)
     other = record(signals.device_data_received, sender=Hygrometer)
-    await router.route(f"{T1}/data", b'{"temperature": 20, "uptime": 5}')
-    await router.route(f"{T1}/data", b'{"temperature": 21}')
+    await router.route("data", "thermometer", "t1", b'{"temperature": 20, "uptime": 5}')
+    await router.route("data", "thermometer", "t1", b'{"temperature": 21}')
     await router.flush()
 
     assert len(calls) == 2
@@ -339,7 +351,7 @@ async def test_data_received_fires_once_per_message_with_the_documented_argument
 
 
 async def test_hooks_of_the_device_type_are_called(router, hygrometer):
-    await router.route(f"{H1}/data", b'{"humidity": 40, "temperature": -60}')
+    await router.route("data", "hygrometer", "h1", b'{"humidity": 40, "temperature": -60}')
     await router.flush()
 
     assert hooks.calls == [
@@ -363,8 +375,8 @@ async def test_failing_receivers_and_hooks_are_logged_and_do_not_stop_the_router
     calls = record(signals.device_data_received)
     try:
         with caplog.at_level(logging.ERROR, logger="hubserver.routing"):
-            await router.route(f"{H1}/data", b'{"humidity": 40}')
-            await router.route(f"{H1}/data", b'{"humidity": 41}')
+            await router.route("data", "hygrometer", "h1", b'{"humidity": 40}')
+            await router.route("data", "hygrometer", "h1", b'{"humidity": 41}')
             await router.flush()
     finally:
         signals.device_data_received.disconnect(broken)
@@ -379,7 +391,7 @@ async def test_failing_receivers_and_hooks_are_logged_and_do_not_stop_the_router
 async def test_commit_listeners_get_each_batch_once(router, thermometer):
     batches = []
     router.add_commit_listener(batches.append)
-    futures = [await router.submit(f"{T1}/data", b'{"uptime": %d}' % i) for i in range(5)]
+    futures = [await router.submit("data", "thermometer", "t1", b'{"uptime": %d}' % i) for i in range(5)]
     await asyncio.gather(*futures)
     await router.flush()
 
@@ -394,8 +406,10 @@ async def test_reply_is_stored_with_its_correlation_id(router, thermometer):
         replies.append((device_type, device.device_id, message.correlation_id, reply.status, reply.result))
 
     router.add_reply_listener(on_reply)
-    result = await router.route(f"{T1}/reply", b'{"correlation_id": "c-42", "status": "ok", "result": {"rebooted": 1}}')
-    bad = await router.route(f"{T1}/reply", b'{"status": "ok"}')
+    result = await router.route(
+        "reply", "thermometer", "t1", b'{"correlation_id": "c-42", "status": "ok", "result": {"rebooted": 1}}'
+    )
+    bad = await router.route("reply", "thermometer", "t1", b'{"status": "ok"}')
     await router.flush()
 
     message = await get(ThermometerMessage, pk=result.message_id)
@@ -409,17 +423,19 @@ async def test_reply_is_stored_with_its_correlation_id(router, thermometer):
 
 
 @pytest.mark.parametrize(
-    ("topic", "reason"),
+    ("parts", "reason"),
     [
-        ("things/nosuchtype/t1/data", Refusal.UNKNOWN_TYPE),
-        ("things/thermometer/ghost/data", Refusal.UNKNOWN_DEVICE),
-        ("things/thermometer/t1/cmd", Refusal.BAD_TOPIC),
-        ("things/thermometer/t1", Refusal.BAD_TOPIC),
-        ("elsewhere/thermometer/t1/data", Refusal.BAD_TOPIC),
+        (("data", "nosuchtype", "t1"), Refusal.UNKNOWN_TYPE),
+        (("data", "thermometer", "ghost"), Refusal.UNKNOWN_DEVICE),
+        (("cmd", "thermometer", "t1"), Refusal.BAD_TOPIC),  # the hub's own kind, never a device's
+        (("telemetry", "thermometer", "t1"), Refusal.BAD_TOPIC),
+        (("data", "thermometer", "t1/x"), Refusal.BAD_TOPIC),  # not one topic level
+        (("data", "thermometer", "+"), Refusal.BAD_TOPIC),
+        (("data", "thermometer", "t" * 250), Refusal.BAD_TOPIC),  # its topic would not fit the Message row
     ],
 )
-async def test_unroutable_messages_are_not_stored(router, thermometer, topic, reason):
-    result = await router.route(topic, b'{"temperature": 20}')
+async def test_unroutable_messages_are_not_stored(router, thermometer, parts, reason):
+    result = await router.route(*parts, b'{"temperature": 20}')
 
     assert not result.stored
     assert result.reason == reason
@@ -430,15 +446,15 @@ async def test_unroutable_messages_are_not_stored(router, thermometer, topic, re
 
 async def test_inactive_device_is_refused(router, transactional_db):
     await sync_to_async(ThermometerDevice.objects.create)(device_id="t1", is_active=False)
-    result = await router.route(f"{T1}/data", b'{"temperature": 20}')
+    result = await router.route("data", "thermometer", "t1", b'{"temperature": 20}')
 
     assert (result.stored, result.reason) == (False, Refusal.INACTIVE_DEVICE)
     assert await count(ThermometerMessage) == 0
 
 
 async def test_unknown_devices_are_answered_from_the_cache_after_the_first_lookup(router, transactional_db):
-    first = await router.route("things/thermometer/ghost/data", b"{}")
-    future = await router.submit("things/thermometer/ghost/data", b"{}")
+    first = await router.route("data", "thermometer", "ghost", b"{}")
+    future = await router.submit("data", "thermometer", "ghost", b"{}")
 
     assert first.reason == Refusal.UNKNOWN_DEVICE
     assert future.done()  # no database round trip
@@ -447,22 +463,22 @@ async def test_unknown_devices_are_answered_from_the_cache_after_the_first_looku
 
 
 async def test_the_cache_follows_device_changes(router, transactional_db):
-    assert (await router.route(f"{T1}/data", b"{}")).reason == Refusal.UNKNOWN_DEVICE
+    assert (await router.route("data", "thermometer", "t1", b"{}")).reason == Refusal.UNKNOWN_DEVICE
     device = await sync_to_async(ThermometerDevice.objects.create)(device_id="t1")
-    assert (await router.route(f"{T1}/data", b"{}")).stored
+    assert (await router.route("data", "thermometer", "t1", b"{}")).stored
 
     device.is_active = False
     await sync_to_async(device.save)()
-    assert (await router.route(f"{T1}/data", b"{}")).reason == Refusal.INACTIVE_DEVICE
+    assert (await router.route("data", "thermometer", "t1", b"{}")).reason == Refusal.INACTIVE_DEVICE
 
     device.is_active = True
     device.device_id = "t1-renamed"
     await sync_to_async(device.save)()
-    assert (await router.route(f"{T1}/data", b"{}")).reason == Refusal.UNKNOWN_DEVICE
-    assert (await router.route("things/thermometer/t1-renamed/data", b"{}")).stored
+    assert (await router.route("data", "thermometer", "t1", b"{}")).reason == Refusal.UNKNOWN_DEVICE
+    assert (await router.route("data", "thermometer", "t1-renamed", b"{}")).stored
 
     await sync_to_async(device.delete)()
-    assert (await router.route("things/thermometer/t1-renamed/data", b"{}")).reason == Refusal.UNKNOWN_DEVICE
+    assert (await router.route("data", "thermometer", "t1-renamed", b"{}")).reason == Refusal.UNKNOWN_DEVICE
 
 
 async def test_oversize_payload_is_refused(hub, thermometer):
@@ -470,8 +486,8 @@ async def test_oversize_payload_is_refused(hub, thermometer):
     router = MessageRouter()
     await router.start()
     try:
-        result = await router.route(f"{T1}/data", b'{"label": "%s"}' % (b"x" * 100))
-        ok = await router.route(f"{T1}/data", b'{"label": "short"}')
+        result = await router.route("data", "thermometer", "t1", b'{"label": "%s"}' % (b"x" * 100))
+        ok = await router.route("data", "thermometer", "t1", b'{"label": "short"}')
     finally:
         await router.stop()
 
@@ -492,11 +508,11 @@ async def test_the_router_refuses_to_start_without_time_zone_support(settings, t
 async def test_submit_needs_a_running_router(transactional_db):
     router = MessageRouter()
     with pytest.raises(RouterNotRunning):
-        await router.submit(f"{T1}/data", b"{}")
+        await router.submit("data", "thermometer", "t1", b"{}")
     await router.start()
     await router.stop()
     with pytest.raises(RouterNotRunning):
-        await router.route(f"{T1}/data", b"{}")
+        await router.route("data", "thermometer", "t1", b"{}")
 
 
 # The group-commit writer -----------------------------------------------------------------------
@@ -509,7 +525,7 @@ async def test_concurrent_messages_are_written_in_few_transactions(router, trans
     await sync_to_async(create)()
 
     async def device(i):
-        return [await router.route(f"things/thermometer/t{i}/data", b'{"uptime": %d}' % n, qos=1) for n in range(25)]
+        return [await router.route("data", "thermometer", f"t{i}", b'{"uptime": %d}' % n, qos=1) for n in range(25)]
 
     results = [r for rs in await asyncio.gather(*(device(i) for i in range(20))) for r in rs]
 
@@ -527,7 +543,7 @@ async def test_concurrent_messages_are_written_in_few_transactions(router, trans
 
 
 async def test_a_failed_commit_fails_its_batch_and_the_next_batch_succeeds(router, thermometer, monkeypatch):
-    await router.route(f"{T1}/data", b'{"uptime": 1}')  # warm the cache
+    await router.route("data", "thermometer", "t1", b'{"uptime": 1}')  # warm the cache
     original = batch_module.Rows.save
     attempts = []
 
@@ -539,13 +555,13 @@ async def test_a_failed_commit_fails_its_batch_and_the_next_batch_succeeds(route
         original(self)
 
     monkeypatch.setattr(batch_module.Rows, "save", locked_once)
-    failed = [await router.submit(f"{T1}/status", b'{"status": "error"}')]
-    failed += [await router.submit(f"{T1}/data", b'{"uptime": %d}' % n) for n in range(3)]
+    failed = [await router.submit("status", "thermometer", "t1", b'{"status": "error"}')]
+    failed += [await router.submit("data", "thermometer", "t1", b'{"uptime": %d}' % n) for n in range(3)]
     outcomes = await asyncio.gather(*failed, return_exceptions=True)
     assert all(isinstance(o, BatchCommitError) for o in outcomes)
     assert "database is locked" in str(outcomes[0])
 
-    result = await router.route(f"{T1}/status", b'{"status": "maintenance"}')
+    result = await router.route("status", "thermometer", "t1", b'{"status": "maintenance"}')
     assert result.stored
     assert (result.old_status, result.new_status) == ("online", "maintenance")  # "error" never happened
     assert [r.uptime for r in await rows(ThermometerReading)] == [1]
@@ -568,11 +584,11 @@ async def test_a_full_queue_makes_producers_wait(hub, thermometer, monkeypatch):
     router = MessageRouter()
     await router.start()
     try:
-        futures = [await router.submit(f"{T1}/data", b'{"uptime": 0}')]
+        futures = [await router.submit("data", "thermometer", "t1", b'{"uptime": 0}')]
         await asyncio.to_thread(entered.wait)  # the writer holds message 0 and is busy
-        futures += [await router.submit(f"{T1}/data", b'{"uptime": %d}' % n) for n in range(1, 11)]
+        futures += [await router.submit("data", "thermometer", "t1", b'{"uptime": %d}' % n) for n in range(1, 11)]
         assert router.stats()["queued"] == 10
-        blocked = asyncio.create_task(router.submit(f"{T1}/data", b'{"uptime": 11}'))
+        blocked = asyncio.create_task(router.submit("data", "thermometer", "t1", b'{"uptime": 11}'))
         for _ in range(5):
             await asyncio.sleep(0)
         assert not blocked.done()  # back-pressure, not an ever-growing queue
@@ -590,7 +606,7 @@ async def test_a_full_queue_makes_producers_wait(hub, thermometer, monkeypatch):
 async def test_stop_writes_everything_queued(thermometer, transactional_db):
     router = MessageRouter()
     await router.start()
-    futures = [await router.submit(f"{T1}/data", b'{"uptime": %d}' % n) for n in range(100)]
+    futures = [await router.submit("data", "thermometer", "t1", b'{"uptime": %d}' % n) for n in range(100)]
     await router.stop()
 
     assert all(f.done() and f.result().stored for f in futures)
@@ -609,8 +625,8 @@ async def test_last_seen_costs_one_update_per_batch(router, thermometer, hygrome
     monkeypatch.setattr(router_module, "write_batch", capturing)
     futures = []
     for n in range(50):
-        futures.append(await router.submit(f"{T1}/data", b'{"uptime": %d}' % n))
-        futures.append(await router.submit(f"{H1}/data", b'{"humidity": %d}' % n))
+        futures.append(await router.submit("data", "thermometer", "t1", b'{"uptime": %d}' % n))
+        futures.append(await router.submit("data", "hygrometer", "h1", b'{"humidity": %d}' % n))
     results = await asyncio.gather(*futures)
 
     assert len(captured) == 1  # submitted without yielding: one batch
@@ -672,13 +688,13 @@ async def test_a_silent_device_goes_offline_after_the_heartbeat_timeout(hub, hyg
     await router.start()
     try:
         await router.device_connected("hygrometer", "h1")
-        await router.route(f"{H1}/data", b'{"humidity": 50}')
+        await router.route("data", "hygrometer", "h1", b'{"humidity": 50}')
         await asyncio.wait_for(gone.wait(), timeout=10)
         await router.flush()
         assert (await get(HygrometerDevice, pk=hygrometer.pk)).status == "offline"
         assert len(disconnected) == 1
 
-        await router.route(f"{H1}/data", b'{"humidity": 51}')  # it speaks again: online
+        await router.route("data", "hygrometer", "h1", b'{"humidity": 51}')  # it speaks again: online
         await router.flush()
         assert (await get(HygrometerDevice, pk=hygrometer.pk)).status == "online"
     finally:

@@ -12,7 +12,7 @@ from tests.testapp.models import ThermometerDevice
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-TOPIC = "things/thermometer/late-1/data"
+LATE = ("data", "thermometer", "late-1")
 
 
 @database_sync_to_async
@@ -31,14 +31,14 @@ async def router():
 
 async def test_an_unknown_answer_expires(router, monkeypatch):
     monkeypatch.setattr(router.devices, "negative_ttl", 0.2)
-    assert (await router.route(TOPIC, b'{"temperature": 1}')).reason == Refusal.UNKNOWN_DEVICE
+    assert (await router.route(*LATE, b'{"temperature": 1}')).reason == Refusal.UNKNOWN_DEVICE
     await create_without_signals("late-1")
     await asyncio.sleep(0.3)
-    assert (await router.route(TOPIC, json.dumps({"temperature": 2}).encode())).stored
+    assert (await router.route(*LATE, json.dumps({"temperature": 2}).encode())).stored
 
 
 async def test_connecting_drops_what_the_cache_remembered(router):
-    assert (await router.route(TOPIC, b'{"temperature": 1}')).reason == Refusal.UNKNOWN_DEVICE
+    assert (await router.route(*LATE, b'{"temperature": 1}')).reason == Refusal.UNKNOWN_DEVICE
     await create_without_signals("late-1")
     await router.device_connected("thermometer", "late-1")
-    assert (await router.route(TOPIC, b'{"temperature": 3}')).stored
+    assert (await router.route(*LATE, b'{"temperature": 3}')).stored

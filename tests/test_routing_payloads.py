@@ -1,12 +1,14 @@
-"""Topic and payload parsing of the router: pure functions, no database."""
+"""The device topic grammar (``hubserver.vocabulary``) and the router's payload parsing: pure functions."""
 
 from datetime import UTC, datetime
 
 import pytest
 
 from hubserver.exceptions import PayloadError
-from hubserver.routing import Topic, device_topic, parse_topic
 from hubserver.routing.payloads import decode_object, parse_data, parse_reply, parse_status, parse_timestamp
+from hubserver.vocabulary import DeviceTopic as Topic
+from hubserver.vocabulary import device_topic, device_topics, inbound_kind
+from hubserver.vocabulary import parse_device_topic as parse_topic
 from tests.testapp.devices import Hygrometer, Thermometer
 
 DEFAULT = datetime(2030, 1, 1, tzinfo=UTC)
@@ -37,6 +39,20 @@ def test_parse_topic_with_a_prefix_containing_slashes():
     assert topic == "acme/site-1/hygrometer/h1/data"
     assert parse_topic(topic, "acme/site-1") == Topic("hygrometer", "h1", "data")
     assert parse_topic(topic, "acme") is None
+
+
+def test_a_devices_own_topics_and_the_kind_of_one_it_publishes_to():
+    topics = device_topics("things", "thermometer", "t-1")
+    assert topics == {kind: f"things/thermometer/t-1/{kind}" for kind in ("data", "status", "cmd", "reply")}
+    base = "things/thermometer/t-1/"
+    assert [inbound_kind(topics[kind], base) for kind in ("data", "status", "reply", "cmd")] == [
+        "data",
+        "status",
+        "reply",
+        None,
+    ]
+    assert inbound_kind("things/thermometer/t-2/data", base) is None
+    assert inbound_kind("things/thermometer/t-1/data/x", base) is None
 
 
 @pytest.mark.parametrize(

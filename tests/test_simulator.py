@@ -178,7 +178,13 @@ async def test_simulated_devices_publish_realistic_readings_and_answer_commands(
     thermometer = registry.get("thermometer")
     device_model, reading_model, message_model = thermometer.get_models()
     simulator = Simulator(
-        thermometer, count=2, interval=0.2, realistic=True, prefix="sim-", target=Target("127.0.0.1", hub.port), seed=3
+        thermometer,
+        count=2,
+        interval=0.2,
+        realistic=True,
+        prefix="sim-",
+        target=Target("127.0.0.1", hub.engine.port),
+        seed=3,
     )
     run = asyncio.create_task(simulator.run(duration=30))
     try:
@@ -190,7 +196,7 @@ async def test_simulated_devices_publish_realistic_readings_and_answer_commands(
 
         # A command on the device's cmd topic is answered on its reply topic, correlated.
         command = {"command": "set_mode", "payload": {"mode": "manual"}, "correlation_id": "corr-42"}
-        await hub.publish("things/thermometer/sim-0001/cmd", json.dumps(command).encode(), qos=1)
+        await hub.engine.publish("things/thermometer/sim-0001/cmd", json.dumps(command).encode(), qos=1)
         replies = []
 
         async def reply_stored():
@@ -210,7 +216,7 @@ async def test_simulated_devices_publish_realistic_readings_and_answer_commands(
 
         # An undeclared command gets an error reply, still correlated.
         bad = {"command": "self_destruct", "payload": {}, "correlation_id": "corr-43"}
-        await hub.publish("things/thermometer/sim-0001/cmd", json.dumps(bad).encode(), qos=1)
+        await hub.engine.publish("things/thermometer/sim-0001/cmd", json.dumps(bad).encode(), qos=1)
         await until(lambda: simulator.devices[0].commands == 2, message="second answer")
     finally:
         simulator.stop()
@@ -246,11 +252,13 @@ async def test_an_unreachable_broker_is_reported_not_fatal(transactional_db):
 
 async def test_rotated_credentials_are_refused_and_shown(hub):
     """Another simulator with the same prefix takes the devices over: the first one's secrets stop working."""
-    first = Simulator(registry.get("hygrometer"), count=1, interval=0.2, target=Target("127.0.0.1", hub.port))
+    first = Simulator(registry.get("hygrometer"), count=1, interval=0.2, target=Target("127.0.0.1", hub.engine.port))
     run = asyncio.create_task(first.run(duration=30))
     try:
         await until(lambda: first.devices and first.devices[0].connected, message="connection")
-        second = Simulator(registry.get("hygrometer"), count=1, interval=0.2, target=Target("127.0.0.1", hub.port))
+        second = Simulator(
+            registry.get("hygrometer"), count=1, interval=0.2, target=Target("127.0.0.1", hub.engine.port)
+        )
         await database_sync_to_async(second.provision)()
         await until(lambda: not first.devices[0].connected, message="the rotated device to be dropped")
         await until(lambda: "refused" in first.devices[0].last_error, message="the refusal")

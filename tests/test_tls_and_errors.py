@@ -76,5 +76,7 @@ async def test_an_error_inside_authentication_still_answers_with_a_connack(hub, 
 
     monkeypatch.setattr(auth_plugin, "authenticate_mqtt", broken)
     _, credentials = await provision_device("thermometer", "err-1")
-    client = clients(hub.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"])
+    client = clients(
+        hub.engine.port, credentials["mqtt_username"], credentials["mqtt_username"], credentials["mqtt_password"]
+    )
     assert await client.connect(expect_success=False) == 135, "refused with a CONNACK, not left hanging"

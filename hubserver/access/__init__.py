@@ -26,7 +26,7 @@ from .principals import (
 )
 from .provisioning import aprovision, connection_info, provision, provision_many
 from .revocation import connect_revocation_signals, credentials_revoked
-from .topics import device_topics, filter_within, in_namespace, is_valid_filter, is_valid_topic, topic_matches
+from .topics import filter_within, is_valid_filter, is_valid_topic, topic_matches
 from .verifier import Verifier, device_verifier, invalidate, service_verifier
 
 __all__ = [
@@ -50,12 +50,10 @@ __all__ = [
     "connect_revocation_signals",
     "connection_info",
     "credentials_revoked",
-    "device_topics",
     "device_verifier",
     "filter_within",
     "generate_secret",
     "hash_secret",
-    "in_namespace",
     "invalidate",
     "is_valid_filter",
     "is_valid_topic",

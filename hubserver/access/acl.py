@@ -18,11 +18,9 @@ then withholds namespace and denied topics from it.
 """
 
 from ..conf import hub_settings
+from ..vocabulary import Kind, device_topic_base, in_namespace, inbound_kind, is_cmd_topic, is_topic_level
 from .principals import AnonymousPrincipal, DevicePrincipal, HubPrincipal, ServicePrincipal
-from .topics import filter_within, has_wildcards, in_namespace, is_valid_filter, is_valid_topic, topic_matches
-
-DEVICE_PUBLISH_SUFFIXES = frozenset({"data", "status", "reply"})
-DEVICE_SUBSCRIBE_SUFFIX = "cmd"
+from .topics import filter_within, has_wildcards, is_valid_filter, is_valid_topic, topic_matches
 
 
 def _prefix():
@@ -31,19 +29,21 @@ def _prefix():
 
 def _device_base(principal, prefix):
     """``{prefix}/{type}/{id}/``, or None if the principal's names cannot form topics safely."""
-    type_name, device_id = principal.type_name, principal.device_id
-    for level in (type_name, device_id):
-        if not level or "/" in level or "+" in level or "#" in level or "\x00" in level:
-            return None
-    return f"{prefix}/{type_name}/{device_id}/"
-
-
-def _is_cmd_topic(topic, prefix):
-    return topic.endswith("/cmd") and in_namespace(topic, prefix)
+    if not is_topic_level(principal.type_name) or not is_topic_level(principal.device_id):
+        return None
+    return device_topic_base(prefix, principal.type_name, principal.device_id)
 
 
 def _denied_for_anonymous(topic):
     return any(topic_matches(pattern, topic) for pattern in hub_settings.ANONYMOUS_DENY)
+
+
+def device_publish_kind(principal, topic):
+    """The kind (``data``, ``status`` or ``reply``) of ``topic`` when it is one the device ``principal`` may
+    publish to (its own), else None. The broker bridge's one check per device message, which also gives it
+    the parts the router takes: the type and id are the principal's own."""
+    base = _device_base(principal, _prefix())
+    return inbound_kind(topic, base) if base is not None else None
 
 
 def can_publish(principal, topic):
@@ -53,11 +53,10 @@ def can_publish(principal, topic):
     if isinstance(principal, HubPrincipal):
         return True
     prefix = _prefix()
-    if topic.startswith("$") or _is_cmd_topic(topic, prefix):
+    if topic.startswith("$") or is_cmd_topic(topic, prefix):
         return False
     if isinstance(principal, DevicePrincipal):
-        base = _device_base(principal, prefix)
-        return base is not None and topic.startswith(base) and topic[len(base) :] in DEVICE_PUBLISH_SUFFIXES
+        return device_publish_kind(principal, topic) is not None
     if isinstance(principal, ServicePrincipal):
         return not in_namespace(topic, prefix)
     if isinstance(principal, AnonymousPrincipal):
@@ -76,7 +75,7 @@ def can_subscribe(principal, topic_filter):
         if has_wildcards(topic_filter):
             return False
         base = _device_base(principal, prefix)
-        return base is not None and topic_filter == base + DEVICE_SUBSCRIBE_SUFFIX
+        return base is not None and topic_filter == base + Kind.CMD
     if isinstance(principal, AnonymousPrincipal):
         if topic_filter.startswith("$") or filter_within(prefix + "/#", topic_filter):
             return False
@@ -91,7 +90,7 @@ def can_receive(principal, topic):
     prefix = _prefix()
     if isinstance(principal, DevicePrincipal):
         base = _device_base(principal, prefix)
-        return base is not None and topic == base + DEVICE_SUBSCRIBE_SUFFIX
+        return base is not None and topic == base + Kind.CMD
     if isinstance(principal, AnonymousPrincipal):
         return not topic.startswith("$") and not in_namespace(topic, prefix) and not _denied_for_anonymous(topic)
     return False

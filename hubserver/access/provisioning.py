@@ -14,13 +14,14 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from ..conf import hub_settings
 from ..endpoints import public_endpoints
 from ..exceptions import ValidationError
 from ..registry import registry
 from ..signals import device_provisioned
+from ..vocabulary import device_topics, is_topic_level
 from .hashing import generate_secret, hash_secret
 from .revocation import ROTATED, revoke
-from .topics import device_topics, is_valid_topic_level
 from .verifier import default_concurrency
 
 CREDENTIAL_FIELDS = ("mqtt_username", "mqtt_password_hash", "api_key")
@@ -46,7 +47,7 @@ def device_type_of(device):
 
 def device_username(device_type, device_id, device_model=None):
     """``{type}.{device_id}``; raises ValidationError if the id cannot appear in topics or is too long."""
-    if not is_valid_topic_level(device_id):
+    if not is_topic_level(device_id):
         raise ValidationError(
             f"device id {device_id!r} cannot be used in MQTT topics: it must be non-empty and contain no "
             "'/', '+', '#' or NUL character"
@@ -187,5 +188,5 @@ def connection_info(device, credentials):
         "mqtt_password": credentials["mqtt_password"],
         "api_key": credentials["api_key"],
         **connection_endpoints(device_type),
-        "topics": device_topics(type_name, device.device_id),
+        "topics": device_topics(hub_settings.TOPIC_PREFIX, type_name, device.device_id),
     }

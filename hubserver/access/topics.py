@@ -1,14 +1,11 @@
-"""MQTT topic names and filters (MQTT 3.1.1 §4.7), and the topics of one device.
+"""MQTT topic names and filters (MQTT 3.1.1 §4.7): validity, matching, and whether one filter lies within
+another. The device topic grammar (``{prefix}/{type}/{id}/{kind}``) is ``hubserver.vocabulary``'s.
 
 Pure string functions, used by the ACL on every publish and delivery: no regex, no allocation beyond
 one ``split``, and a fast path for filters without wildcards.
 """
 
-from ..conf import hub_settings
-
 MAX_TOPIC_BYTES = 65535
-DEVICE_SUFFIXES = ("data", "status", "cmd", "reply")
-FORBIDDEN_IN_LEVEL = ("/", "+", "#", "\x00")
 
 
 def has_wildcards(topic):
@@ -84,25 +81,3 @@ def filter_within(pattern, topic_filter):
         if current != level:
             return False
     return len(filter_levels) == len(pattern_levels)
-
-
-def in_namespace(topic, prefix=None):
-    """True for the device namespace: ``{prefix}`` itself and everything under ``{prefix}/``."""
-    prefix = prefix if prefix is not None else hub_settings.TOPIC_PREFIX
-    return topic == prefix or topic.startswith(prefix + "/")
-
-
-def is_valid_topic_level(value):
-    """True if ``value`` can be one topic level (a type name or a device id): no '/', wildcards or NUL."""
-    return isinstance(value, str) and bool(value) and not any(c in value for c in FORBIDDEN_IN_LEVEL)
-
-
-def device_topic_base(type_name, device_id, prefix=None):
-    prefix = prefix if prefix is not None else hub_settings.TOPIC_PREFIX
-    return f"{prefix}/{type_name}/{device_id}/"
-
-
-def device_topics(type_name, device_id, prefix=None):
-    """``{"data", "status", "cmd", "reply"}`` topics of one device."""
-    base = device_topic_base(type_name, device_id, prefix)
-    return {suffix: base + suffix for suffix in DEVICE_SUFFIXES}

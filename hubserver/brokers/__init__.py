@@ -1,14 +1,6 @@
-"""Broker engines: how MQTT traffic reaches the MessageRouter. The embedded engine runs amqtt in the hub's
-own event loop; the running engine is reachable here for the parts of the hub that publish (commands)."""
+"""Broker engines: how MQTT traffic reaches the MessageRouter and commands reach devices.
 
-_engine = None
-
-
-def get_engine():
-    """The engine ``hubserver run`` started in this process, or None."""
-    return _engine
-
-
-def set_engine(engine):
-    global _engine
-    _engine = engine
+``base.BaseBroker`` is the interface; ``embedded.EmbeddedBroker`` runs amqtt in the hub's own event loop;
+``loading`` reads ``BROKERS`` and loads each entry's ``ENGINE``. The running engines belong to the hub
+(``hubserver.hub.running_hub()``).
+"""

@@ -22,13 +22,14 @@ OPEN = ("pending", "sent", "delivered")
 
 
 class CommandDispatcher:
-    """``engine`` answers ``is_connected(client_id)`` and ``await publish_to(client_id, topic, data, qos)``,
-    which returns once the device acknowledged the command (QoS 1/2) or it was written (QoS 0)."""
+    """``broker_for(device_type)`` is the ``BaseBroker`` that carries the type's commands (its
+    ``Meta.broker``); the dispatcher uses its ``is_connected`` and ``publish_to_device``, which returns
+    once the device acknowledged the command (QoS 1/2) or it was written (QoS 0)."""
 
     poll_interval = 2.0
 
-    def __init__(self, engine, router=None):
-        self._engine = engine
+    def __init__(self, broker_for, router=None):
+        self._broker_for = broker_for
         self._router = router
         self._task = None
         self._wake = asyncio.Event()
@@ -42,6 +43,8 @@ class CommandDispatcher:
         self._task = asyncio.create_task(self._run(), name="hubserver-commands")
 
     async def stop(self):
+        if self._task is None:
+            return  # not started
         if self._router is not None:
             self._router.remove_reply_listener(self._on_reply)
         if self._task is not None:
@@ -92,12 +95,15 @@ class CommandDispatcher:
     async def _send_one(self, device_type, message_model, key, client_id, topic, envelope, qos):
         pk = key[1]
         try:
-            if not self._engine.is_connected(client_id, topic):
+            broker = self._broker_for(device_type)
+            if broker is None or not broker.is_connected(client_id, topic):
                 return  # stays pending until the device connects and subscribes to its cmd topic
             await _set_status(message_model, pk, "sent", only=("pending",))
             await publish_command_event(message_model, pk)
             try:
-                await self._engine.publish_to(client_id, topic, orjson.dumps(envelope), qos)
+                await broker.publish_to_device(
+                    client_id, topic, orjson.dumps(envelope), qos=qos, correlation_id=envelope.get("correlation_id", "")
+                )
             except (Exception, asyncio.CancelledError):
                 # The connection went before the PUBACK: send it again on the next connection (devices
                 # recognise repeats by correlation_id).

@@ -7,8 +7,9 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from ..access.topics import device_topic_base
+from ..conf import hub_settings
 from ..exceptions import ValidationError
+from ..vocabulary import CommandState, Direction, Kind, device_topic
 
 
 def _device_type_of(device):
@@ -35,8 +36,6 @@ def send_command(device, name, payload=None):
     at the Command's QoS, at once if the device is connected, otherwise when it connects; it expires after
     the Command's ``timeout`` seconds without a reply. Works from any process that shares the database.
     """
-    from ..conf import hub_settings
-
     command, payload = prepare(device, name, payload)
     device_type = _device_type_of(device)
     message_model = device_type._message_model
@@ -44,20 +43,20 @@ def send_command(device, name, payload=None):
     now = timezone.now()
     message = message_model.objects.create(
         device=device,
-        direction=message_model.Direction.OUTBOUND,
-        topic=device_topic_base(device_type.type_name(), device.device_id, hub_settings.TOPIC_PREFIX) + "cmd",
+        direction=Direction.OUTBOUND,
+        topic=device_topic(hub_settings.TOPIC_PREFIX, device_type.type_name(), device.device_id, Kind.CMD),
         payload_json={"command": name, "payload": payload, "correlation_id": correlation_id},
         correlation_id=correlation_id,
         command=name,
-        command_status=message_model.CommandStatus.PENDING,
+        command_status=CommandState.PENDING,
         expires_at=now + timedelta(seconds=command.timeout),
         received_at=now,
     )
-    from ..brokers import get_engine
+    from ..hub import running_hub
 
-    engine = get_engine()
-    if engine is not None and getattr(engine, "commands", None) is not None:
-        engine.commands.notify(device_type, message.pk)
+    hub = running_hub()
+    if hub is not None:
+        hub.commands.notify(device_type, message.pk)
     return message
 
 

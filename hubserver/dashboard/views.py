@@ -10,8 +10,8 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse_lazy
 
-from ..devicetype import STATUS_CHOICES, VALID_STATUSES
 from ..registry import registry
+from ..vocabulary import CommandState, DeviceStatus
 
 LOGIN_URL = reverse_lazy("dashboard:login")
 CHART_POINTS = 100  # readings per chart rendered into the page; the script keeps the same window live
@@ -55,7 +55,7 @@ def overview_section(request, device_type, device_model):
     name = device_type.type_name()
     query = request.GET.get(f"{name}-q", "").strip()[:100]
     status = request.GET.get(f"{name}-status", "")
-    status = status if status in VALID_STATUSES else ""
+    status = status if status in DeviceStatus.VALID else ""
     counts = dict(device_model.objects.order_by().values_list("status").annotate(n=Count("pk")))
     devices = device_model.objects.order_by("device_id")
     if query:
@@ -85,9 +85,9 @@ def overview_section(request, device_type, device_model):
         "query": query,
         "status": status,
         "filtered": bool(query or status),
-        "statuses": [(value, label, counts.get(value, 0)) for value, label in STATUS_CHOICES],
+        "statuses": [(value, label, counts.get(value, 0)) for value, label in DeviceStatus.CHOICES],
         "total": total,
-        "online": counts.get("online", 0),
+        "online": counts.get(DeviceStatus.ONLINE, 0),
         # The search and filter appear once a type has more devices than one page (or a filter is set).
         "tools": total > OVERVIEW_PAGE_SIZE or bool(query or status),
     }
@@ -159,7 +159,7 @@ def device_detail(request, type_name, device_id):
             {
                 "id": message.pk,
                 "command": message.command,
-                "status": message.command_status or "pending",
+                "status": message.command_status or CommandState.PENDING,
                 "payload": _json_text((message.payload_json or {}).get("payload")),
                 "result": _json_text(message.command_result),
                 "at": message.received_at,

@@ -104,10 +104,10 @@ class HubDeviceAdmin(admin.ModelAdmin):
     def mqtt_limits(self, device):
         """How often this device's MQTT connection was closed or slowed down for a limit (docs/limits.md),
         since the hub started; the most recent 10,000 clients are remembered."""
-        from ..brokers import get_engine
+        from ..hub import running_hub
 
-        engine = get_engine()
-        counts = engine.client_limits(device.mqtt_username) if hasattr(engine, "client_limits") else {}
+        hub = running_hub()
+        counts = hub.client_limits(device.mqtt_username) if hub is not None and device.mqtt_username else {}
         if not counts:
             return "none"
         return ", ".join(f"{what.replace(':', ' ')}: {count}" for what, count in sorted(counts.items()))

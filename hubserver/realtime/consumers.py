@@ -38,6 +38,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 
 from ..conf import hub_settings
 from ..exceptions import ValidationError as HubValidationError
+from ..vocabulary import CommandState
 from .auth import TOKEN, origin_allowed
 from .errors import (
     BAD_JSON,
@@ -63,7 +64,7 @@ logger = logging.getLogger("hubserver.realtime")
 MAX_FRAME = 64 * 1024
 MAX_REQUEST_ID = 128
 MAX_WATCHED_COMMANDS = 1000
-FINAL_COMMAND_STATES = frozenset({"replied", "failed", "expired"})
+FINAL_COMMAND_STATES = CommandState.FINAL
 
 
 @dataclass(frozen=True, slots=True)

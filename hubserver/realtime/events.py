@@ -8,7 +8,7 @@ layer can carry it:
   "battery_level", "firmware_version"}``
 - ``{"type": "connection", "device_type", "device_id", "state": "online" | "offline", "timestamp"}``
 - ``{"type": "command", "device_type", "device_id", "id", "correlation_id", "command", "command_status",
-  "result", "timestamp"}``
+  "result", "timestamp"}`` (``command_status`` is a ``vocabulary.CommandState``)
 
 ``id`` of reading and status events is the pk of the type's Message row: monotonic per type, so it is the
 resume cursor of SSE and polling. ``connection`` events have no id; a ``command`` event's ``id`` is its
@@ -23,17 +23,18 @@ from django.utils import timezone
 
 from ..registry import registry
 from ..routing.payloads import parse_data, parse_status
+from ..vocabulary import DeviceStatus, Direction, EventKind, Kind, Lifecycle
 from .errors import UNKNOWN_DEVICE_TYPE, EventError
 
-READING = "reading"
-STATUS = "status"
-CONNECTION = "connection"
-COMMAND = "command"
-CURSOR_EVENTS = frozenset({READING, STATUS})  # events whose "id" is a cursor
+READING = EventKind.READING
+STATUS = EventKind.STATUS
+CONNECTION = EventKind.CONNECTION
+COMMAND = EventKind.COMMAND
+CURSOR_EVENTS = EventKind.CURSOR  # events whose "id" is a cursor
 
-ONLINE = "online"
-OFFLINE = "offline"
-_CONNECTION_KINDS = {"connect": ONLINE, "disconnect": OFFLINE, "heartbeat_timeout": OFFLINE}
+ONLINE = DeviceStatus.ONLINE
+OFFLINE = DeviceStatus.OFFLINE
+_CONNECTION_KINDS = {Lifecycle.CONNECT: ONLINE, Lifecycle.DISCONNECT: OFFLINE, Lifecycle.HEARTBEAT_TIMEOUT: OFFLINE}
 
 
 # Groups ----------------------------------------------------------------------------------------------
@@ -81,10 +82,11 @@ def reading_event(type_name, device_id, message_id, timestamp, readings):
     }
 
 
-def status_event(type_name, device_id, message_id, payload, received_at, old_status=None):
-    """``status`` is what the message stated (None when it stated none, e.g. a battery-only update);
-    ``old_status`` the status it replaced, known live only (None in replays and when unchanged)."""
-    fields = parse_status(payload).fields if isinstance(payload, dict) else {}
+def status_event(type_name, device_id, message_id, fields, received_at, old_status=None):
+    """From the valid fields a status message stated (``parse_status(payload).fields``): ``status`` is
+    None when it stated none (e.g. a battery-only update); ``old_status`` the status it replaced, known
+    live only (None in replays and when unchanged)."""
+    fields = fields or {}
     status = fields.get("status")
     return {
         "type": STATUS,
@@ -125,23 +127,23 @@ def command_event(type_name, device_id, message):
     }
 
 
-def events_from_result(result, status_rows):
-    """The events of one committed RouteResult; ``status_rows`` maps ``(type name, status message id)`` to
-    ``(payload_json, received_at)`` (fetched once per batch by the fan-out)."""
+def events_from_result(result):
+    """The events of one committed RouteResult (it carries everything they show: no query)."""
     type_name, device_id = result.type_name, result.device_id
     events = []
     kind = result.kind
     if kind in _CONNECTION_KINDS:
-        if kind != "heartbeat_timeout" or result.status_changed:
+        if kind != Lifecycle.HEARTBEAT_TIMEOUT or result.status_changed:
             events.append(connection_event(type_name, device_id, _CONNECTION_KINDS[kind]))
         return events
-    if kind != "status" and result.status_changed and result.new_status in (ONLINE, OFFLINE):
+    if kind != Kind.STATUS and result.status_changed and result.new_status in (ONLINE, OFFLINE):
         events.append(connection_event(type_name, device_id, result.new_status))  # back online by data/reply
-    if kind == "data" and result.readings and result.message_id is not None:
+    if kind == Kind.DATA and result.readings and result.message_id is not None:
         events.append(reading_event(type_name, device_id, result.message_id, result.timestamp, result.readings))
-    elif kind == "status" and result.message_id is not None:
-        payload, received_at = status_rows.get((type_name, result.message_id), (None, None))
-        event = status_event(type_name, device_id, result.message_id, payload, received_at, result.old_status)
+    elif kind == Kind.STATUS and result.message_id is not None:
+        event = status_event(
+            type_name, device_id, result.message_id, result.status_fields, result.received_at, result.old_status
+        )
         if event["status"] is None and result.status_changed and result.new_status in (ONLINE, OFFLINE):
             events.append(connection_event(type_name, device_id, result.new_status))  # e.g. battery-only
         events.append(event)
@@ -151,20 +153,11 @@ def events_from_result(result, status_rows):
 # The database: replay and polling (sync: call through database_sync_to_async) ------------------------
 
 
-def status_payloads(type_name, message_ids):
-    """``{(type name, message id): (payload_json, received_at)}`` of a batch's status messages: one query."""
-    models = registry.get_models(type_name)
-    if models is None or not message_ids:
-        return {}
-    rows = models[2]._default_manager.filter(pk__in=message_ids).values_list("pk", "payload_json", "received_at")
-    return {(type_name, pk): (payload, received_at) for pk, payload, received_at in rows}
-
-
 def _stored_rows(models, device_id):
     rows = (
         models[2]
-        ._default_manager.filter(direction="inbound")
-        .filter(Q(topic__endswith="/data") | Q(topic__endswith="/status"))
+        ._default_manager.filter(direction=Direction.INBOUND)
+        .filter(Q(topic__endswith="/" + Kind.DATA) | Q(topic__endswith="/" + Kind.STATUS))
     )
     if device_id is not None:
         rows = rows.filter(device__device_id=device_id)
@@ -173,8 +166,9 @@ def _stored_rows(models, device_id):
 
 def _row_event(device_type, type_name, row):
     pk, device_id, topic, payload, received_at = row
-    if topic.endswith("/status"):
-        return status_event(type_name, device_id, pk, payload, received_at)
+    if topic.endswith("/" + Kind.STATUS):
+        fields = parse_status(payload).fields if isinstance(payload, dict) else {}
+        return status_event(type_name, device_id, pk, fields, received_at)
     if not isinstance(payload, dict):
         return None
     parsed = parse_data(device_type, payload, received_at)

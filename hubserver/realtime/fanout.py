@@ -27,7 +27,8 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from ..conf import hub_settings
 from ..registry import registry
-from .events import command_event, device_group, events_from_result, status_payloads, type_group
+from ..vocabulary import Direction
+from .events import command_event, device_group, events_from_result, type_group
 
 logger = logging.getLogger("hubserver.realtime")
 
@@ -93,21 +94,12 @@ async def publish_events(type_name, device_id, events, layer=None):
 
 
 async def on_commit(results):
-    """The router's commit listener: one channel-layer message per batch and group."""
+    """The router's commit listener: one channel-layer message per batch and group, built from the results
+    alone (no query)."""
     layer = get_layer()
     if layer is None or not results:
         return
     results = _listened(layer, results)
-    status_ids = {}
-    for result in results:
-        if result.kind == "status" and result.message_id is not None:
-            status_ids.setdefault(result.type_name, []).append(result.message_id)
-    status_rows = {}
-    for type_name, ids in status_ids.items():  # status messages are rare: one query per type and batch
-        try:
-            status_rows.update(await database_sync_to_async(status_payloads)(type_name, ids))
-        except Exception:
-            logger.exception("could not load the status messages of a batch; their events lack details")
     by_type, by_device, cursors = {}, {}, {}
     for result in results:
         if not result.type_name or not result.device_id:
@@ -115,7 +107,7 @@ async def on_commit(results):
         if result.cursors is not None:
             cursors.setdefault(result.type_name, list(result.cursors))
         try:
-            events = events_from_result(result, status_rows)
+            events = events_from_result(result)
         except Exception:
             logger.exception("could not build the realtime events of %s/%s", result.type_name, result.device_id)
             continue
@@ -171,7 +163,7 @@ def _type_of(message_model):
 def load_command_events(message_model, pk=None, *, device=None, correlation_id=None):
     """(sync) The command events of outbound rows, by pk or by (device, correlation id)."""
     type_name = _type_of(message_model)
-    rows = message_model._default_manager.filter(direction="outbound").exclude(command="")
+    rows = message_model._default_manager.filter(direction=Direction.OUTBOUND).exclude(command="")
     if pk is not None:
         rows = rows.filter(pk=pk)
     elif device is not None and correlation_id:

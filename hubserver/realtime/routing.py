@@ -14,8 +14,8 @@
 ``HubAuthMiddlewareStack`` already applied per route, to sit next to routes that must not pay for session
 auth (the hub's MQTT-over-WebSocket endpoint) in one ``URLRouter``.
 
-Events reach consumers only if the router's commit listener is registered:
-``router.add_commit_listener(hubserver.realtime.fanout.on_commit)``.
+Events reach consumers once the hub runs in the process: ``hubserver.hub.Hub`` registers the fan-out on the
+router (``fanout.on_commit``).
 """
 
 from django.urls import path

@@ -1,11 +1,10 @@
-"""Broker-agnostic routing: device topics and payloads in, rows committed in batches, signals out.
+"""Broker-agnostic routing: device messages (their parsed parts) in, rows committed in batches, signals out.
 
 ``MessageRouter`` is the one entry point every broker engine calls; see ``router.py``.
 """
 
 from .results import BatchCommitError, Refusal, RouteResult, RouterNotRunning
 from .router import MessageRouter
-from .topics import Topic, device_topic, parse_topic
 from .writer import GroupCommitWriter
 
 __all__ = [
@@ -15,7 +14,4 @@ __all__ = [
     "Refusal",
     "RouteResult",
     "RouterNotRunning",
-    "Topic",
-    "device_topic",
-    "parse_topic",
 ]

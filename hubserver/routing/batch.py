@@ -15,23 +15,24 @@ import zlib
 from django.db import connections, transaction
 from django.utils import timezone
 
+from ..conf import hub_settings
 from ..exceptions import PayloadError
 from ..lifecycle.rollups import upsert_readings
 from ..models import BaseMessage
+from ..vocabulary import DeviceStatus, Direction, Kind, Lifecycle, device_topic
 from . import payloads
 from .inserts import RowInserter, RowUpdater, StoredRow
 from .results import RouteResult, refused
-from .topics import DATA, REPLY, STATUS
-from .work import CONNECT, CONNECTED, DISCONNECT, DISCONNECTED, HEARTBEAT_TIMEOUT
+from .work import CONNECTED, DISCONNECTED
 
 logger = logging.getLogger("hubserver.routing")
 
-ONLINE = "online"
-OFFLINE = "offline"
+ONLINE = DeviceStatus.ONLINE
+OFFLINE = DeviceStatus.OFFLINE
 COMPLETED = BaseMessage.Status.COMPLETED.value
 FAILED = BaseMessage.Status.FAILED.value
 _DEVICE_FIELDS = ("status", "battery_level", "firmware_version", "last_seen")
-INBOUND = BaseMessage.Direction.INBOUND.value
+INBOUND = Direction.INBOUND
 # The Message columns an inbound message sets; the others (command fields, content type...) take defaults.
 MESSAGE_COLUMNS = (
     "device_id",
@@ -54,7 +55,7 @@ _LOCK_NAMESPACE = 0x48554221
 def write_batch(works, cache):
     """Resolve devices, build rows and commit them; sets ``result`` (or ``error``) on every Work."""
     _resolve_devices(works, cache)
-    rows = Rows()
+    rows = Rows(hub_settings.TOPIC_PREFIX)  # a Message's ``topic`` column: the topic its parts stand for
     now = timezone.now()
     for work in works:
         if work.result is not None:
@@ -90,7 +91,6 @@ def _resolve_devices(works, cache):
         if isinstance(state, str):
             work.result = refused(
                 state,
-                work.topic,
                 f"{state.replace('_', ' ')} {work.device_id!r}",
                 kind=work.kind,
                 type_name=work.key[0],
@@ -103,7 +103,8 @@ def _resolve_devices(works, cache):
 class Rows:
     """The rows of one batch, and a snapshot of every device it changed (to undo on a failed commit)."""
 
-    def __init__(self):
+    def __init__(self, prefix=""):
+        self.prefix = prefix
         self.inserts = {}  # (model, columns) -> [StoredRow]
         self.devices = {}  # id(device) -> (device, snapshot of _DEVICE_FIELDS)
         self.device_fields = {}  # Device model -> names of fields changed in this batch
@@ -198,7 +199,7 @@ def _handle_data(work, rows, now):
         if parsed.readings:
             reading = _reading(work, parsed)
             work.readings = parsed.readings
-    message = _message(work, obj, errors, now)
+    message = _message(work, rows, obj, errors, now)
     _record_activity(work, rows, stay=False)
     work.message = rows.add(message)
     if reading is not None:
@@ -210,7 +211,8 @@ def _handle_status(work, rows, now):
     parsed = payloads.parse_status(obj) if obj is not None else None
     errors = parsed.errors if parsed is not None else [error]
     fields = dict(parsed.fields) if parsed is not None else {}
-    message = _message(work, obj, errors, now)
+    work.status_fields = parsed.fields if parsed is not None else {}
+    message = _message(work, rows, obj, errors, now)
     status = fields.pop("status", None)
     _record_activity(work, rows, stay=status is not None)
     if status is not None:
@@ -225,7 +227,7 @@ def _handle_reply(work, rows, now):
     obj, error = _decode(work.payload)
     reply = payloads.parse_reply(obj) if obj is not None else None
     errors = reply.errors if reply is not None else [error]
-    message = _message(work, obj, errors, now, correlation_id=reply.correlation_id if reply else "")
+    message = _message(work, rows, obj, errors, now, correlation_id=reply.correlation_id if reply else "")
     _record_activity(work, rows, stay=False)
     work.message = rows.add(message)
     if reply is not None and not reply.errors:
@@ -250,12 +252,12 @@ def _handle_timeout(work, rows, now):
 
 
 _HANDLERS = {
-    DATA: _handle_data,
-    STATUS: _handle_status,
-    REPLY: _handle_reply,
-    CONNECT: _handle_connect,
-    DISCONNECT: _handle_disconnect,
-    HEARTBEAT_TIMEOUT: _handle_timeout,
+    Kind.DATA: _handle_data,
+    Kind.STATUS: _handle_status,
+    Kind.REPLY: _handle_reply,
+    Lifecycle.CONNECT: _handle_connect,
+    Lifecycle.DISCONNECT: _handle_disconnect,
+    Lifecycle.HEARTBEAT_TIMEOUT: _handle_timeout,
 }
 
 
@@ -266,10 +268,10 @@ def _decode(payload):
         return None, str(exc)
 
 
-def _message(work, obj, errors, now, correlation_id=""):
+def _message(work, rows, obj, errors, now, correlation_id=""):
     values = (
         work.device.pk,
-        work.topic,
+        device_topic(rows.prefix, work.key[0], work.key[1], work.kind),
         INBOUND,
         obj,
         bytes(work.payload) if obj is None else None,
@@ -327,7 +329,6 @@ def _result(work, cursors=None):
     message, reading = work.message, work.reading
     return RouteResult(
         stored=True,
-        topic=work.topic,
         kind=work.kind,
         type_name=work.key[0],
         device_id=work.device_id,
@@ -341,4 +342,6 @@ def _result(work, cursors=None):
         new_status=work.new_status,
         correlation_id=message.get("correlation_id") if message is not None else "",
         cursors=cursors,
+        received_at=work.received_at,
+        status_fields=work.status_fields,
     )

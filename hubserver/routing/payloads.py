@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ..devicetype import VALID_STATUSES
 from ..exceptions import PayloadError, ValidationError
+from ..vocabulary import DeviceStatus
 
 # Column limits of BaseDevice/BaseMessage: longer values would fail the whole batch on PostgreSQL.
 MAX_FIRMWARE_LENGTH = 64
@@ -116,10 +116,10 @@ def parse_status(obj):
     errors = []
     if "status" in obj:
         status = obj["status"]
-        if isinstance(status, str) and status in VALID_STATUSES:
+        if isinstance(status, str) and status in DeviceStatus.VALID:
             fields["status"] = status
         else:
-            errors.append(f"status: {status!r} is not one of {', '.join(sorted(VALID_STATUSES))}")
+            errors.append(f"status: {status!r} is not one of {', '.join(sorted(DeviceStatus.VALID))}")
     key = "battery_level" if "battery_level" in obj else "battery" if "battery" in obj else None
     if key is not None:
         battery = obj[key]

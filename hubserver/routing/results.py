@@ -13,7 +13,7 @@ from ..exceptions import HubserverError
 class Refusal:
     """Reason codes of messages the router did not store (the keys of ``stats()["refused"]``)."""
 
-    BAD_TOPIC = "bad_topic"
+    BAD_TOPIC = "bad_topic"  # not a device's data, status or reply message
     UNKNOWN_TYPE = "unknown_type"
     UNKNOWN_DEVICE = "unknown_device"
     INACTIVE_DEVICE = "inactive_device"
@@ -34,11 +34,11 @@ class RouteResult:
 
     ``stored`` is True when the hub committed it (a Message row, a status change); ``processing_status``
     is the Message's ``completed``/``failed`` and ``error`` its reason. ``reason`` is a ``Refusal`` code
-    when ``stored`` is False.
+    when ``stored`` is False. What live views show travels here too (``readings``, ``status_fields``,
+    ``received_at``, the status change), so nobody has to read back the rows a batch has just written.
     """
 
     stored: bool
-    topic: str = ""
     kind: str | None = None
     type_name: str | None = None
     device_id: str | None = None
@@ -55,13 +55,15 @@ class RouteResult:
     # (newest Message id of the type before the batch, newest id of the batch): lets a live stream tell
     # whether it saw every row up to this batch (see hubserver.realtime.sse).
     cursors: tuple | None = None
+    received_at: datetime | None = None
+    status_fields: dict | None = None  # a status message's valid fields: status, battery_level, firmware_version
 
     @property
-    def status_changed(self):
+    def status_changed(self) -> bool:
         return self.new_status is not None and self.new_status != self.old_status
 
 
-def refused(reason, topic="", error="", *, kind=None, type_name=None, device_id=None):
-    return RouteResult(
-        stored=False, topic=topic, kind=kind, type_name=type_name, device_id=device_id, reason=reason, error=error
-    )
+def refused(
+    reason: str, error: str = "", *, kind: str | None = None, type_name: str | None = None, device_id: str | None = None
+) -> RouteResult:
+    return RouteResult(stored=False, kind=kind, type_name=type_name, device_id=device_id, reason=reason, error=error)

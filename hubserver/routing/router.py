@@ -1,15 +1,20 @@
 """``MessageRouter``: the broker-agnostic entry point of every device message and connection event.
 
-The embedded amqtt plugin and an external-broker engine both call ``submit()`` (or ``route()``) and the
-connection methods; the router knows nothing of MQTT libraries. Refusals (bad topic, unknown type or
-device, oversize payload) are answered at once, on the event loop, without a query; everything else goes
-through the group-commit writer and is answered after its batch commits.
+Every way in calls ``submit()`` (or ``route()``) with the parts of a message (kind, device type, device id,
+payload, receive time, QoS), never a topic: the embedded broker's bridge takes them from the topic it
+checked, an external-broker engine from the topics it subscribed to, the HTTP ingest view from its URL.
+Connection events come through ``device_connected()`` / ``device_disconnected()``. The router knows
+nothing of MQTT libraries. Refusals (a kind that is not a device's, unknown type or device, oversize
+payload) are answered at once, on the event loop, without a query; everything else goes through the
+group-commit writer and is answered after its batch commits.
 """
 
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -18,23 +23,24 @@ from ..conf import hub_settings
 from ..exceptions import ConfigurationError
 from ..lifecycle.prune import Pruner
 from ..registry import registry
+from ..vocabulary import MAX_TOPIC_LENGTH, Kind, Lifecycle, is_topic_level, topic_length
 from .batch import write_batch
 from .devices import DeviceCache, device_key
 from .dispatch import Dispatcher
 from .heartbeat import HeartbeatMonitor
-from .results import Refusal, RouterNotRunning, refused
+from .results import Refusal, RouteResult, RouterNotRunning, refused
 from .throttle import ThrottledLog
-from .topics import parse_topic
-from .work import CONNECT, DISCONNECT, HEARTBEAT_TIMEOUT, Work
+from .work import Work
 from .writer import GroupCommitWriter
 
 logger = logging.getLogger("hubserver.routing")
+_INBOUND = Kind.INBOUND
 
 
 class MessageRouter:
     """Create one per process, ``await start()`` on the serving event loop, ``await stop()`` on shutdown."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.devices = DeviceCache()
         self._dispatcher = Dispatcher()
         self._writer = None
@@ -49,12 +55,12 @@ class MessageRouter:
         self._started = False
 
     @property
-    def running(self):
+    def running(self) -> bool:
         return self._running
 
     # Lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self):
+    async def start(self) -> None:
         """Start the writer thread, the dispatcher, (if HEARTBEAT_TIMEOUT > 0) the heartbeat monitor and (if
         PRUNE_INTERVAL > 0) the pruner that removes rows past their retention.
 
@@ -92,7 +98,7 @@ class MessageRouter:
             self.pruner.start()
         self._running = True
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop accepting, write and dispatch everything already queued, then stop the thread and tasks."""
         if not self._started:
             return
@@ -111,7 +117,7 @@ class MessageRouter:
             self.devices.clear()
             self._started = False
 
-    async def flush(self):
+    async def flush(self) -> None:
         """Wait until everything submitted so far is committed and its signals, hooks and listeners ran."""
         if self._writer is not None:
             await self._writer.join()
@@ -129,33 +135,51 @@ class MessageRouter:
 
     # Listeners ----------------------------------------------------------------------------------
 
-    def add_commit_listener(self, callback):
+    def add_commit_listener(self, callback: Callable[[list[RouteResult]], Any]) -> None:
         """``callback(results)`` (sync or async) runs once per committed batch with its stored RouteResults.
 
         Sync callbacks run on the event loop and must not block.
         """
         self._dispatcher.commit_listeners.append(callback)
 
-    def remove_commit_listener(self, callback):
+    def remove_commit_listener(self, callback: Callable[[list[RouteResult]], Any]) -> None:
         self._dispatcher.commit_listeners.remove(callback)
 
-    def add_reply_listener(self, callback):
+    def add_reply_listener(self, callback: Callable[..., Any]) -> None:
         """``callback(device_type, device, message, reply)`` for each committed command reply (ParsedReply).
 
         The extension point for command tracking.
         """
         self._dispatcher.reply_listeners.append(callback)
 
-    def remove_reply_listener(self, callback):
+    def remove_reply_listener(self, callback: Callable[..., Any]) -> None:
         self._dispatcher.reply_listeners.remove(callback)
 
     # Messages -----------------------------------------------------------------------------------
 
-    async def submit(self, topic, payload, *, qos=0, client_id=None, received_at=None):
-        """Queue a device message; returns a future resolved with a RouteResult once it is committed.
+    async def submit(
+        self,
+        kind: str,
+        type_name: str,
+        device_id: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        received_at: datetime | None = None,
+        client_id: str | None = None,
+        verified: bool = False,
+    ) -> "asyncio.Future[RouteResult]":
+        """Queue one device message; returns a future resolved with its RouteResult once it is committed.
 
-        Awaits only when the writer's queue is full. A failed commit sets ``BatchCommitError`` on the
-        future; do not acknowledge such a message.
+        ``kind`` is ``data``, ``status`` or ``reply`` (``hubserver.vocabulary.Kind``); ``type_name`` any
+        spelling of a registered type; ``received_at`` when the engine received it (default: now);
+        ``client_id`` names the sender in logs. ``verified=True`` says the caller has just read the device's
+        row and found it active (the HTTP ingest view): a cached "unknown"/"inactive" answer is then stale
+        and is dropped rather than returned.
+
+        Awaits only when the writer's queue is full. A refusal resolves the future at once (``stored``
+        False, ``reason`` a Refusal code). A failed commit sets ``BatchCommitError`` on the future: do not
+        acknowledge such a message.
         """
         if not self._running:
             raise RouterNotRunning("the router is not running")
@@ -164,17 +188,21 @@ class MessageRouter:
             payload = payload.encode()
         if len(payload) > self._max_payload:
             error = f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD_SIZE ({self._max_payload})"
-            return self._refuse(Refusal.PAYLOAD_TOO_LARGE, error, topic=topic, client_id=client_id)
-        parsed = parse_topic(topic, self._prefix)
-        if parsed is None:
-            error = "not a device data, status or reply topic"
-            return self._refuse(Refusal.BAD_TOPIC, error, topic=topic, client_id=client_id)
-        target = self._target(parsed.kind, parsed.type_name, parsed.device_id, topic=topic, client_id=client_id)
+            return self._refuse(
+                Refusal.PAYLOAD_TOO_LARGE, error, kind, (type_name, device_id), client_id, by_type=False
+            )
+        if (
+            kind not in _INBOUND
+            or not is_topic_level(device_id)
+            or topic_length(self._prefix, type_name, device_id, kind) > MAX_TOPIC_LENGTH
+        ):
+            error = "not a device's data, status or reply message"
+            return self._refuse(Refusal.BAD_TOPIC, error, kind, (type_name, device_id), client_id, by_type=False)
+        target = self._target(kind, type_name, device_id, client_id, verified)
         if isinstance(target, asyncio.Future):
             return target
         work = Work(
-            kind=parsed.kind,
-            topic=topic,
+            kind=kind,
             payload=bytes(payload),
             qos=qos,
             client_id=client_id,
@@ -184,26 +212,47 @@ class MessageRouter:
         await self._writer.put(work)
         return work.future
 
-    async def route(self, topic, payload, **kwargs):
+    async def route(
+        self,
+        kind: str,
+        type_name: str,
+        device_id: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        received_at: datetime | None = None,
+        client_id: str | None = None,
+        verified: bool = False,
+    ) -> RouteResult:
         """``submit()`` and wait for the RouteResult."""
-        return await (await self.submit(topic, payload, **kwargs))
+        future = await self.submit(
+            kind,
+            type_name,
+            device_id,
+            payload,
+            qos=qos,
+            received_at=received_at,
+            client_id=client_id,
+            verified=verified,
+        )
+        return await future
 
     # Connections --------------------------------------------------------------------------------
 
-    async def device_connected(self, type_name, device_id):
+    async def device_connected(self, type_name: str, device_id: str) -> RouteResult:
         """A device's session started: status online, ``device_connected`` fired, heartbeat tracked.
 
         The broker has just authenticated it against its row, so whatever the cache remembers about it (an
         "unknown" from before another process created it, a stale instance) is dropped and reloaded.
         """
         self.devices.invalidate((type_name, device_id))
-        return await self._lifecycle(CONNECT, type_name, device_id)
+        return await self._lifecycle(Lifecycle.CONNECT, type_name, device_id)
 
-    async def device_disconnected(self, type_name, device_id, reason=""):
+    async def device_disconnected(self, type_name: str, device_id: str, reason: str = "") -> RouteResult:
         """A device's session ended: status offline, ``device_disconnected`` fired."""
         if reason:
             logger.info("device %s/%s disconnected: %s", type_name, device_id, reason)
-        return await self._lifecycle(DISCONNECT, type_name, device_id, reason=reason)
+        return await self._lifecycle(Lifecycle.DISCONNECT, type_name, device_id, reason=reason)
 
     async def _lifecycle(self, kind, type_name, device_id, reason=""):
         if not self._running:
@@ -223,39 +272,42 @@ class MessageRouter:
         if device_type is None or models is None:
             return
         future = asyncio.get_running_loop().create_future()
-        work = Work(HEARTBEAT_TIMEOUT, key, device_type, models, timezone.now(), future, reason="heartbeat timeout")
+        work = Work(
+            Lifecycle.HEARTBEAT_TIMEOUT, key, device_type, models, timezone.now(), future, reason="heartbeat timeout"
+        )
         await self._writer.put(work)
         future.add_done_callback(_log_failure)
 
     # Internals ----------------------------------------------------------------------------------
 
-    def _target(self, kind, type_name, device_id, topic="", client_id=None):
+    def _target(self, kind, type_name, device_id, client_id=None, verified=False):
         """The Work fields naming the device, or a future already resolved with the refusal."""
         device_type = registry.get(type_name)
         models = registry.get_models(type_name) if device_type is not None else None
         if models is None:
             error = f"unknown device type {type_name!r}"
-            return self._refuse(
-                Refusal.UNKNOWN_TYPE, error, topic=topic, client_id=client_id, kind=kind, key=(type_name, device_id)
-            )
+            return self._refuse(Refusal.UNKNOWN_TYPE, error, kind, (type_name, device_id), client_id)
         key = device_key(device_type, device_id)
         state = self.devices.peek(key)
         if isinstance(state, str):
-            error = f"{state.replace('_', ' ')} {device_id!r}"
-            return self._refuse(state, error, topic=topic, client_id=client_id, kind=kind, key=key)
+            if verified:
+                self.devices.invalidate(key)  # the writer loads the row the caller just read
+            else:
+                error = f"{state.replace('_', ' ')} {device_id!r}"
+                return self._refuse(state, error, kind, key, client_id)
         future = asyncio.get_running_loop().create_future()
         return {"key": key, "device_type": device_type, "models": models, "future": future}
 
-    def _refuse(self, reason, error, *, topic="", client_id=None, kind=None, key=None):
+    def _refuse(self, reason, error, kind, key, client_id=None, *, by_type=True):
         """Count, log (throttled) and answer a message or event the hub does not store."""
         self._refused[reason] += 1
-        if key:
+        if by_type:
             self._refused_by_type[(key[0], reason)] += 1
-        where = topic or (f"{kind} of {key[0]}/{key[1]}" if key else kind)
-        self._refusal_log.warning(reason, where, "refused %s from client %s: %s", where, client_id or "?", error)
+        self._refusal_log.warning(
+            reason, (key, kind), "refused %s of %s/%s from client %s: %s", kind, *key, client_id or "?", error
+        )
         future = asyncio.get_running_loop().create_future()
-        type_name, device_id = key if key else (None, None)
-        future.set_result(refused(reason, topic, error, kind=kind, type_name=type_name, device_id=device_id))
+        future.set_result(refused(reason, error, kind=kind, type_name=key[0], device_id=key[1]))
         return future
 
     def _write_batch(self, works):
@@ -275,8 +327,9 @@ class MessageRouter:
             if not result.stored:
                 self._refused[result.reason] += 1
                 self._refused_by_type[(work.key[0], result.reason)] += 1
-                where = work.topic or f"{work.kind} of {work.key[0]}/{work.key[1]}"
-                self._refusal_log.warning(result.reason, where, "refused %s: %s", where, result.error)
+                self._refusal_log.warning(
+                    result.reason, (work.key, work.kind), "refused %s of %s/%s: %s", work.kind, *work.key, result.error
+                )
                 continue
             results.append(result)
             if work.message is not None:
@@ -285,8 +338,8 @@ class MessageRouter:
                 if result.processing_status == "failed":
                     self._counts["failed"] += 1
                     type_counts["failed"] += 1
-            if work.kind != HEARTBEAT_TIMEOUT:
-                alive[work.key] = work.kind != DISCONNECT
+            if work.kind != Lifecycle.HEARTBEAT_TIMEOUT:
+                alive[work.key] = work.kind != Lifecycle.DISCONNECT
             if self._dispatcher.wants(work):
                 to_dispatch.append(work)
         self._track(alive)
@@ -302,7 +355,7 @@ class MessageRouter:
             else:
                 self._heartbeat.forget(key)
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Counters for metrics: messages received/stored/failed, refusals by reason, batches."""
         writer = self._writer
         return {

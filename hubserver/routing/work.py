@@ -9,13 +9,6 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .topics import DATA, REPLY, STATUS
-
-CONNECT = "connect"
-DISCONNECT = "disconnect"
-HEARTBEAT_TIMEOUT = "heartbeat_timeout"
-MESSAGE_KINDS = frozenset({DATA, STATUS, REPLY})
-
 # Lifecycle signals a Work fires after commit.
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
@@ -23,13 +16,12 @@ DISCONNECTED = "disconnected"
 
 @dataclass(slots=True, eq=False)
 class Work:
-    kind: str
+    kind: str  # a vocabulary Kind (data, status, reply) or Lifecycle event
     key: tuple  # (normalized type name, device_id)
     device_type: type
     models: tuple  # (Device, Reading, Message) models
     received_at: datetime
     future: asyncio.Future
-    topic: str = ""
     payload: bytes = b""
     qos: int = 0
     client_id: str | None = None
@@ -39,6 +31,7 @@ class Work:
     message: object = None  # inserts.StoredRow of the Message (instance() for a model instance)
     reading: object = None  # inserts.StoredRow of the Reading
     readings: dict = field(default_factory=dict)
+    status_fields: dict | None = None  # a status message's valid fields (status, battery_level, firmware)
     reply: object = None
     old_status: str | None = None
     new_status: str | None = None

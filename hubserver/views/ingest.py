@@ -1,6 +1,7 @@
 """``POST /iot/devices/<type>/<device_id>/data/`` and ``.../status/``: device messages over HTTP, for
-devices without MQTT, through the same MessageRouter entry point as MQTT (``router.route``): same payload
-formats, same Message audit rows, same hooks and signals, same group-commit writer.
+devices without MQTT, through the same MessageRouter entry point as MQTT (``router.route``, with the kind,
+type and device id of the URL; no topic is made): same payload formats, same Message audit rows, same
+hooks and signals, same group-commit writer.
 
 Authentication: the device's API key, as ``Authorization: ApiKey <key>`` or ``X-Api-Key: <key>``,
 verified against the argon2id hash in ``api_key`` by the process-wide device verifier (off the event loop,
@@ -37,11 +38,11 @@ from django.views.decorators.http import require_POST
 
 from ..access.throttle import auth_throttle
 from ..access.verifier import device_verifier
-from ..brokers import get_engine
 from ..conf import hub_settings
+from ..hub import running_hub
 from ..registry import registry
 from ..routing.results import BatchCommitError, Refusal, RouterNotRunning
-from ..routing.topics import DATA, STATUS
+from ..vocabulary import Kind
 from ._common import ViewStats
 
 logger = logging.getLogger("hubserver.ingest")
@@ -92,8 +93,8 @@ def _declared_length(request):
 
 
 async def _ingest(request, type_name, device_id, kind):
-    engine = get_engine()
-    router = getattr(engine, "router", None)
+    hub = running_hub()
+    router = hub.router if hub is not None else None
     if router is None or not router.running:
         return _error(kind, "unavailable", 503, "no hub is running in this process: start it with `hubserver run`")
     limit = hub_settings.MAX_PAYLOAD_SIZE
@@ -132,15 +133,13 @@ async def _ingest(request, type_name, device_id, kind):
     if len(payload) > limit:
         return _error(kind, "too_large", 413, f"payload exceeds MAX_PAYLOAD_SIZE ({limit} bytes)")
     type_key = device_type.type_name()
-    topic = f"{hub_settings.TOPIC_PREFIX}/{type_key}/{device.device_id}/{kind}"
     client_id = f"http:{device.mqtt_username or type_key + '.' + device.device_id}"
     try:
-        result = await router.route(topic, payload, qos=1, client_id=client_id)
-        if not result.stored and result.reason in (Refusal.UNKNOWN_DEVICE, Refusal.INACTIVE_DEVICE):
-            # We just read the row: it exists and is active. The router's negative cache predates it (a
-            # device created or re-activated by another process): drop that entry and route once more.
-            router.devices.invalidate((type_key, device.device_id))
-            result = await router.route(topic, payload, qos=1, client_id=client_id)
+        # verified: we just read the row (it exists and is active), so a cached "unknown"/"inactive" from
+        # before another process created or re-activated it is stale.
+        result = await router.route(
+            kind, type_key, device.device_id, payload, qos=1, client_id=client_id, verified=True
+        )
     except (RouterNotRunning, BatchCommitError) as exc:
         return _error(kind, "unavailable", 503, f"not stored, retry later: {exc}")
     except Exception:
@@ -156,7 +155,7 @@ async def _ingest(request, type_name, device_id, kind):
         "error": result.error,
         "message_id": result.message_id,
     }
-    if kind == DATA:
+    if kind == Kind.DATA:
         body["reading_id"] = result.reading_id
         body["readings"] = result.readings
     elif result.new_status is not None:
@@ -168,11 +167,11 @@ async def _ingest(request, type_name, device_id, kind):
 @require_POST
 async def device_data(request, type_name, device_id):
     """A data message (flat or ``readings``-list format) of one device."""
-    return await _ingest(request, type_name, device_id, DATA)
+    return await _ingest(request, type_name, device_id, Kind.DATA)
 
 
 @csrf_exempt
 @require_POST
 async def device_status(request, type_name, device_id):
     """A status message (``{"status": ..., "battery_level": ..., "firmware_version": ...}``) of one device."""
-    return await _ingest(request, type_name, device_id, STATUS)
+    return await _ingest(request, type_name, device_id, Kind.STATUS)

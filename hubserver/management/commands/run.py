@@ -15,14 +15,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import running
-from ...brokers import set_engine
-from ...brokers.embedded import EmbeddedBroker, PortInUse
+from ...brokers.embedded import PortInUse
 from ...cli import program_name
 from ...conf import EVENT_LOOPS, hub_settings
 from ...dasf import app_settings as dasf_settings
 from ...dasf.service import start_service as start_dasf_service
 from ...dasf.service import stop_service as stop_dasf_service
-from ...routing import MessageRouter
+from ...hub import Hub
 from ..database import BINARY_SETTINGS, migrate_quietly
 from ..gc_tuning import tune_for_serving
 from ..location import is_new_database, new_database_notices
@@ -73,12 +72,11 @@ class Command(BaseCommand):
 
         loop = reactor._asyncioEventloop
         asyncio.set_event_loop(loop)
-        engine = EmbeddedBroker(MessageRouter(), host=host, port=mqtt_port)
+        hub = Hub(embedded={"host": host, "port": mqtt_port})
         try:
-            loop.run_until_complete(engine.start())
+            loop.run_until_complete(hub.start())
         except PortInUse as exc:
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
-        set_engine(engine)
         loop.run_until_complete(start_dasf_service())
         # Only once the broker listens: an account whose password was printed by a start that then failed
         # would be lost.
@@ -87,15 +85,15 @@ class Command(BaseCommand):
         running.record(running.this_hub(host, http_port, mqtt_port, tls_port, hub_settings.MQTT_WEBSOCKET_PATH))
 
         async def stop():
-            await engine.stop()
+            await hub.stop()
             await stop_dasf_service()
 
-        def stop_engine():
+        def stop_hub():
             self.stdout.write("Stopping: no new connections; committing what is queued...")
             running.forget()
             return defer.Deferred.fromFuture(asyncio.ensure_future(stop()))
 
-        reactor.addSystemEventTrigger("before", "shutdown", stop_engine)
+        reactor.addSystemEventTrigger("before", "shutdown", stop_hub)
         server = BoundedServer(
             application=application,
             endpoints=[f"tcp:port={http_port}:interface={_twisted_interface(host)}"],
@@ -111,7 +109,6 @@ class Command(BaseCommand):
             server.run()
         finally:
             running.forget()
-        set_engine(None)
         if failed:
             raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
         self.stdout.write("Stopped.")
