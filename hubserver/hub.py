@@ -6,8 +6,8 @@
     await hub.stop()
 
 A ``Hub`` owns the MessageRouter, one broker engine per ``BROKERS`` entry (each a ``BaseBroker``), the
-command dispatcher, the realtime fan-out's subscription to the router's commits and the revocation wiring
-(revoked credentials end the device's sessions).
+command dispatcher, the realtime fan-out's subscriptions (to the router's commits and to the dispatcher's
+command state changes) and the revocation wiring (revoked credentials end the device's sessions).
 ``hubserver run`` builds one; so does the tests' ``hub`` fixture.
 
 Code that needs the running hub (the HTTP ingest and broker-auth views, ``/metrics``, the MQTT WebSocket
@@ -102,6 +102,7 @@ class Hub:
         started is stopped again and its error is raised (e.g. ``PortInUse``)."""
         self.loop = asyncio.get_running_loop()
         self.router.add_commit_listener(fanout.on_commit)  # live views: one event per batch and group
+        self.commands.add_listener(fanout.on_command_change)
         self._wired = True
         await self.router.start()
         try:
@@ -136,6 +137,7 @@ class Hub:
             if self._wired:
                 self._wired = False
                 self.router.remove_commit_listener(fanout.on_commit)
+                self.commands.remove_listener(fanout.on_command_change)
 
     # Revocation ----------------------------------------------------------------------------------------------
 

@@ -10,9 +10,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from hubserver.commands import dispatcher as command_dispatcher
 from hubserver.realtime.consumers import HubConsumer
-from hubserver.realtime.fanout import publish_command_event
 from tests.conftest import device_client, provision_device
 from tests.mqtt import until
 from tests.realtime_urls import (
@@ -40,27 +38,6 @@ async def clean_layer():
     await flush_layer()
     yield
     await flush_layer()
-
-
-@pytest.fixture
-def command_events(monkeypatch):
-    """The dispatcher's real wiring (in dispatcher.py): publish a command's state after every change.
-    Stands in for it until dispatcher.py imports ``publish_command_event`` itself."""
-    if hasattr(command_dispatcher, "publish_command_event"):
-        return
-    set_status = command_dispatcher._set_status
-    record_reply = command_dispatcher._record_reply
-
-    async def set_status_and_publish(message_model, pk, status, only):
-        await set_status(message_model, pk, status, only)
-        await publish_command_event(message_model, pk)
-
-    async def record_reply_and_publish(message_model, device, reply):
-        await record_reply(message_model, device, reply)
-        await publish_command_event(message_model, device=device, correlation_id=reply.correlation_id)
-
-    monkeypatch.setattr(command_dispatcher, "_set_status", set_status_and_publish)
-    monkeypatch.setattr(command_dispatcher, "_record_reply", record_reply_and_publish)
 
 
 async def test_a_websocket_viewer_receives_a_reading_published_over_mqtt(hub, clients):
@@ -356,7 +333,7 @@ async def test_a_viewer_that_never_drains_is_closed_after_the_timeout(caplog):
             StalledConsumer.gate.set()
 
 
-async def test_a_websocket_command_round_trip_with_a_device_answering_on_reply(hub, clients, command_events):
+async def test_a_websocket_command_round_trip_with_a_device_answering_on_reply(hub, clients):
     async with fanout_on(hub.router):
         device, _ = await device_client(hub, clients, "thermometer", "c-1")
         await device.subscribe("things/thermometer/c-1/cmd", qos=1)
@@ -423,7 +400,7 @@ async def test_a_websocket_command_round_trip_with_a_device_answering_on_reply(h
         await reader.disconnect()
 
 
-async def test_the_issuer_sees_every_command_state_once_when_subscribed_twice(hub, clients, command_events):
+async def test_the_issuer_sees_every_command_state_once_when_subscribed_twice(hub, clients):
     async with fanout_on(hub.router):
         device, _ = await device_client(hub, clients, "thermometer", "c-2")
         await device.subscribe("things/thermometer/c-2/cmd", qos=1)

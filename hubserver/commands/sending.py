@@ -1,15 +1,20 @@
 """Sending a command: validate it against its ``Command`` declaration, keep it as an outbound Message, and
-hand it to the hub process's dispatcher, which publishes it now or when the device next connects."""
+tell the hub process's dispatcher, which publishes it now or when the device next connects."""
 
+import logging
 import uuid
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.utils import timezone
 
 from ..conf import hub_settings
 from ..exceptions import ValidationError
 from ..vocabulary import CommandState, Direction, Kind, device_topic
+from .events import CommandChange, command_queued
+
+logger = logging.getLogger("hubserver.commands")
 
 
 def _device_type_of(device):
@@ -35,16 +40,18 @@ def send_command(device, name, payload=None):
     The hub publishes it on ``{prefix}/{type}/{id}/cmd`` as ``{"command", "payload", "correlation_id"}``
     at the Command's QoS, at once if the device is connected, otherwise when it connects; it expires after
     the Command's ``timeout`` seconds without a reply. Works from any process that shares the database.
+    Inside a transaction, the hub hears of it when the transaction commits.
     """
     command, payload = prepare(device, name, payload)
     device_type = _device_type_of(device)
     message_model = device_type._message_model
     correlation_id = uuid.uuid4().hex
     now = timezone.now()
+    type_name = device_type.type_name()
     message = message_model.objects.create(
         device=device,
         direction=Direction.OUTBOUND,
-        topic=device_topic(hub_settings.TOPIC_PREFIX, device_type.type_name(), device.device_id, Kind.CMD),
+        topic=device_topic(hub_settings.TOPIC_PREFIX, type_name, device.device_id, Kind.CMD),
         payload_json={"command": name, "payload": payload, "correlation_id": correlation_id},
         correlation_id=correlation_id,
         command=name,
@@ -52,12 +59,16 @@ def send_command(device, name, payload=None):
         expires_at=now + timedelta(seconds=command.timeout),
         received_at=now,
     )
-    from ..hub import running_hub
-
-    hub = running_hub()
-    if hub is not None:
-        hub.commands.notify(device_type, message.pk)
+    change = CommandChange(type_name, device.device_id, message.pk, correlation_id, name, CommandState.PENDING, at=now)
+    using = message._state.db
+    transaction.on_commit(lambda: _announce(device_type, change), using=using)
     return message
+
+
+def _announce(device_type, change):
+    for receiver, result in command_queued.send_robust(sender=device_type, change=change):
+        if isinstance(result, Exception):
+            logger.error("command_queued receiver %r failed", receiver, exc_info=result)
 
 
 async def asend_command(device, name, payload=None):

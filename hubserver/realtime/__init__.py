@@ -5,8 +5,8 @@ The protocol: server events in ``events``, client events in ``consumers``, error
 
 | module | what |
 |---|---|
-| ``events`` | event dicts (``reading``, ``status``, ``connection``, ``command``) from RouteResults and rows |
-| ``fanout`` | the commit listener (one channel-layer message per batch and group), ``publish_command_event`` |
+| ``events`` | event dicts (``reading``, ``status``, ``connection``, ``command``) from results, changes and rows |
+| ``fanout`` | the listeners of the router's commits and of command changes: one channel-layer message per group |
 | ``consumers`` | ``HubConsumer``: receive -> ``EVENT_MAP`` -> permission decorators -> handler |
 | ``permissions`` / ``errors`` | ``@requires_view``, ``@requires_change``; structured errors |
 | ``auth`` | ``TokenAuthMiddleware`` / ``HubAuthMiddlewareStack`` for WebSockets; request auth for SSE and polling |

@@ -56,7 +56,6 @@ from .errors import (
     error_event,
 )
 from .events import COMMAND, command_event, device_group, resolve_type, type_group
-from .fanout import publish_events
 from .permissions import event_target, requires_change, requires_view
 
 logger = logging.getLogger("hubserver.realtime")
@@ -355,10 +354,11 @@ class HubConsumer(AsyncWebsocketConsumer):
         except BaseException:
             await self._release_device_group(type_name, device_id)
             raise
+        # The answer; the hub's command dispatcher announces the same "pending" to every viewer (this one
+        # sees each state once: _deliver_watched).
         event_out = command_event(type_name, device_id, message)
         self._watch(message.correlation_id, type_name, device_id, event_out["command_status"])
         self.enqueue({**event_out, "request_id": request_id_of(event)})
-        await publish_events(type_name, device_id, [event_out], self.channel_layer)  # for the other viewers
 
     def _watch(self, correlation_id, type_name, device_id, status):
         self._watched[correlation_id] = [type_name, device_id, status]

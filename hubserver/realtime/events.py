@@ -127,6 +127,21 @@ def command_event(type_name, device_id, message):
     }
 
 
+def command_change_event(change):
+    """From a ``CommandChange`` (the dispatcher's): the same event as ``command_event`` of its row."""
+    return {
+        "type": COMMAND,
+        "device_type": change.type_name,
+        "device_id": change.device_id,
+        "id": change.message_id,
+        "correlation_id": change.correlation_id,
+        "command": change.command,
+        "command_status": change.state,
+        "result": change.result,
+        "timestamp": _iso(change.at),
+    }
+
+
 def events_from_result(result):
     """The events of one committed RouteResult (it carries everything they show: no query)."""
     type_name, device_id = result.type_name, result.device_id

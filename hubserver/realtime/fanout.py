@@ -12,23 +12,19 @@ delivers each event once. ``seq`` counts the messages sent to one group by one p
 tells an SSE stream that the channel layer dropped a message (a full channel) and it should catch up from
 the database.
 
-``publish_command_event(message_model, pk)`` / ``(message_model, device=..., correlation_id=...)`` publishes
-a command's current state (read from its row) to its type and device groups; the command dispatcher calls it
-after every state change.
+``on_command_change(change)`` is the command dispatcher's listener (``dispatcher.add_listener``): it publishes
+each state change of a command (a ``CommandChange``, which carries what the event shows) to the command's
+type and device groups. ``hubserver.hub.Hub`` registers both listeners.
 """
 
 import itertools
 import logging
 import secrets
 
-from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from ..conf import hub_settings
-from ..registry import registry
-from ..vocabulary import Direction
-from .events import command_event, device_group, events_from_result, type_group
+from .events import command_change_event, device_group, events_from_result, type_group
 
 logger = logging.getLogger("hubserver.realtime")
 
@@ -140,59 +136,10 @@ def _listened(layer, results):
 
 # Commands ----------------------------------------------------------------------------------------------
 
-_COMMAND_FIELDS = (
-    "pk",
-    "device__device_id",
-    "correlation_id",
-    "command",
-    "command_status",
-    "command_result",
-    "processed_at",
-    "received_at",
-)
 
-
-def _type_of(message_model):
-    device_model = message_model._meta.get_field("device").related_model
-    device_type = registry.get_by_device_model(device_model)
-    if device_type is None:
-        raise LookupError(f"{message_model.__name__} is not the Message model of a registered DeviceType")
-    return device_type.type_name()
-
-
-def load_command_events(message_model, pk=None, *, device=None, correlation_id=None):
-    """(sync) The command events of outbound rows, by pk or by (device, correlation id)."""
-    type_name = _type_of(message_model)
-    rows = message_model._default_manager.filter(direction=Direction.OUTBOUND).exclude(command="")
-    if pk is not None:
-        rows = rows.filter(pk=pk)
-    elif device is not None and correlation_id:
-        rows = rows.filter(device=device, correlation_id=correlation_id)
-    else:
-        raise ValueError("give a pk, or a device and a correlation_id")
-    return [
-        (row["device__device_id"], command_event(type_name, row["device__device_id"], row))
-        for row in rows.values(*_COMMAND_FIELDS)
-    ], type_name
-
-
-async def publish_command_event(message_model, pk=None, *, device=None, correlation_id=None, layer=None):
-    """Publish the current state of a command (its outbound Message row) to its type and device groups.
-
-    Call it after each ``command_status`` change. Never raises (a failure is logged); returns the events.
-    """
+async def on_command_change(change):
+    """The command dispatcher's listener: one command's new state to its type and device groups."""
     try:
-        found, type_name = await database_sync_to_async(load_command_events)(
-            message_model, pk, device=device, correlation_id=correlation_id
-        )
-        for device_id, event in found:
-            await publish_events(type_name, device_id, [event], layer)
-        return [event for _, event in found]
+        await publish_events(change.type_name, change.device_id, [command_change_event(change)])
     except Exception:
         logger.exception("publishing a command event failed")
-        return []
-
-
-def publish_command_event_sync(message_model, pk=None, **kwargs):
-    """``publish_command_event`` for sync code (e.g. a DRF view that just called ``send_command``)."""
-    return async_to_sync(publish_command_event)(message_model, pk, **kwargs)

@@ -15,7 +15,7 @@
 auth (the hub's MQTT-over-WebSocket endpoint) in one ``URLRouter``.
 
 Events reach consumers once the hub runs in the process: ``hubserver.hub.Hub`` registers the fan-out on the
-router (``fanout.on_commit``).
+router (``fanout.on_commit``) and on the command dispatcher (``fanout.on_command_change``).
 """
 
 from django.urls import path
