@@ -1,7 +1,8 @@
 """The live dashboard in a real browser: Debian's chromium driven by Playwright against ``hubserver run``.
 
 A person signs in, watches a weather station come online on the overview, opens its page, sees a reading
-arrive live, and sends a command from the form that the device receives on its ``cmd`` topic.
+arrive live, and sends a command from the form that the device receives on its ``cmd`` topic; looks at a
+station's last hour, day, week, month and year; pages, searches and filters a fleet.
 """
 
 import json
@@ -271,6 +272,84 @@ def test_a_fleet_pages_searches_and_filters_live_and_the_admin_lists_fit(hub, tm
         finally:
             for device in devices:
                 device.stop()
+            browser.close()
+
+
+HISTORY = """
+from datetime import timedelta
+from django.utils import timezone
+from hubserver.devicetypes.models import WeatherStationDevice, WeatherStationReading
+from hubserver.lifecycle.rollups import upsert_readings
+
+device = WeatherStationDevice.objects.get(device_id="ws-history")
+now = timezone.now().replace(second=0, microsecond=0)
+columns = ("device_id", "timestamp", "received_at", "temperature", "humidity", "pressure", "wind_speed", "rain")
+rows = []
+for n in range(10 * 24 * 60):  # ten days, a reading a minute, as the writer would store and roll them up
+    when = now - timedelta(minutes=n)
+    rows.append((device.pk, when, when, 8 + 6 * ((n // 60) % 24) / 24 + (n % 7) / 10, 50.0 + n % 5, 1013.0, 2.0, 0.0))
+WeatherStationReading.objects.bulk_create(WeatherStationReading(**dict(zip(columns, row))) for row in rows)
+upsert_readings(WeatherStationReading, columns, rows)
+"""
+
+
+@pytest.mark.slow
+def test_the_device_page_draws_any_range_from_raw_readings_or_rollups(hub, tmp_path):
+    """Ten days of readings a minute: each range of the picker draws from the API what fits (raw readings,
+    hourly or daily aggregates with their min-max band), and Live goes back to the socket's window."""
+    hubserver(hub, "createsuperuser", "--noinput", "--username", USERNAME, "--email", "w@example.com",
+              DJANGO_SUPERUSER_PASSWORD=PASSWORD)  # fmt: skip
+    hubserver(hub, "provision", "weatherstation", "ws-history", "--name", "Mast")
+    hubserver(hub, "shell", "-c", HISTORY)
+    base = f"http://127.0.0.1:{hub.http_port}"
+    shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(LIVE)
+            expect.set_options(timeout=LIVE)
+            page.goto(base + "/login/")
+            page.fill("input[name=username]", USERNAME)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.goto(base + "/devices/weatherstation/ws-history/")
+            charts = page.locator("#charts")
+            temperature = page.locator('.chart-card[data-reading="temperature"]')
+            expect(charts).to_have_attribute("data-range", "live")
+            expect(temperature).to_have_attribute("data-count", "100")  # the live window: the latest 100
+
+            expected = {  # range -> (what the hub chose, how many points the temperature chart has)
+                "1h": ("raw", range(59, 62)),
+                "24h": ("raw", range(1439, 1442)),
+                "7d": ("1h", range(168, 170)),
+                "30d": ("1h", range(240, 242)),
+                "1y": ("1d", range(10, 13)),
+            }
+            for name, (bucket, points) in expected.items():
+                page.click(f'#range-picker button[data-range="{name}"]')
+                expect(page.locator(f'#range-picker button[data-range="{name}"]')).to_have_attribute(
+                    "aria-pressed", "true"
+                )
+                expect(charts).to_have_attribute("data-range", name)
+                expect(charts).to_have_attribute("data-state", "drawn")
+                expect(charts).to_have_attribute("data-bucket", bucket)
+                expect(temperature).to_have_attribute("data-mode", "raw" if bucket == "raw" else "aggregate")
+                assert int(temperature.get_attribute("data-count")) in points, (
+                    name,
+                    temperature.get_attribute("data-count"),
+                )
+                assert float(charts.get_attribute("data-draw-ms")) > 0
+                status = page.locator("#range-status")
+                expect(status).to_contain_text("readings" if bucket == "raw" else "max band")
+                if name in ("24h", "7d", "1y"):
+                    time.sleep(0.3)  # let the charts settle for the screenshot
+                    page.screenshot(path=os.path.join(shots, f"device-history-{name}.png"), full_page=True)
+            page.click('#range-picker button[data-range="live"]')
+            expect(charts).to_have_attribute("data-range", "live")
+            expect(temperature).to_have_attribute("data-mode", "live")
+            expect(temperature).to_have_attribute("data-count", "100")
+        finally:
             browser.close()
 
 

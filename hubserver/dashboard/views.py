@@ -8,13 +8,15 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, render
-from django.urls import reverse_lazy
+from django.urls import NoReverseMatch, reverse, reverse_lazy
 
 from ..registry import registry
 from ..vocabulary import CommandState, DeviceStatus
 
 LOGIN_URL = reverse_lazy("dashboard:login")
 CHART_POINTS = 100  # readings per chart rendered into the page; the script keeps the same window live
+# The device page's range picker: the live window, or a range drawn from the API (raw or rollups).
+RANGES = (("live", "Live"), ("1h", "1 h"), ("24h", "24 h"), ("7d", "7 d"), ("30d", "30 d"), ("1y", "1 y"))
 RECENT_COMMANDS = 15
 OVERVIEW_PAGE_SIZE = 20  # devices per page of a type on the overview
 
@@ -135,6 +137,10 @@ def device_detail(request, type_name, device_id):
             charts.append(entry)
             series[reading.name] = points
 
+    try:  # the range picker's history comes from the REST API (absent in projects that do not mount it)
+        readings_url = reverse(f"{device_type.type_name()}-device-readings", args=[device.device_id])
+    except NoReverseMatch:
+        readings_url = ""
     can_command = request.user.has_perm(_perm(device_model, "change"))
     commands = [command_form(command) for command in device_type._commands.values()]
     recent = message_model.objects.filter(device=device, direction="outbound").exclude(command="")
@@ -153,6 +159,8 @@ def device_detail(request, type_name, device_id):
         "latest": latest,
         "charts": charts,
         "series": {"points": series, "limit": CHART_POINTS},
+        "ranges": RANGES,
+        "readings_url": readings_url,
         "commands": commands,
         "can_command": can_command,
         "recent_commands": [

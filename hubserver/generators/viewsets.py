@@ -8,8 +8,9 @@ Both need an authenticated user with Django model permissions (``view`` to read)
 """
 
 import django_filters
+import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -148,6 +149,14 @@ def _aggregate_class(device_type):
     for name in rollup_model.reading_names if rollup_model is not None else ():
         fields[name] = stats()
     return type(inline_serializer(f"{device_type.__name__}Aggregate", fields))
+
+
+def aggregate_response(request, rows):
+    """Aggregate rows as JSON, encoded by orjson (a month of hourly rows is ~0.5 MB: the stdlib encoder took a
+    third of the request); the browsable API and other renderers go through DRF as usual."""
+    if type(request.accepted_renderer) is JSONRenderer:
+        return HttpResponse(orjson.dumps(rows), content_type="application/json")
+    return Response(rows)
 
 
 def aggregate_csv_response(device_type, queryset, filename):
@@ -298,7 +307,7 @@ def _device_viewset(device_type):
                     return aggregate_csv_response(
                         device_type, rows[:limit], f"{device_type.type_name()}-{device.device_id}-{bucket}.csv"
                     )
-                return Response(history.aggregate_rows(device_type, rows[:limit]))
+                return aggregate_response(request, history.aggregate_rows(device_type, rows[:limit]))
             if since is not None:
                 raw = raw.filter(timestamp__gte=since)
             if until is not None:

@@ -12,6 +12,7 @@ one key per numeric Reading (``count`` 0 and the rest null when the bucket has n
 
 from datetime import UTC, datetime, timedelta
 
+from django.db import connections
 from django.utils import timezone
 
 from .buckets import BUCKETS, LABELS
@@ -24,11 +25,21 @@ CHOICES = (*BUCKETS, AUTO)
 
 
 def iso(value):
-    """``2026-11-29T10:00:00Z`` (UTC, as the rest of the API writes times)."""
+    """``2026-11-29T10:00:00Z`` (UTC, as the rest of the API writes times). A naive datetime (how a plain
+    SQLite cursor returns a stored one) or the stored text itself is UTC already."""
     if value is None:
         return None
-    value = value.astimezone(UTC).replace(tzinfo=None).isoformat()
-    return value + "Z"
+    if isinstance(value, str):
+        return value.replace(" ", "T", 1) + "Z"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat() + "Z"
+
+
+def _as_datetime(value):
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def rollup_values(device_type):
@@ -43,8 +54,15 @@ def aggregate_values(device_type, queryset):
 
 
 def aggregate_rows(device_type, queryset):
-    """The rollup rows of ``queryset`` (a Rollup queryset, ordered) as API dicts."""
-    return aggregate_dicts(device_type, aggregate_values(device_type, queryset))
+    """The rollup rows of ``queryset`` (a Rollup queryset, ordered) as API dicts.
+
+    Read with a plain cursor: the times stay as the database driver returns them instead of each going
+    through Django's converters as well, which took most of the time of a month of hourly rows."""
+    values = aggregate_values(device_type, queryset)
+    sql, params = values.query.get_compiler(using=values.db).as_sql()
+    with connections[values.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return aggregate_dicts(device_type, cursor.fetchall())
 
 
 def aggregate_dicts(device_type, rows):
@@ -57,7 +75,7 @@ def aggregate_dicts(device_type, rows):
             "device": device_id,
             "bucket": LABELS.get(bucket, str(bucket)),
             "start": iso(start),
-            "end": iso(start + timedelta(seconds=bucket)),
+            "end": iso(_as_datetime(start) + timedelta(seconds=bucket)),
         }
         position = 3
         for name in names:

@@ -1,7 +1,9 @@
 /* hubserver dashboard: keeps the server-rendered pages live over the realtime WebSocket (/ws/hub/).
  *
  * Protocol (see the realtime protocol note): the page subscribes to each device type it shows (overview) or
- * to one device (device page) and applies "reading", "status", "connection" and "command" events. Commands
+ * to one device (device page) and applies "reading", "status", "connection" and "command" events. The device
+ * page's range picker draws longer ranges from the REST API (raw readings, or per-minute, -hour or -day
+ * aggregates with a min-max band), while the live window keeps following the socket. Commands
  * are sent as {"type": "command", request_id, device_type, device_id, command, payload}. The socket
  * reconnects with exponential backoff; after a reconnect the page re-reads its own HTML to catch up.
  */
@@ -422,22 +424,42 @@
     var LIMIT = seriesData.limit || 100;
     var charts = new Map();
 
-    function makeChart(card, points) {
-      var holder = card.querySelector(".chart");
-      var unit = card.dataset.unit || "";
-      var valueType = card.dataset.valueType;
-      var foot = card.querySelector("[data-foot]");
-      var data = [points.map(function (p) { return p[0]; }), points.map(function (p) { return p[1]; })];
-      var chart = { card: card, data: data, plot: null, holder: holder, foot: foot, footHtml: null };
-      if (typeof window.uPlot !== "function") return chart;
-      var axis = {
-        stroke: "#667085",
-        grid: { stroke: "#eef0f3", width: 1 },
-        ticks: { stroke: "#e4e7ec", width: 1, size: 4 },
-        font: "11px system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
-      };
-      var options = {
-        width: Math.max(200, holder.clientWidth || 320),
+    var AXIS = {
+      stroke: "#667085",
+      grid: { stroke: "#eef0f3", width: 1 },
+      ticks: { stroke: "#e4e7ec", width: 1, size: 4 },
+      font: "11px system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+    };
+    var LINE = "#2f5bd3";
+    var BUCKET_WORDS = { "1m": "minute", "1h": "hour", "1d": "day" };
+
+    function label(card) { return card.querySelector("h3").firstChild.textContent.trim(); }
+
+    function chartOptions(chart) {
+      var card = chart.card;
+      var valueType = chart.valueType;
+      var unit = chart.unit ? " " + chart.unit : "";
+      var aggregate = chart.mode === "aggregate";
+      var many = chart.shown[0].length > 200;
+      var series = aggregate ? [
+        {},
+        { label: label(card) + " (mean)", stroke: LINE, width: 1.5, points: { show: false } },
+        { label: "min", stroke: "rgba(47, 91, 211, 0.35)", width: 1, points: { show: false } },
+        { label: "max", stroke: "rgba(47, 91, 211, 0.35)", width: 1, points: { show: false } }
+      ] : [
+        {},
+        {
+          label: label(card),
+          stroke: LINE,
+          width: many ? 1.25 : 2,
+          fill: "rgba(47, 91, 211, 0.07)",
+          paths: valueType === "bool" && window.uPlot.paths && window.uPlot.paths.stepped
+            ? window.uPlot.paths.stepped({ align: 1 }) : undefined,
+          points: { show: !many, size: 5, fill: LINE }
+        }
+      ];
+      return {
+        width: Math.max(200, chart.holder.clientWidth || 320),
         height: 170,
         legend: { show: false },
         cursor: { drag: { x: false, y: false }, points: { size: 7 } },
@@ -453,35 +475,63 @@
           }
         },
         axes: [
-          Object.assign({}, axis, { space: 60 }),
-          Object.assign({}, axis, { size: 50, space: 28, values: function (u, values) { return values.map(function (v) { return formatValue(v, "float"); }); } })
+          Object.assign({}, AXIS, { space: 60 }),
+          Object.assign({}, AXIS, { size: 50, space: 28, values: function (u, values) { return values.map(function (v) { return formatValue(v, "float"); }); } })
         ],
-        series: [
-          {},
-          {
-            label: card.querySelector("h3").firstChild.textContent.trim(),
-            stroke: "#2f5bd3",
-            width: 2,
-            fill: "rgba(47, 91, 211, 0.07)",
-            paths: valueType === "bool" && window.uPlot.paths && window.uPlot.paths.stepped
-              ? window.uPlot.paths.stepped({ align: 1 }) : undefined,
-            points: { size: 5, fill: "#2f5bd3" }
-          }
-        ],
+        series: series,
+        // The band between each bucket's min and max (null where the bucket had one value).
+        bands: aggregate ? [{ series: [3, 2], fill: "rgba(47, 91, 211, 0.14)" }] : undefined,
         hooks: {
           setCursor: [function (u) {
+            var foot = chart.foot;
             var index = u.cursor.idx;
-            if (index === null || index === undefined) {
+            if (index === null || index === undefined || u.data[1][index] === null || u.data[1][index] === undefined) {
               if (chart.footHtml !== null) { foot.innerHTML = chart.footHtml; chart.footHtml = null; refreshTimes(foot); }
               return;
             }
             if (chart.footHtml === null) chart.footHtml = foot.innerHTML;
             var when = new Date(u.data[0][index] * 1000);
-            foot.textContent = formatValue(u.data[1][index], valueType) + (unit ? " " + unit : "") + " at " + when.toLocaleString();
+            if (aggregate) {
+              var low = u.data[2][index], high = u.data[3][index];
+              var spread = low === null || low === undefined ? "" : " (" + formatValue(low, "float") + " – " + formatValue(high, "float") + ")";
+              foot.textContent = "mean " + formatValue(u.data[1][index], "float") + spread + unit + ", the " +
+                BUCKET_WORDS[chart.bucket] + " from " + when.toLocaleString();
+            } else {
+              foot.textContent = formatValue(u.data[1][index], valueType) + unit + " at " + when.toLocaleString();
+            }
           }]
         }
       };
-      chart.plot = new window.uPlot(options, data, holder);
+    }
+
+    function draw(chart) {
+      if (chart.plot) { chart.plot.destroy(); chart.plot = null; }
+      chart.card.classList.toggle("is-empty", chart.shown[0].length === 0);
+      chart.card.dataset.count = String(chart.shown[0].length);
+      chart.card.dataset.mode = chart.mode;
+      if (typeof window.uPlot !== "function") return;
+      chart.plot = new window.uPlot(chartOptions(chart), chart.shown, chart.holder);
+    }
+
+    function show(chart, mode, data, bucket, note) {
+      chart.mode = mode;
+      chart.shown = data;
+      chart.bucket = bucket || null;
+      var empty = chart.card.querySelector(".chart-empty");
+      if (empty) empty.textContent = note || chart.emptyText;
+      draw(chart);
+    }
+
+    function makeChart(card, points) {
+      var holder = card.querySelector(".chart");
+      var chart = {
+        card: card, holder: holder, foot: card.querySelector("[data-foot]"), footHtml: null, plot: null,
+        unit: card.dataset.unit || "", valueType: card.dataset.valueType,
+        emptyText: (card.querySelector(".chart-empty") || {}).textContent || "",
+        // The live window (the latest readings, kept current by the socket), whatever the chart shows.
+        live: [points.map(function (p) { return p[0]; }), points.map(function (p) { return p[1]; })]
+      };
+      show(chart, "live", chart.live);
       if (window.ResizeObserver) {
         new ResizeObserver(function () {
           var width = holder.clientWidth;
@@ -518,8 +568,8 @@
         if (!card) return;
         var chart = charts.get(name);
         if (chart) {
-          var xs = chart.data[0];
-          var ys = chart.data[1];
+          var xs = chart.live[0];
+          var ys = chart.live[1];
           var y = typeof value === "boolean" ? (value ? 1 : 0) : value;
           // Keep the series ordered by time: readings may arrive out of order (device-side timestamps).
           var at = xs.length;
@@ -527,17 +577,118 @@
           xs.splice(at, 0, x);
           ys.splice(at, 0, y);
           while (xs.length > LIMIT) { xs.shift(); ys.shift(); }
-          card.classList.remove("is-empty");
-          if (chart.plot) {
-            chart.plot.setData([xs, ys]);
-            if (chart.plot.width < 50) chart.plot.setSize({ width: chart.holder.clientWidth, height: 170 });
+          if (chart.mode === "live") {
+            card.classList.remove("is-empty");
+            card.dataset.count = String(xs.length);
+            if (chart.plot) {
+              chart.plot.setData(chart.live);
+              if (chart.plot.width < 50) chart.plot.setSize({ width: chart.holder.clientWidth, height: 170 });
+            }
           }
-          card.dataset.count = String(xs.length);
           if (at === xs.length - 1 || xs.length === 1) showLatest(card, value, date);
         } else {
           card.classList.remove("is-empty");
           showLatest(card, value, date);
         }
+      });
+    }
+
+    /* History: the range picker draws each chart from the API (raw readings or a rollup bucket). */
+
+    var chartsBox = document.getElementById("charts");
+    var picker = document.getElementById("range-picker");
+    var rangeStatus = document.getElementById("range-status");
+    var RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "1y": 365 * 86400 };
+    var POINTS = 1500;  // at most this many raw readings or buckets per chart
+    var range = "live";
+
+    function setRangeState(state, text) {
+      if (!chartsBox) return;
+      chartsBox.dataset.state = state;
+      if (rangeStatus) rangeStatus.textContent = text || "";
+    }
+
+    function historySeries(rows, name, bucket) {
+      var xs = [], ys = [];
+      if (bucket === "raw") {
+        rows.forEach(function (row) {
+          var value = row[name];
+          if (value === null || value === undefined) return;
+          xs.push(Date.parse(row.timestamp) / 1000);
+          ys.push(typeof value === "boolean" ? (value ? 1 : 0) : value);
+        });
+        return [xs, ys];
+      }
+      var lows = [], highs = [];
+      var step = ({ "1m": 60, "1h": 3600, "1d": 86400 })[bucket];
+      rows.forEach(function (row) {
+        var stats = row[name];
+        if (!stats || !stats.count) return;
+        var x = Date.parse(row.start) / 1000;
+        if (xs.length && x - xs[xs.length - 1] > 1.5 * step) {  // no data for a while: a gap, not a line
+          xs.push(xs[xs.length - 1] + step); ys.push(null); lows.push(null); highs.push(null);
+        }
+        xs.push(x);
+        ys.push(stats.mean);
+        lows.push(stats.count > 1 ? stats.min : null);
+        highs.push(stats.count > 1 ? stats.max : null);
+      });
+      return [xs, ys, lows, highs];
+    }
+
+    function showRange(name) {
+      range = name;
+      if (picker) picker.querySelectorAll("button[data-range]").forEach(function (button) {
+        button.setAttribute("aria-pressed", String(button.dataset.range === name));
+      });
+      if (name === "live") {
+        charts.forEach(function (chart) { show(chart, "live", chart.live); });
+        setRangeState("live", "");
+        if (chartsBox) { chartsBox.dataset.range = "live"; delete chartsBox.dataset.bucket; }
+        return;
+      }
+      var url = chartsBox && chartsBox.dataset.readingsUrl;
+      if (!url) { setRangeState("error", "The readings API is not available here."); return; }
+      var started = window.performance.now();
+      var since = new Date(Date.now() - RANGES[name] * 1000).toISOString();
+      setRangeState("loading", "Loading…");
+      var query = "?bucket=auto&limit=" + POINTS + "&since=" + encodeURIComponent(since);
+      fetch(url + query, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (response.status === 403) throw new Error("You may not view this device's readings.");
+          if (!response.ok) throw new Error("The hub answered " + response.status + ".");
+          return response.json();
+        })
+        .then(function (rows) {
+          if (range !== name) return;  // another range was picked meanwhile
+          rows.reverse();  // the API answers newest first
+          var bucket = rows.length && rows[0].bucket ? rows[0].bucket : "raw";
+          charts.forEach(function (chart, reading) {
+            if (bucket !== "raw" && chart.valueType === "bool") {
+              show(chart, "raw", [[], []], bucket, "No aggregates of yes/no values: pick a shorter range.");
+              return;
+            }
+            show(chart, bucket === "raw" ? "raw" : "aggregate", historySeries(rows, reading, bucket), bucket);
+          });
+          window.requestAnimationFrame(function () {
+            if (range !== name) return;
+            chartsBox.dataset.range = name;
+            chartsBox.dataset.bucket = bucket;
+            chartsBox.dataset.drawMs = (window.performance.now() - started).toFixed(1);
+            var what = bucket === "raw" ? rows.length + " readings"
+              : rows.length + " " + BUCKET_WORDS[bucket] + "s: mean, with the min–max band";
+            setRangeState("drawn", what);
+          });
+        })
+        .catch(function (error) {
+          if (range === name) setRangeState("error", error.message || "Could not load the history.");
+        });
+    }
+
+    if (picker) {
+      picker.addEventListener("click", function (click) {
+        var button = click.target.closest("button[data-range]");
+        if (button && button.dataset.range !== range) showRange(button.dataset.range);
       });
     }
 
@@ -700,15 +851,15 @@
           var points = JSON.parse(series.textContent).points || {};
           charts.forEach(function (chart, name) {
             var list = points[name] || [];
-            chart.data = [list.map(function (p) { return p[0]; }), list.map(function (p) { return p[1]; })];
-            if (chart.plot) chart.plot.setData(chart.data);
-            chart.card.dataset.count = String(list.length);
+            chart.live = [list.map(function (p) { return p[0]; }), list.map(function (p) { return p[1]; })];
+            if (chart.mode === "live") show(chart, "live", chart.live);
           });
         }
         doc.querySelectorAll(".chart-card").forEach(function (freshCard) {
           var card = document.querySelector('.chart-card[data-reading="' + CSS.escape(freshCard.dataset.reading) + '"]');
           if (!card) return;
-          card.classList.toggle("is-empty", freshCard.classList.contains("is-empty"));
+          var chart = charts.get(freshCard.dataset.reading);
+          if (!chart || chart.mode === "live") card.classList.toggle("is-empty", freshCard.classList.contains("is-empty"));
           card.querySelector("[data-latest]").textContent = freshCard.querySelector("[data-latest]").textContent;
           card.querySelector("[data-foot]").innerHTML = freshCard.querySelector("[data-foot]").innerHTML;
         });
