@@ -429,3 +429,13 @@ async def test_a_reconnect_storm_is_verified_in_parallel_not_one_after_another(m
     answers = await asyncio.gather(*(connect(credentials) for _, credentials in made))
     assert answers == ["allow"] * 4
     assert peak[0] >= 2, "the checks ran one after another"
+
+
+def test_requests_without_the_token_are_logged_once_a_minute_with_a_count(caplog, monkeypatch):
+    monkeypatch.setattr(broker_auth, "_bad_token_log", broker_auth._OncePerMinute())
+    body = {"username": "x", "password": "y"}
+    for _ in range(5):
+        assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer wrong")) == "deny"
+    lines = [r.getMessage() for r in caplog.records if "without the broker token" in r.getMessage()]
+    assert len(lines) == 1 and "(1 such requests since the last line)" in lines[0]
+    assert broker_auth.stats.snapshot()["auth_bad_token"] == 5
