@@ -8,11 +8,14 @@ from amqtt.plugins.base import BaseAuthPlugin
 from hubserver.access.acl import can_publish
 from hubserver.access.authenticate import authenticate_mqtt
 from hubserver.access.principals import AnonymousPrincipal
-from hubserver.routing.throttle import clip
+from hubserver.routing.throttle import ThrottledLog, clip
 
 from .session import BAD_CREDENTIALS, set_principal
 
 logger = logging.getLogger("hubserver.mqtt.auth")
+# Refused CONNECTs are logged once a minute per source address (a password guesser makes hundreds a second);
+# hubserver_auth_failures_total and hubserver_auth_throttled_total count every one.
+_refusals = ThrottledLog(logger)
 
 
 class HubAuthPlugin(BaseAuthPlugin):
@@ -25,7 +28,9 @@ class HubAuthPlugin(BaseAuthPlugin):
                 session.username, session.password, client_id=session.client_id, address=session.remote_address
             )
             if principal is None:
-                logger.info(
+                _refusals.info(
+                    "bad_credentials",
+                    session.remote_address,
                     "refused %s (user %s) from %s: bad credentials",
                     clip(session.client_id),
                     clip(session.username),

@@ -236,3 +236,19 @@ async def test_wrong_api_keys_are_throttled_per_device_and_a_known_key_still_wor
     assert device_verifier.stats["checks"] == checks
     assert (await send(creds["api_key"])).status_code == 202
     assert series("auth_throttled_total")['{reason="username",source="ingest"}'] == 1
+
+
+async def test_refused_connects_are_logged_once_a_minute_per_address(hub, caplog, monkeypatch):
+    import logging
+
+    from hubserver.plugins import auth as auth_plugin
+
+    from hubserver.routing.throttle import ThrottledLog
+
+    monkeypatch.setattr(auth_plugin, "_refusals", ThrottledLog(auth_plugin.logger))
+    caplog.set_level(logging.INFO, logger="hubserver.mqtt.auth")
+    for n in range(8):
+        assert await connack(hub, f"thermometer.nobody-{n}", f"thermometer.nobody-{n}", "x") == NOT_AUTHORIZED
+    lines = [r.getMessage() for r in caplog.records if "bad credentials" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0]
+    assert throttle.snapshot()["failures"] == {"mqtt": 8}  # every refusal counted, one logged

@@ -17,6 +17,7 @@ from hubserver.access import (
     provision,
     throttle,
 )
+from hubserver.routing.throttle import ThrottledLog
 from hubserver.views import broker_auth
 from tests.testapp.models import HygrometerDevice, ThermometerDevice
 
@@ -432,10 +433,14 @@ async def test_a_reconnect_storm_is_verified_in_parallel_not_one_after_another(m
 
 
 def test_requests_without_the_token_are_logged_once_a_minute_with_a_count(caplog, monkeypatch):
-    monkeypatch.setattr(broker_auth, "_bad_token_log", broker_auth._OncePerMinute())
+    monkeypatch.setattr(broker_auth, "_bad_token_log", ThrottledLog(broker_auth.logger))
     body = {"username": "x", "password": "y"}
     for _ in range(5):
         assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer wrong")) == "deny"
     lines = [r.getMessage() for r in caplog.records if "without the broker token" in r.getMessage()]
-    assert len(lines) == 1 and "(1 such requests since the last line)" in lines[0]
+    assert len(lines) == 1
     assert broker_auth.stats.snapshot()["auth_bad_token"] == 5
+    broker_auth._bad_token_log.interval = 0  # a minute later: the next line says how many it kept quiet about
+    assert result(post(AUTH, body, HTTP_AUTHORIZATION="Bearer wrong")) == "deny"
+    lines = [r.getMessage() for r in caplog.records if "without the broker token" in r.getMessage()]
+    assert len(lines) == 2 and "and 4 more like it" in lines[1]

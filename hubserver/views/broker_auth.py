@@ -56,6 +56,7 @@ from ..access.acl import can_publish, can_subscribe
 from ..access.authenticate import TOKEN_USERNAME, authenticate_mqtt, parse_device_username, permitted_service_user
 from ..access.principals import ANONYMOUS, AnonymousPrincipal, DevicePrincipal, ServicePrincipal
 from ..conf import hub_settings
+from ..routing.throttle import ThrottledLog
 from ._common import ViewStats
 
 logger = logging.getLogger("hubserver.access.http")
@@ -117,36 +118,18 @@ def _token_ok(request, endpoint):
     ):
         return True
     stats.incr(f"{endpoint}_bad_token")
-    _bad_token_log.note(endpoint, request.META.get("REMOTE_ADDR"))
+    _bad_token_log.warning(
+        "bad_token",
+        endpoint,
+        "broker %s request from %s without the broker token; denied",
+        endpoint,
+        request.META.get("REMOTE_ADDR"),
+    )
     return False
 
 
-class _OncePerMinute:
-    """Logs a refused request at most once a minute, with how many were refused since the last line."""
-
-    EVERY = 60.0
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._since = 0
-        self._logged_at = None
-
-    def note(self, endpoint, address):
-        now = time.monotonic()
-        with self._lock:
-            self._since += 1
-            if self._logged_at is not None and now - self._logged_at < self.EVERY:
-                return
-            self._logged_at, count, self._since = now, self._since, 0
-        logger.warning(
-            "broker %s request from %s without the broker token; denied (%d such requests since the last line)",
-            endpoint,
-            address,
-            count,
-        )
-
-
-_bad_token_log = _OncePerMinute()
+# A request without the token is logged once a minute per endpoint, with the number kept quiet about.
+_bad_token_log = ThrottledLog(logger)
 
 
 def _fields(request, names):
