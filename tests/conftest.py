@@ -13,11 +13,17 @@ pytest_plugins = ["tests.service_fixtures", "tests.brokers"]
 
 @pytest.fixture(autouse=True)
 def _fresh_auth_throttle():
-    """Each test starts with no remembered authentication failures: tests reuse usernames (``t-1``), and
-    one test's wrong passwords must not throttle the next one's right ones."""
+    """Each test starts with no remembered authentication failures (tests reuse usernames: one test's wrong
+    passwords must not throttle the next one's right ones) and with its refusals not yet logged (they are
+    logged once a minute per address)."""
+    from hubserver.plugins import auth as auth_plugin
+
     from hubserver.access import throttle
+    from hubserver.views import broker_auth
 
     throttle.reset()
+    auth_plugin._refusals.clear()
+    broker_auth._bad_token_log.clear()
     yield
     throttle.reset()
 

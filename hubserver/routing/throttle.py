@@ -21,6 +21,10 @@ class ThrottledLog:
         self.interval = interval
         self._last = {}  # key -> (time logged, repeats not logged since)
 
+    def clear(self):
+        """Forget what was said (tests: each starts with nothing said yet)."""
+        self._last.clear()
+
     def warning(self, reason, topic, msg, *args, exc_info=None):
         self.log(30, reason, topic, msg, *args, exc_info=exc_info)
 
