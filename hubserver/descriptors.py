@@ -110,13 +110,19 @@ class Reading(Descriptor):
 
 
 class StateField(Descriptor):
-    """A piece of device state (a relay, a mode) kept as a column of the type's Device model."""
+    """A piece of device state (a relay, a mode) kept as a column of the type's Device model.
 
-    def __init__(self, value_type, default=None, choices=None, description="", unit=""):
+    A device reports its state in the ``state`` object of its status messages and command replies
+    (``{"state": {"relay": "on"}}``); each value is checked against its StateField and stored. With
+    ``reported=False`` the field belongs to the hub alone (set in the admin or the API): a device that
+    reports it is told so in the message's error, and the value is not stored."""
+
+    def __init__(self, value_type, default=None, choices=None, description="", unit="", reported=True):
         _check_value_type("StateField", value_type)
         self.value_type = value_type
         self.description = description
         self.unit = unit
+        self.reported = bool(reported)
         self.choices = self._normalize_choices(choices)
         self.default = default
         if default is not None:

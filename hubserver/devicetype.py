@@ -137,6 +137,10 @@ class DeviceType(metaclass=DeviceTypeMeta):
     def on_status_change(self, device, old_status, new_status):
         """Called when a status message (or a connect/disconnect) changes the device's status."""
 
+    def on_state_change(self, device, changes):
+        """Called with ``{state field: (old, new)}`` when a status message or a command reply changed the
+        device's StateFields (its ``state`` object)."""
+
     # Payload descriptions for device makers and the API docs.
     @classmethod
     def data_schema(cls):

@@ -44,6 +44,15 @@ def data_schema(device_type):
     }
 
 
+def state_schema(device_type):
+    """The ``state`` object a status message or a command reply may carry: the StateFields a device reports."""
+    return {
+        "type": "object",
+        "properties": {name: f.json_schema() for name, f in device_type._state_fields.items() if f.reported},
+        "description": "The device's current StateFields; the hub stores each valid value. Unknown keys are ignored.",
+    }
+
+
 def status_schema(device_type):
     """The ``status`` topic payload; every field is optional and ``battery`` is an alias of ``battery_level``."""
     battery = {"type": "number", "minimum": 0, "maximum": 100, "description": "percent"}
@@ -56,6 +65,7 @@ def status_schema(device_type):
             "battery_level": battery,
             "battery": {**battery, "description": "alias of battery_level"},
             "firmware_version": {"type": "string", "maxLength": 64},
+            "state": state_schema(device_type),
             "timestamp": TIMESTAMP,
         },
     }
@@ -69,6 +79,7 @@ def command_schemas(device_type):
             "correlation_id": {"type": "string"},
             "status": {"enum": ["ok", "error"]},
             "result": {},
+            "state": state_schema(device_type),
         },
         "required": ["correlation_id"],
     }

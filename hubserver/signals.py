@@ -1,4 +1,4 @@
-"""The six device lifecycle signals. ``sender`` is always the DeviceType class.
+"""The seven device lifecycle signals. ``sender`` is always the DeviceType class.
 
 Receivers may be sync or ``async def``: the hub sends with ``Signal.asend`` from the event loop, and
 Django runs each kind of receiver in its proper context.
@@ -10,6 +10,8 @@ from django.dispatch import Signal
 device_data_received = Signal()
 # sender, device, old_status, new_status
 device_status_changed = Signal()
+# sender, device, changes ({state field: (old value, new value)}), message (the status or reply Message)
+device_state_changed = Signal()
 # sender, device
 device_connected = Signal()
 # sender, device

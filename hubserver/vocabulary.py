@@ -87,6 +87,7 @@ class EventKind:
     STATUS: Final = "status"
     CONNECTION: Final = "connection"
     COMMAND: Final = "command"
+    STATE: Final = "state"
     CURSOR: Final = frozenset({READING, STATUS})  # events whose ``id`` is a resume cursor
 
 

@@ -1,4 +1,4 @@
-"""The six signals carry the documented arguments to sync and async receivers alike."""
+"""The seven signals carry the documented arguments to sync and async receivers alike."""
 
 import pytest
 
@@ -8,6 +8,7 @@ from tests.testapp.devices import Hygrometer, Thermometer
 DOCUMENTED = {
     "device_data_received": {"device", "readings", "message"},
     "device_status_changed": {"device", "old_status", "new_status"},
+    "device_state_changed": {"device", "changes", "message"},
     "device_connected": {"device"},
     "device_disconnected": {"device"},
     "device_command_sent": {"device", "command", "payload"},
@@ -15,7 +16,7 @@ DOCUMENTED = {
 }
 
 
-def test_there_are_exactly_six_signals():
+def test_there_are_exactly_seven_signals():
     from django.dispatch import Signal
 
     names = {name for name, value in vars(signals).items() if isinstance(value, Signal)}

@@ -9,6 +9,8 @@ layer can carry it:
 - ``{"type": "connection", "device_type", "device_id", "state": "online" | "offline", "timestamp"}``
 - ``{"type": "command", "device_type", "device_id", "id", "correlation_id", "command", "command_status",
   "result", "timestamp"}`` (``command_status`` is a ``vocabulary.CommandState``)
+- ``{"type": "state", "device_type", "device_id", "state", "source": "status" | "reply", "timestamp"}``: the
+  StateFields a device's status message or command reply changed, ``{name: new value}`` (live only)
 
 ``id`` of reading and status events is the pk of the type's Message row: monotonic per type, so it is the
 resume cursor of SSE and polling. ``connection`` events have no id; a ``command`` event's ``id`` is its
@@ -30,6 +32,7 @@ READING = EventKind.READING
 STATUS = EventKind.STATUS
 CONNECTION = EventKind.CONNECTION
 COMMAND = EventKind.COMMAND
+STATE = EventKind.STATE
 CURSOR_EVENTS = EventKind.CURSOR  # events whose "id" is a cursor
 
 ONLINE = DeviceStatus.ONLINE
@@ -101,6 +104,17 @@ def status_event(type_name, device_id, message_id, fields, received_at, old_stat
     }
 
 
+def state_event(type_name, device_id, state, source, timestamp=None):
+    return {
+        "type": STATE,
+        "device_type": type_name,
+        "device_id": device_id,
+        "state": dict(state),
+        "source": source,
+        "timestamp": _iso(timestamp or timezone.now()),
+    }
+
+
 def connection_event(type_name, device_id, state, timestamp=None):
     return {
         "type": CONNECTION,
@@ -162,6 +176,8 @@ def events_from_result(result):
         if event["status"] is None and result.status_changed and result.new_status in (ONLINE, OFFLINE):
             events.append(connection_event(type_name, device_id, result.new_status))  # e.g. battery-only
         events.append(event)
+    if result.state and kind in (Kind.STATUS, Kind.REPLY):
+        events.append(state_event(type_name, device_id, result.state, kind, result.received_at))
     return events
 
 

@@ -117,7 +117,9 @@ class Rows:
     def update_device(self, device, **values):
         if id(device) not in self.devices:
             self.devices[id(device)] = (device, {name: getattr(device, name) for name in _DEVICE_FIELDS})
+        snapshot = self.devices[id(device)][1]
         for name, value in values.items():
+            snapshot.setdefault(name, getattr(device, name))  # StateFields: their value before this batch
             setattr(device, name, value)
         self.device_fields.setdefault(type(device), set()).update(values)
 
@@ -210,6 +212,8 @@ def _handle_status(work, rows, now):
     obj, error = _decode(work.payload)
     parsed = payloads.parse_status(obj) if obj is not None else None
     errors = parsed.errors if parsed is not None else [error]
+    state, state_errors = payloads.parse_state(work.device_type, obj) if obj is not None else ({}, [])
+    errors = [*errors, *state_errors]
     fields = dict(parsed.fields) if parsed is not None else {}
     work.status_fields = parsed.fields if parsed is not None else {}
     message = _message(work, rows, obj, errors, now)
@@ -220,6 +224,7 @@ def _handle_status(work, rows, now):
     changed = {name: value for name, value in fields.items() if getattr(work.device, name) != value}
     if changed:
         rows.update_device(work.device, **changed)
+    _apply_state(work, rows, state)
     work.message = rows.add(message)
 
 
@@ -227,8 +232,11 @@ def _handle_reply(work, rows, now):
     obj, error = _decode(work.payload)
     reply = payloads.parse_reply(obj) if obj is not None else None
     errors = reply.errors if reply is not None else [error]
+    state, state_errors = payloads.parse_state(work.device_type, obj) if obj is not None else ({}, [])
+    errors = [*errors, *state_errors]
     message = _message(work, rows, obj, errors, now, correlation_id=reply.correlation_id if reply else "")
     _record_activity(work, rows, stay=False)
+    _apply_state(work, rows, state)
     work.message = rows.add(message)
     if reply is not None and not reply.errors:
         work.reply = reply  # the hook for command tracking: Dispatcher reply listeners get it after commit
@@ -312,6 +320,15 @@ def _record_activity(work, rows, stay):
         _set_status(work, rows, ONLINE)
 
 
+def _apply_state(work, rows, state):
+    """Store the StateFields a device reported that differ from what the hub holds."""
+    device = work.device
+    changes = {name: (getattr(device, name), value) for name, value in state.items() if getattr(device, name) != value}
+    if changes:
+        rows.update_device(device, **{name: new for name, (_, new) in changes.items()})
+        work.state_changes = changes
+
+
 def _set_status(work, rows, status):
     old = work.device.status
     if old != status:
@@ -344,4 +361,5 @@ def _result(work, cursors=None):
         cursors=cursors,
         received_at=work.received_at,
         status_fields=work.status_fields,
+        state={name: new for name, (_, new) in work.state_changes.items()} if work.state_changes else None,
     )

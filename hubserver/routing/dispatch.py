@@ -12,7 +12,13 @@ import logging
 from asgiref.sync import sync_to_async
 
 from ..devicetype import DeviceType
-from ..signals import device_connected, device_data_received, device_disconnected, device_status_changed
+from ..signals import (
+    device_connected,
+    device_data_received,
+    device_disconnected,
+    device_state_changed,
+    device_status_changed,
+)
 from .work import CONNECTED, DISCONNECTED
 
 logger = logging.getLogger("hubserver.routing")
@@ -58,6 +64,8 @@ class Dispatcher:
             return True
         if work.reading is not None and (device_data_received.has_listeners(sender) or overrides(sender, "on_data")):
             return True
+        if work.state_changes and (device_state_changed.has_listeners(sender) or overrides(sender, "on_state_change")):
+            return True
         return work.reply is not None and bool(self.reply_listeners)
 
     async def put(self, works, results):
@@ -97,6 +105,10 @@ class Dispatcher:
                 device_data_received, sender, device=device, readings=work.readings, message=_instance(work.message)
             )
             await self._hook(sender, "on_data", device, work.readings)
+        if work.state_changes:
+            changes = dict(work.state_changes)
+            await _send(device_state_changed, sender, device=device, changes=changes, message=_instance(work.message))
+            await self._hook(sender, "on_state_change", device, changes)
         if work.reply is not None:
             for listener in list(self.reply_listeners):
                 await _call(listener, sender, device, _instance(work.message), work.reply)

@@ -136,6 +136,38 @@ def parse_status(obj):
     return ParsedStatus(fields, parse_timestamp(obj.get("timestamp")), errors)
 
 
+def parse_state(device_type, obj):
+    """``(state, errors)``: the valid values of the payload's ``state`` object, checked against the type's
+    StateFields. Keys that name no StateField are ignored (as undeclared readings are); a value of the wrong
+    type or choice, or one for a StateField the hub alone sets (``reported=False``), is an error."""
+    if "state" not in obj:
+        return {}, []
+    reported = obj["state"]
+    if not isinstance(reported, dict):
+        return {}, [f"state: expected an object, got {_json_type(reported)}"]
+    declared = device_type._state_fields
+    state, errors = {}, []
+    for name, value in reported.items():
+        field_ = declared.get(name)
+        if field_ is None:
+            continue
+        if not field_.reported:
+            errors.append(f"state.{name}: set by the hub, not by the device")
+            continue
+        if value is None and field_.default is not None:
+            errors.append(f"state.{name}: cannot be null")
+            continue
+        try:
+            state[name] = field_.validate(value)
+        except ValidationError as exc:
+            errors.append(f"state.{exc}")
+            continue
+        if field_.value_type is int and not _INT64[0] <= state[name] <= _INT64[1]:
+            del state[name]
+            errors.append(f"state.{name}: {value} does not fit a 64-bit integer")
+    return state, errors
+
+
 @dataclass(slots=True)
 class ParsedReply:
     """A command reply ``{"correlation_id", "status", "result"}``; command tracking reads it after commit."""

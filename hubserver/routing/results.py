@@ -57,6 +57,7 @@ class RouteResult:
     cursors: tuple | None = None
     received_at: datetime | None = None
     status_fields: dict | None = None  # a status message's valid fields: status, battery_level, firmware_version
+    state: dict | None = None  # the StateFields a status message or reply changed: {name: new value}
 
     @property
     def status_changed(self) -> bool:

@@ -33,6 +33,7 @@ class Work:
     readings: dict = field(default_factory=dict)
     status_fields: dict | None = None  # a status message's valid fields (status, battery_level, firmware)
     reply: object = None
+    state_changes: dict | None = None  # {StateField: (old, new)} a status message or reply changed
     old_status: str | None = None
     new_status: str | None = None
     event: str | None = None
