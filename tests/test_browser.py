@@ -159,8 +159,12 @@ def test_dashboard_shows_devices_readings_and_sends_commands_live(hub, tmp_path)
                 assert command["payload"] == {"seconds": 120}
                 latest = page.locator("#command-rows tr").first
                 expect(latest).to_contain_text("set_interval")
-                device.publish("reply", {"correlation_id": command["correlation_id"], "status": "ok", "result": {}})
+                interval = page.locator('#device [data-state-field="report_interval"]')
+                expect(interval).to_have_text("300 s")
+                reply = {"correlation_id": command["correlation_id"], "status": "ok", "result": {}}
+                device.publish("reply", reply | {"state": {"report_interval": 120}})
                 expect(latest.locator("[data-field=command-status]")).to_have_text("replied")
+                expect(interval).to_have_text("120 s")  # the state the device reported, live
                 time.sleep(0.3)  # let the chart settle for the screenshot
                 page.screenshot(path=os.path.join(shots, "device.png"), full_page=True)
             finally:

@@ -115,6 +115,13 @@ def test_a_plug_draws_what_its_appliance_does_and_counts_it():
     off = reports("smartplug", 100, interval=10, state={"relay": "off"})
     assert {row["power"] for row in off} == {0.0} and {row["current"] for row in off} == {0.0}
     assert len({row["energy"] for row in off}) == 1
+    # Switched on, it powers what it is plugged into at once (several seeds: never the standby draw).
+    for seed in range(20):
+        values = ReadingValues(registry.get("smartplug"), realistic=True, rng=random.Random(seed), interval=10)
+        state = {"relay": "off"}
+        values.next(state)
+        state["relay"] = "on"
+        assert values.next(state)["power"] >= 5
 
 
 def test_a_tracker_moves_at_its_speed_and_parks():
@@ -154,6 +161,39 @@ def test_state_changes_from_commands():
     state = initial_state(tracker)
     assert apply_command(tracker, state, {"mode": "tracking"}) == {"mode": "tracking"}
     assert apply_command(tracker, state, {"mode": "warp"}) == {}  # invalid values are not applied
+
+
+async def test_simulated_plugs_announce_their_relay_and_switch_it(hub):
+    plug = registry.get("smartplug")
+    device_model = plug.get_models()[0]
+    simulator = Simulator(
+        plug, count=6, interval=0.3, realistic=True, target=Target("127.0.0.1", hub.engine.port), seed=4
+    )
+    run = asyncio.create_task(simulator.run(duration=30))
+    try:
+        await until(lambda: simulator.devices and all(d.connected for d in simulator.devices), message="connections")
+        relays = {d.device_id: d.state["relay"] for d in simulator.devices}
+        assert set(relays.values()) == {"on", "off"}, "a fleet starts with some relays on, some off"
+
+        async def stored():
+            return {d["device_id"]: d["relay"] for d in await rows(device_model, device_id__startswith="sim-")}
+
+        await until_async(lambda: stored(), relays)
+        off = next(device_id for device_id, relay in relays.items() if relay == "off")
+        command = {"command": "switch", "payload": {"state": "on"}, "correlation_id": "c-1"}
+        await hub.engine.publish(f"things/smartplug/{off}/cmd", json.dumps(command).encode(), qos=1)
+        await until_async(lambda: stored(), {**relays, off: "on"})
+    finally:
+        simulator.stop()
+        await run
+
+
+async def until_async(read, expected, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await read()) != expected:
+        assert loop.time() < deadline, f"{value} != {expected}"
+        await asyncio.sleep(0.05)
 
 
 def test_device_ids_are_zero_padded():
@@ -213,6 +253,9 @@ async def test_simulated_devices_publish_realistic_readings_and_answer_commands(
         assert reply["payload_json"]["status"] == "ok"
         assert reply["payload_json"]["result"]["changed"] == {"mode": "manual"}
         assert simulator.devices[0].state["mode"] == "manual"
+        # The reply carries the device's state, which the hub stores.
+        assert reply["payload_json"]["state"] == {"mode": "manual", "setpoint": 21.0}
+        assert (await rows(device_model, device_id="sim-0001"))[0]["mode"] == "manual"
 
         # An undeclared command gets an error reply, still correlated.
         bad = {"command": "self_destruct", "payload": {}, "correlation_id": "corr-43"}

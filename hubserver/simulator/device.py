@@ -40,7 +40,7 @@ class SimulatedDevice:
         self.keepalive = keepalive
         self.rng = rng or random.Random()
         self.values = ReadingValues(device_type, realistic, self.rng, interval=interval)
-        self.state = initial_state(device_type)
+        self.state = initial_state(device_type, self.rng)
         self.battery = round(self.rng.uniform(60, 100), 1)
         # What the display shows.
         self.connected = False
@@ -98,7 +98,12 @@ class SimulatedDevice:
         client.subscribe(self.topics["cmd"], qos=1)
         self._publish(
             self.topics["status"],
-            {**ONLINE, "battery_level": self.battery, "firmware_version": f"sim-{__version__}"},
+            {
+                **ONLINE,
+                "battery_level": self.battery,
+                "firmware_version": f"sim-{__version__}",
+                **self._reported_state(),
+            },
         )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -139,10 +144,15 @@ class SimulatedDevice:
         if not isinstance(request, dict) or not isinstance(request.get("correlation_id"), str):
             return
         status, result = self.execute(request.get("command"), request.get("payload"))
-        self._publish(
-            self.topics["reply"], {"correlation_id": request["correlation_id"], "status": status, "result": result}
-        )
+        reply = {"correlation_id": request["correlation_id"], "status": status, "result": result}
+        self._publish(self.topics["reply"], {**reply, **self._reported_state()})
         self.commands += 1
+
+    def _reported_state(self):
+        """``{"state": {...}}``: the StateFields a device reports, so the hub shows what the device really does."""
+        fields = self.device_type._state_fields
+        state = {name: value for name, value in self.state.items() if fields[name].reported and value is not None}
+        return {"state": state} if state else {}
 
     def execute(self, name, payload):
         """``(status, result)`` of a command: ``ok`` with the state changes, or ``error`` with the reason."""

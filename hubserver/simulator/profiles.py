@@ -87,8 +87,8 @@ class Sticky:
 
 
 class Appliance:
-    """What a smart plug powers: off most of the time or on at the appliance's own level (a lamp, a TV, a
-    kettle), with a little noise; nothing while the plug's relay is off."""
+    """What a smart plug powers: off some of the time or on at the appliance's own level (a lamp, a TV, a
+    kettle), with a little noise; nothing while the plug's relay is off, and on at once when it is switched on."""
 
     phase = 0
     LOADS = (6.0, 40.0, 60.0, 110.0, 450.0, 800.0, 1200.0, 2000.0)
@@ -97,11 +97,17 @@ class Appliance:
         self.switch = switch_probability
         self.on = None
         self.load = 0.0
+        self.relay = None
 
     def next(self, rng, context):
-        if context["state"].get("relay") == "off":
+        relay = context["state"].get("relay")
+        switched_on, self.relay = self.relay == "off" and relay != "off", relay
+        if relay == "off":
             return 0.0
-        if self.on is None or rng.random() < self.switch:
+        if switched_on:
+            self.on = True  # a plug is switched on to use what it powers
+            self.load = rng.choice(self.LOADS)
+        elif self.on is None or rng.random() < self.switch:
             self.on = rng.random() < 0.5 if self.on is None else not self.on
             if self.on:
                 self.load = rng.choice(self.LOADS)

@@ -11,8 +11,15 @@ from ..exceptions import ValidationError
 ON_OFF = {"on", "off"}
 
 
-def initial_state(device_type):
-    return {name: field.default for name, field in device_type._state_fields.items()}
+def initial_state(device_type, rng=None):
+    """The StateFields' defaults; with ``rng``, an on/off field (a relay) starts on or off at random, as a
+    fleet of real plugs would."""
+    state = {name: field.default for name, field in device_type._state_fields.items()}
+    if rng is not None:
+        for name, field in device_type._state_fields.items():
+            if field.reported and _choices(field) == ON_OFF:
+                state[name] = rng.choice(("on", "off"))
+    return state
 
 
 def _set(fields, state, changed, name, value):

@@ -692,6 +692,18 @@
       });
     }
 
+    /* StateFields the device reported (in a status message or a command reply). */
+    function applyState(state) {
+      Object.keys(state).forEach(function (name) {
+        var cell = head.querySelector('[data-state-field="' + CSS.escape(name) + '"]');
+        if (!cell) return;
+        var value = state[name];
+        cell.querySelector("[data-state-value]").textContent =
+          value === null || value === undefined ? "\u2014" : formatValue(value, typeof value === "number" ? "float" : "");
+        flash(cell);
+      });
+    }
+
     var statusBadge = head.querySelector("[data-field=status]");
     function applyStatus(status) {
       if (!status) return;
@@ -825,6 +837,8 @@
       } else if (event.type === "connection") {
         applyStatus(event.state);
         if (event.state === "online") setSeen(head.querySelector("[data-field=seen]"), new Date());
+      } else if (event.type === "state") {
+        applyState(event.state || {});
       } else if (event.type === "command") {
         var entry = event.request_id ? pending.get(event.request_id) : null;
         upsertCommand(event, entry ? entry.payload : undefined);
@@ -841,6 +855,10 @@
             var node = fresh.querySelector("[data-field=" + field + "]");
             if (node) head.querySelector("[data-field=" + field + "]").replaceChildren.apply(
               head.querySelector("[data-field=" + field + "]"), Array.prototype.slice.call(node.childNodes));
+          });
+          fresh.querySelectorAll("[data-state-field]").forEach(function (node) {
+            var mine = head.querySelector('[data-state-field="' + CSS.escape(node.dataset.stateField) + '"]');
+            if (mine) mine.replaceChildren.apply(mine, Array.prototype.slice.call(node.childNodes));
           });
           var seen = fresh.querySelector("[data-field=seen]");
           var mine = head.querySelector("[data-field=seen]");
