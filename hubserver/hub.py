@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .access.revocation import credentials_revoked
@@ -43,13 +43,26 @@ def running_hub() -> Hub | None:
 class Hub:
     """``embedded`` are keyword arguments for the embedded engine (``host``, ``port``, ``tls_port``,
     ``max_connections``...), overriding its settings: ``hubserver run --host/--mqtt-port``, tests' free
-    ports. ``router`` replaces the MessageRouter (tests)."""
+    ports. ``brokers`` limits the engines to these ``BROKERS`` entries (a worker's ``--broker``);
+    ``engine_options`` are keyword arguments per entry (a worker's ``--client-id``). ``router`` replaces the
+    MessageRouter (tests)."""
 
-    def __init__(self, *, router: MessageRouter | None = None, embedded: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        router: MessageRouter | None = None,
+        embedded: Mapping[str, Any] | None = None,
+        brokers: Iterable[str] | None = None,
+        engine_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.router = router or MessageRouter()
         self.brokers: dict[str, BaseBroker] = {}
+        only = None if brokers is None else set(brokers)
         for entry in load_engines():
+            if only is not None and entry.name not in only:
+                continue  # a worker serves the entries it was given (``hubserver listen --broker``)
             options = dict(embedded or {}) if issubclass(entry.engine, EmbeddedBroker) else {}
+            options.update((engine_options or {}).get(entry.name, {}))
             self.brokers[entry.name] = entry.engine(self, entry.name, entry.settings, **options)
         self.commands = CommandDispatcher(self.broker_for, self.router)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -6,6 +6,7 @@ in step): add a row there when you add one here.
 
 import os
 
+from .environment import brokers as _brokers
 from .environment import (
     channel_layers,
     data_dir,
@@ -192,6 +193,8 @@ for _variable, _key, _read in (
 ):
     if os.environ.get(_variable, "").strip():
         HUBSERVER[_key] = _read(_variable, None)
+if _brokers() is not None:  # HUBSERVER_BROKER_URL: the default broker is an external one
+    HUBSERVER["BROKERS"] = _brokers()
 
 LOGGING = {
     "version": 1,

@@ -181,6 +181,70 @@ def database(directory):
     return config
 
 
+EXTERNAL_ENGINE = "hubserver.brokers.mqtt.MQTTBroker"
+
+
+# HUBSERVER_BROKER_<KEY> variables that set a key of the default broker's entry.
+_BROKER_TLS_FILES = {
+    "CA_CERTS": "HUBSERVER_BROKER_CA_CERTS",
+    "CERTFILE": "HUBSERVER_BROKER_CERTFILE",
+    "KEYFILE": "HUBSERVER_BROKER_KEYFILE",
+}
+_BROKER_TEXT = {"CLIENT_ID": "HUBSERVER_BROKER_CLIENT_ID", "SHARE_GROUP": "HUBSERVER_BROKER_SHARE_GROUP"}
+_BROKER_FLAGS = {
+    "AUTH_BACKEND": "HUBSERVER_BROKER_AUTH_BACKEND",
+    "USE_SHARED_SUBSCRIPTIONS": "HUBSERVER_BROKER_USE_SHARED_SUBSCRIPTIONS",
+}
+
+
+def brokers():
+    """``BROKERS`` from HUBSERVER_BROKER_URL (``mqtt://user:password@host:port`` or ``mqtts://...``): the
+    ``default`` broker becomes that external broker. None when the variable is not set (the embedded one)."""
+    from urllib.parse import unquote, urlsplit
+
+    url = os.environ.get("HUBSERVER_BROKER_URL", "").strip()
+    tls_files = {key: os.environ.get(name, "").strip() for key, name in _BROKER_TLS_FILES.items()}
+    given = [_BROKER_TLS_FILES[key] for key, value in tls_files.items() if value]
+    # (HUBSERVER_BROKER_AUTH_BACKEND alone is meaningful: it turns the broker HTTP endpoints on.)
+    others = [
+        name
+        for key, name in (*_BROKER_TEXT.items(), *_BROKER_FLAGS.items())
+        if key != "AUTH_BACKEND" and os.environ.get(name)
+    ]
+    if not url:
+        if given or others:
+            raise ImproperlyConfigured(f"{', '.join(given + others)} set without HUBSERVER_BROKER_URL")
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"HUBSERVER_BROKER_URL must be mqtt://user:password@host:port or mqtts://...; got {parts.scheme}://..."
+        )
+    tls = parts.scheme == "mqtts"
+    if given and not tls:
+        raise ImproperlyConfigured(f"{', '.join(given)} set but HUBSERVER_BROKER_URL is not mqtts://")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ImproperlyConfigured("HUBSERVER_BROKER_URL has a port that is not a number") from None
+    entry = {
+        "ENGINE": EXTERNAL_ENGINE,
+        "HOST": parts.hostname,
+        "PORT": port,
+        "USERNAME": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "USE_TLS": tls,
+        **{key: value for key, value in tls_files.items() if value},
+    }
+    for key, name in _BROKER_TEXT.items():
+        if os.environ.get(name, "").strip():
+            entry[key] = os.environ[name].strip()
+    for key, name in _BROKER_FLAGS.items():
+        if os.environ.get(name, "").strip():
+            entry[key] = env_bool(name, False)
+    return {"default": entry}
+
+
 def channel_layers():
     """The channel layer: in-process, or Redis (HUBSERVER_REDIS_URL) so that a browser on any hub process sees
     what any other process stored."""

@@ -31,8 +31,6 @@ def problems(brokers):
     ("brokers", "named", "says"),
     [
         ({"default": {"ENGINE": "tests.nowhere.Engine"}}, "['default']['ENGINE']", "cannot import"),
-        ({"default": {"HOST": "emqx", "PORT": 1883}}, "['default']['ENGINE']", "not available yet"),
-        ({"lab": {"ENGINE": "hubserver.brokers.mqtt.MQTTBroker"}}, "['lab']['ENGINE']", "not available yet"),
         ({"default": {"ENGINE": "hubserver.routing.MessageRouter"}}, "['default']['ENGINE']", "is not a"),
         ({"default": {"ENGINE": EMBEDDED_ENGINE, "HOST": "x"}}, "['default']['HOST']", "does not use HOST"),
         ({"default": {"ENGINE": RECORDING, "KEEPALIVE": 5}}, "['default']['KEEPALIVE']", "does not use KEEPALIVE"),
@@ -59,14 +57,18 @@ def test_start_up_and_hubserver_check_refuse_it_too(db):
     call_command("check")  # the default settings pass
 
 
-def test_an_external_entry_is_refused_by_run_and_a_warning_for_other_commands(db, capsys):
-    """Its device accounts (provisioning, ``hubserver broker``) work without the engine; serving does not."""
-    brokers = {"default": {"ENGINE": "hubserver.brokers.mqtt.MQTTBroker", "HOST": "emqx"}}
+def test_an_external_entry_runs_the_external_engine(db, capsys):
+    """An entry without ENGINE (seed 002's own example) is an external broker: the hub builds MQTTBroker for
+    it, and ``hubserver check`` has nothing to say."""
+    from hubserver.brokers.mqtt import MQTTBroker
+
+    brokers = {"default": {"HOST": "emqx", "PORT": 1883}}
     with override_settings(HUBSERVER={"BROKERS": brokers}):
-        with pytest.raises(ImproperlyConfigured, match=r"\['default'\]\['ENGINE'\].*not available yet"):
-            Hub()
+        hub = Hub()
+        assert isinstance(hub.brokers["default"], MQTTBroker)
+        assert (hub.brokers["default"].address.host, hub.brokers["default"].address.port) == ("emqx", 1883)
         call_command("check")
-    assert "hubserver.W001" in capsys.readouterr().err
+    assert "hubserver.W001" not in capsys.readouterr().err
 
 
 @pytest.fixture

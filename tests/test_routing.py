@@ -726,3 +726,28 @@ async def test_devices_left_online_by_a_previous_run_time_out(hub, transactional
         signals.device_disconnected.disconnect(on_disconnect)
         await router.stop()
     assert (await get(HygrometerDevice, pk=device.pk)).status == "offline"
+
+
+async def test_a_device_heard_by_another_process_is_not_marked_offline(hub, hygrometer):
+    """Workers share a broker's messages: this process stopped hearing from the device, another did not
+    (its last_seen in the database is recent), so the heartbeat timeout leaves it online."""
+    hub(HEARTBEAT_TIMEOUT=0.5)
+    router = MessageRouter()
+    await router.start()
+    stop = asyncio.Event()
+
+    async def other_worker():
+        while not stop.is_set():
+            await sync_to_async(HygrometerDevice.objects.filter(pk=hygrometer.pk).update)(last_seen=timezone.now())
+            await asyncio.sleep(0.1)
+
+    try:
+        await router.route("data", "hygrometer", "h1", b'{"humidity": 50}')
+        elsewhere = asyncio.ensure_future(other_worker())
+        await asyncio.sleep(1.5)  # three heartbeat timeouts of this process
+        await router.flush()
+        assert (await get(HygrometerDevice, pk=hygrometer.pk)).status == "online"
+    finally:
+        stop.set()
+        await elsewhere
+        await router.stop()

@@ -42,3 +42,15 @@ async def test_connecting_drops_what_the_cache_remembered(router):
     await create_without_signals("late-1")
     await router.device_connected("thermometer", "late-1")
     assert (await router.route(*LATE, b'{"temperature": 3}')).stored
+
+
+async def test_with_several_processes_a_cached_device_is_read_again(router, monkeypatch):
+    """A device deactivated by another process (no signal reaches this one) stops being stored once the
+    cached row is older than ``positive_ttl``; without it, the cache keeps the old row."""
+    await create_without_signals("late-1")
+    assert (await router.route(*LATE, b'{"temperature": 1}')).stored
+    await database_sync_to_async(ThermometerDevice.objects.filter(device_id="late-1").update)(is_active=False)
+    assert (await router.route(*LATE, b'{"temperature": 2}')).stored  # cached, and no TTL: still stored
+    monkeypatch.setattr(router.devices, "positive_ttl", 0.2)
+    await asyncio.sleep(0.3)
+    assert (await router.route(*LATE, b'{"temperature": 3}')).reason == Refusal.INACTIVE_DEVICE

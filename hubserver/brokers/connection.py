@@ -50,16 +50,16 @@ class BrokerAddress:
             return None
         for key, path in (("CA_CERTS", self.ca_certs), ("CERTFILE", self.certfile), ("KEYFILE", self.keyfile)):
             if path and not os.path.isfile(path):
-                raise BrokerError(f"{where(self.name, key)}: {path} does not exist or is not a file")
+                raise BrokerError(f"{self}: {where(self.name, key)}: {path} does not exist or is not a file")
         if bool(self.certfile) != bool(self.keyfile):
             missing = "KEYFILE" if self.certfile else "CERTFILE"
-            raise BrokerError(f"{where(self.name, missing)} is empty: mutual TLS needs both CERTFILE and KEYFILE")
+            raise BrokerError(f"{self}: {where(self.name, missing)} is empty: mutual TLS needs CERTFILE and KEYFILE")
         try:
             context = ssl.create_default_context(cafile=self.ca_certs or None)
             if self.certfile:
                 context.load_cert_chain(self.certfile, self.keyfile)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise BrokerError(f"{where(self.name)}: cannot load its TLS files: {exc}") from exc
+            raise BrokerError(f"{self}: cannot load the TLS files of {where(self.name)}: {exc}") from exc
         return context
 
     def admin_client_id(self):

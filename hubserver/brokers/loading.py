@@ -19,19 +19,14 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from ..conf import EMBEDDED_ENGINE, EXTERNAL_ENGINE, SETTINGS_NAME, hub_settings
+from ..conf import EMBEDDED_ENGINE, SETTINGS_NAME, hub_settings
 from ..exceptions import ConfigurationError
 from ..registry import registry
 from .base import BaseBroker
 
-# Engines that are planned but not built yet: naming one is refused with this reason, not ignored.
-NOT_AVAILABLE_YET = {
-    EXTERNAL_ENGINE: (
-        "the external-broker engine is not available yet, so `hubserver run` cannot serve this entry (the "
-        "device accounts it keeps on the broker still work); until it is, `hubserver run` needs the embedded "
-        "broker (ENGINE 'hubserver.brokers.embedded.EmbeddedBroker', which takes no other keys)"
-    ),
-}
+# Engines that are planned but not built yet: naming one is refused with a reason, not ignored. (None now:
+# the external engine, hubserver.brokers.mqtt.MQTTBroker, runs.)
+NOT_AVAILABLE_YET: dict[str, str] = {}
 
 
 # Keys the hub reads itself, whatever the engine: AUTH_BACKEND turns the HTTP auth endpoints on

@@ -31,12 +31,17 @@ class DeviceCache:
     # A device created or re-activated by another process (``hubserver provision`` next to a running hub)
     # sends no signal here: an "unknown"/"inactive" answer is trusted only this long.
     negative_ttl = 30.0
+    # With several hub processes writing the same devices (workers on an external broker), a cached device
+    # is read again after this many seconds: another process may have deactivated it, changed its status
+    # or marked it offline. None: cached until a signal of this process says it changed.
+    positive_ttl = None
 
     def __init__(self):
         self._lock = threading.Lock()
         self._devices = {}  # key -> Device instance
         self._negative = {}  # key -> (UNKNOWN | INACTIVE, monotonic expiry), oldest first
         self._keys_by_pk = {}  # (model, pk) -> key, to find an entry whose device_id was renamed
+        self._loaded_at = {}  # key -> monotonic time the cached device was read (only with positive_ttl)
         self._generation = 0
         self._models = []
 
@@ -44,6 +49,8 @@ class DeviceCache:
         """The cached Device, UNKNOWN or INACTIVE; None on a miss. A dict read: safe on the event loop."""
         device = self._devices.get(key)
         if device is not None:
+            if self.positive_ttl is not None and self._loaded_at.get(key, 0.0) + self.positive_ttl < time.monotonic():
+                return None  # stale: the next batch reads it again
             return device
         negative = self._negative.get(key)
         if negative is None:
@@ -87,12 +94,15 @@ class DeviceCache:
         with self._lock:
             if generation != self._generation:
                 return  # a device changed while we were reading: the next batch reloads
+            now = time.monotonic()
             for key, value in loaded.items():
                 if isinstance(value, str):
+                    self._devices.pop(key, None)
                     self._negative.pop(key, None)
-                    self._negative[key] = (value, time.monotonic() + self.negative_ttl)
+                    self._negative[key] = (value, now + self.negative_ttl)
                 else:
                     self._devices[key] = value
+                    self._loaded_at[key] = now
             self._keys_by_pk.update(pks)
             while len(self._negative) > self.max_negative:
                 del self._negative[next(iter(self._negative))]
@@ -104,6 +114,7 @@ class DeviceCache:
                 if k is not None:
                     self._devices.pop(k, None)
                     self._negative.pop(k, None)
+                    self._loaded_at.pop(k, None)
 
     def clear(self):
         with self._lock:
@@ -111,6 +122,7 @@ class DeviceCache:
             self._devices.clear()
             self._negative.clear()
             self._keys_by_pk.clear()
+            self._loaded_at.clear()
 
     def connect(self, device_models):
         """Invalidate on saves and deletes of these Device models (call once, from start())."""

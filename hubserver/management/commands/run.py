@@ -15,9 +15,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import running
+from ...brokers.connection import BrokerError
 from ...brokers.embedded import PortInUse
 from ...cli import program_name
-from ...conf import EVENT_LOOPS, hub_settings
+from ...conf import EMBEDDED_ENGINE, EVENT_LOOPS, hub_settings
 from ...dasf import app_settings as dasf_settings
 from ...dasf.service import start_service as start_dasf_service
 from ...dasf.service import stop_service as stop_dasf_service
@@ -55,11 +56,18 @@ class Command(BaseCommand):
     def handle(self, *args, host, http_port, mqtt_port, event_loop=None, **options):
         install_reactor(event_loop or hub_settings.EVENT_LOOP)  # first: before anything imports Twisted's reactor
         self.raise_open_files_limit()
+        embedded = any(entry["ENGINE"] == EMBEDDED_ENGINE for entry in hub_settings.BROKERS.values())
+        if not embedded and mqtt_port is not None:
+            raise CommandError(
+                "--mqtt-port is for the embedded broker; the brokers of HUBSERVER['BROKERS'] are all external "
+                "(devices connect to them)"
+            )
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
-        tls_port = hub_settings.MQTT_TLS_PORT
+        tls_port = hub_settings.MQTT_TLS_PORT if embedded else 0
         # Every port before anything is created: a start that fails leaves no database and no admin account.
         self.check_port(host, http_port, "HTTP", "--http-port")
-        self.check_port(host, mqtt_port, "MQTT", "--mqtt-port")
+        if embedded:
+            self.check_port(host, mqtt_port, "MQTT", "--mqtt-port")
         if tls_port:
             self.check_port(host, tls_port, "MQTT over TLS", "HUBSERVER_MQTT_TLS_PORT")
         self.prepare_database()
@@ -77,12 +85,16 @@ class Command(BaseCommand):
             loop.run_until_complete(hub.start())
         except PortInUse as exc:
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
+        except BrokerError as exc:
+            raise CommandError(str(exc)) from exc
         loop.run_until_complete(start_dasf_service())
         # Only once the broker listens: an account whose password was printed by a start that then failed
         # would be lost.
         self.ensure_admin(host, http_port)
         tune_for_serving()
-        running.record(running.this_hub(host, http_port, mqtt_port, tls_port, hub_settings.MQTT_WEBSOCKET_PATH))
+        running.record(
+            running.this_hub(host, http_port, mqtt_port if embedded else 0, tls_port, hub_settings.MQTT_WEBSOCKET_PATH)
+        )
 
         async def stop():
             await hub.stop()
@@ -100,7 +112,7 @@ class Command(BaseCommand):
             signal_handlers=True,
             websocket_timeout=-1,  # MQTT sessions over WebSocket last as long as the device wants
             application_close_timeout=10,
-            ready_callable=lambda: self.print_ready(host, http_port, mqtt_port),
+            ready_callable=lambda: self.print_ready(host, http_port, mqtt_port if embedded else None, hub),
         )
         failed = []
         original_listen_error = server.listen_error
@@ -176,16 +188,25 @@ class Command(BaseCommand):
         finally:
             probe.close()
 
-    def print_ready(self, host, http_port, mqtt_port):
+    def print_ready(self, host, http_port, mqtt_port, hub=None):
         shown = _shown(host)
+        if mqtt_port is not None:
+            mqtt = (
+                f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
+                f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
+            )
+        else:  # every broker is external: devices connect to it, this process takes a share of the messages
+            mqtt = "".join(
+                f"  MQTT (external)          {getattr(engine, 'address', name)}\n"
+                for name, engine in (hub.brokers.items() if hub is not None else ())
+            )
         self.stdout.write(
             self.style.SUCCESS(
                 f"hubserver is running (data in {settings.DATA_DIR})\n"
                 f"  dashboard                http://{shown}:{http_port}/\n"
                 f"  admin, API               http://{shown}:{http_port}/admin/  http://{shown}:{http_port}/api/docs/\n"
-                f"  MQTT                     mqtt://{shown}:{mqtt_port}\n"
-                f"  MQTT over WebSocket      ws://{shown}:{http_port}{hub_settings.MQTT_WEBSOCKET_PATH}\n"
-                f"  DASF topics (WebSocket)  ws://{shown}:{http_port}/{dasf_settings.DASF_WEBSOCKET_URL_ROUTE}<topic>\n"
+                + mqtt
+                + f"  DASF topics (WebSocket)  ws://{shown}:{http_port}/{dasf_settings.DASF_WEBSOCKET_URL_ROUTE}<topic>\n"
                 "Press Ctrl+C to stop."
             )
         )
