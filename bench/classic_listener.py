@@ -51,6 +51,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True, help="a fresh data directory for this listener's database")
     parser.add_argument("--devices-file", required=True, help="JSON list of devices (provisioning output) to create")
     parser.add_argument("--topic-prefix", default="things")
+    parser.add_argument("--username", help="the broker account, when the broker wants one")
+    parser.add_argument("--password", help="its password")
     args = parser.parse_args(argv)
     if args.host not in LOCAL_HOSTS:
         parser.error("the classic listener connects to 127.0.0.1 only")
@@ -107,6 +109,8 @@ def main(argv=None):
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    if args.username:
+        client.username_pw_set(args.username, args.password)
     client.connect(args.host, args.port, keepalive=60)
 
     def _stop(signum, frame):

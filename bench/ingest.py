@@ -67,7 +67,8 @@ def load_generators(host, port, devices, args, processes, qos):
 def run_load(hub, devices, topic_prefix, args, processes):
     """One measured run with ``processes`` generator processes; returns the figures as a dict."""
     total = len(devices) * args.messages_per_device
-    counter = RowCounter(hub.db_path, topic_prefix)
+    # The hub's own database (SQLite), unless the target counts its rows elsewhere (bench/scaleout.py).
+    counter = hub.row_counter(topic_prefix) if hasattr(hub, "row_counter") else RowCounter(hub.db_path, topic_prefix)
     rows_before = counter.total()
     generators = load_generators(hub.host, hub.mqtt_port, devices, args, processes, args.qos)
     workers, results = generators.workers, generators.results
