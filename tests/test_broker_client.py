@@ -177,3 +177,23 @@ def test_seed_api_connect_subscribe_publish_with_correlation_and_user_properties
             broker.loop_stop()
             device.loop_stop()
             device.disconnect()
+
+
+async def test_a_failed_start_leaves_the_session_free_for_the_next_one(broker_url, tmp_path, monkeypatch):
+    """The first start fails (the broker is not there yet); a second start in the same process, with the
+    same client id, connects: the failed one held nothing."""
+    from django.test import override_settings
+
+    from hubserver.brokers.mqtt import MQTTBroker
+    from hubserver.conf import EXTERNAL_ENGINE
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    parts = urllib.parse.urlsplit(broker_url)
+    entry = {"ENGINE": EXTERNAL_ENGINE, "HOST": parts.hostname, "DYNAMIC_SECURITY": False, "CLIENT_ID": "retry-1"}
+    absent = override_settings(HUBSERVER={"BROKERS": {"default": {**entry, "PORT": free_port()}}})
+    with absent, pytest.raises(BrokerError, match=r"\['PORT'\]"):
+        await MQTTBroker(name="default").start()
+    with override_settings(HUBSERVER={"BROKERS": {"default": {**entry, "PORT": parts.port}}}):
+        broker = MQTTBroker(name="default")
+        await broker.start()
+        await broker.stop()

@@ -122,21 +122,25 @@ class MQTTBroker(BaseBroker):
             # Other processes write the same devices (deactivation, status, offline marks): read each cached
             # device again after a while instead of trusting this process's copy for ever.
             self.hub.router.devices.positive_ttl = DEVICE_CACHE_SECONDS
-        if managed(self.name):
-            await asyncio.to_thread(self._check_dynsec)
-        self.client = BrokerClient(
-            self.address,
-            self._on_publish,
-            persistent=True,
-            session_expiry=SESSION_EXPIRY,
-            receive_maximum=RECEIVE_MAXIMUM,
-            on_lost=self._on_lost,
-        )
-        await self.client.connect()
         try:
-            await self.client.subscribe([*self.topic_filters(), *self._extra_topics])
+            if managed(self.name):
+                await asyncio.to_thread(self._check_dynsec)
+            self.client = BrokerClient(
+                self.address,
+                self._on_publish,
+                persistent=True,
+                session_expiry=SESSION_EXPIRY,
+                receive_maximum=RECEIVE_MAXIMUM,
+                on_lost=self._on_lost,
+            )
+            await self.client.connect()
+            try:
+                await self.client.subscribe([*self.topic_filters(), *self._extra_topics])
+            except BaseException:
+                await self.client.disconnect()
+                raise
         except BaseException:
-            await self.client.disconnect()
+            self._unlock_session()  # a start that failed holds nothing: the next one may take the session
             raise
         logger.info(
             "%s: connected as %r (%s session), subscribed to %d filter(s)",
@@ -166,6 +170,11 @@ class MQTTBroker(BaseBroker):
             ) from None
         self._session_lock = handle
 
+    def _unlock_session(self):
+        if self._session_lock is not None:
+            self._session_lock.close()
+            self._session_lock = None
+
     def _check_dynsec(self):
         # The plugin answers in milliseconds; five seconds of silence means it is not there.
         with DynsecAdmin(self.address, timeout=5.0) as admin:
@@ -181,9 +190,7 @@ class MQTTBroker(BaseBroker):
             await self.hub.router.flush()
         await asyncio.sleep(0)
         await self.client.disconnect()
-        if self._session_lock is not None:
-            self._session_lock.close()
-            self._session_lock = None
+        self._unlock_session()
         logger.info(
             "%s: disconnected (%d stored, %d refused)", self.address, self.counts["stored"], self.counts["refused"]
         )
