@@ -192,7 +192,7 @@ class Bench:
         self.prepare(env, setup_broker=True)
         processes = []
         for n in range(count):
-            client_id = f"bench-worker-{secrets.token_hex(3)}-{n}"
+            client_id = f"bench-worker-{n}"  # its session is ended after the run (forget_session)
             process = Process(f"worker {n + 1}", [hub_binary(), "listen", "--client-id", client_id], env)
             self.run.stop(process.start())
             process.wait_for("storing messages from")
