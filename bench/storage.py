@@ -1,11 +1,22 @@
-"""Storage benchmark: bytes on disk per device message.
+"""Storage benchmark: bytes on disk per device message, and the database size with and without retention.
 
-Starts its own ``hubserver run`` (fresh data directory, SQLite), provisions ``--devices`` weather stations
-and publishes ``--messages`` five-reading messages at QoS 1 (``{"temperature", "humidity", "pressure",
-"wind_speed", "rain"}``), stops the hub, checkpoints the WAL and reads the size of every table and index
-from SQLite's ``dbstat``. The figures are the last line, e.g.::
+1. Bytes per message: starts its own ``hubserver run`` (fresh data directory, SQLite), provisions ``--devices``
+   weather stations and publishes ``--messages`` five-reading messages at QoS 1 (``{"temperature",
+   "humidity", "pressure", "wind_speed", "rain"}``), stops the hub, checkpoints the WAL and reads the size of
+   every table and index from SQLite's ``dbstat``.
+2. The same load paced at ``--rate`` for ``--seconds``, against a fresh hub with no retention and then
+   against one that keeps messages, readings and rollups for ``--retention`` (pruning every
+   ``--prune-interval`` s): the database size after the same number of messages, with and without.
+
+``--soak SECONDS`` runs only the paced load with retention, that long, printing the size of the database
+files every ``--every`` seconds; its last line says when they last grew and whether the database stopped
+growing (its size at the end against its size at half time: "stopped" below 1.1).
+
+The figures are the last lines, e.g.::
 
     storage messages=20000 bytes_per_message=475.1 message=241.9 message_indexes=50.6 reading=101.8 ...
+    storage-paced retention=none messages=120000 ... db_bytes=60403712 ...
+    storage-paced retention=1m messages=120000 ... db_bytes=20111360 ... growth=stopped
 
 Run ``python bench/storage.py --help`` for the options. Traffic goes to 127.0.0.1 only.
 """
@@ -16,7 +27,9 @@ import json
 import random
 import secrets
 import sqlite3
+import struct
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +105,20 @@ class Fleet:
         )
         self.sent += count
 
+    def write(self, count):
+        """Write ``count`` PUBLISHes round robin without waiting (paced runs); PUBACKs are read as they come."""
+        fixed = bytes([(mqttload.PUBLISH << 4) | (1 << 1)])
+        for _ in range(count):
+            slot = self.sent % len(self.publishers)
+            publisher = self.publishers[slot]
+            publisher._check()
+            self.next_id[slot] = self.next_id[slot] % 65535 + 1
+            variable = mqttload._string(self.devices[slot]["topics"]["data"]) + struct.pack("!H", self.next_id[slot])
+            payload = five_readings(self.rng)
+            publisher.sent_at[self.next_id[slot]] = time.monotonic()
+            publisher.transport.write(fixed + mqttload._length(len(variable) + len(payload)) + variable + payload)
+            self.sent += 1
+
     def acked(self):
         return sum(p.result.acked for p in self.publishers)
 
@@ -100,18 +127,55 @@ class Fleet:
             publisher.disconnect()
 
 
-def start_hub(run, keep=False):
-    hub = common.Hub(run.temporary("hubserver-storage-", keep=keep))
+async def paced(fleet, rate, seconds, report=None, every=30.0):
+    """Publish at ``rate`` msg/s for ``seconds``; ``report(elapsed)`` every ``every`` seconds."""
+    start = time.monotonic()
+    base = fleet.sent
+    next_report = every
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(elapsed * rate) - (fleet.sent - base)
+        if due > 0:
+            fleet.write(due)
+        if report is not None and elapsed >= next_report:
+            report(elapsed)
+            next_report += every
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def start_hub(run, args, retention=None, keep=False):
+    directory = run.temporary("hubserver-storage-", keep=keep)
+    hub = common.Hub(directory)
+    hub.env.update(retention_environment(retention or "forever", args.prune_interval))
     run.stop(hub).start()
     return hub
 
 
-def size_line(label, sizes, pages, messages, extra=""):
+def retention_environment(retention, interval):
+    return {
+        "HUBSERVER_MESSAGE_RETENTION": retention,
+        "HUBSERVER_READING_RETENTION": retention,
+        "HUBSERVER_ROLLUP_RETENTION": retention,
+        "HUBSERVER_PRUNE_INTERVAL": str(interval),
+    }
+
+
+def db_files_size(hub):
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(hub.db_path) + suffix)
+        if path.exists():
+            total += path.stat().st_size
+    return total
+
+
+def size_line(label, sizes, pages, messages, extra="", per_message=True):
+    """The burst's figures per message; a paced run's table sizes, rows kept and database size."""
     parts = [f"{label} messages={messages}"]
-    if messages:
-        message = sizes.get("message", (0, 0, 0))
-        reading = sizes.get("reading", (0, 0, 0))
-        rollup = sizes.get("rollup", (0, 0, 0))
+    message = sizes.get("message", (0, 0, 0))
+    reading = sizes.get("reading", (0, 0, 0))
+    rollup = sizes.get("rollup", (0, 0, 0))
+    if per_message and messages:
         per = (sum(message[:2]) + sum(reading[:2])) / messages
         parts += [
             f"bytes_per_message={per:.1f}",
@@ -122,6 +186,12 @@ def size_line(label, sizes, pages, messages, extra=""):
         ]
         if "rollup" in sizes:
             parts.append(f"rollups={sum(rollup[:2]) / messages:.1f}")
+    elif not per_message:
+        parts += [
+            f"message_bytes={sum(message[:2])}",
+            f"reading_bytes={sum(reading[:2])}",
+            f"rollup_bytes={sum(rollup[:2])}",
+        ]
     parts.append(f"db_bytes={pages}")
     for part, (_, _, rows) in sizes.items():
         parts.append(f"rows_{part}={rows}")
@@ -139,6 +209,21 @@ async def measure_burst(hub, args):
     return fleet.sent
 
 
+async def measure_paced(hub, args, seconds, every, on_report):
+    devices = hub.provision(args.devices, f"st-{secrets.token_hex(3)}-")
+    fleet = Fleet(devices)
+    await fleet.connect(hub)
+    start_acked = fleet.acked()
+    try:
+        elapsed = await paced(fleet, args.rate, seconds, lambda t: on_report(t, fleet), every)
+        deadline = time.monotonic() + args.timeout
+        while fleet.acked() - start_acked < fleet.sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        fleet.close()
+    return fleet.sent, fleet.acked() - start_acked, elapsed
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Bytes on disk per message, and the database size with retention (see bench/README.md).",
@@ -146,24 +231,93 @@ def parse_args(argv=None):
     )
     parser.add_argument("--messages", type=int, default=20_000, help="messages of the bytes-per-message run")
     parser.add_argument("--devices", type=int, default=100, help="publishing devices")
+    parser.add_argument("--rate", type=float, default=1000.0, help="messages per second of the paced runs")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of each paced run")
+    parser.add_argument("--retention", default="1m", help="retention of messages, readings and rollups when on")
+    parser.add_argument("--prune-interval", type=float, default=10.0, help="the hub's PRUNE_INTERVAL (seconds)")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="only a paced run this long, with retention")
+    parser.add_argument("--every", type=float, default=30.0, help="seconds between size reports of paced runs")
+    parser.add_argument("--no-paced", action="store_true", help="only the bytes-per-message run")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for acknowledgements")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data directories")
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.devices < 1:
-        parser.error("--messages and --devices must be positive")
+    if args.messages < 1 or args.devices < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--messages, --devices, --rate and --seconds must be positive")
     return args
+
+
+def run_paced(run, args, seconds, label, retention):
+    hub = start_hub(run, args, retention=retention, keep=args.keep_data)
+    samples = []
+
+    def report(elapsed, fleet):
+        size = db_files_size(hub)
+        samples.append((elapsed, size))
+        print(
+            f"{label}-progress t={elapsed:.0f}s sent={fleet.sent} acked={fleet.acked()} db_files_bytes={size}",
+            flush=True,
+        )
+
+    sent, acked, elapsed = asyncio.run(measure_paced(hub, args, seconds, args.every, report))
+    hub.check_alive()
+    hub.stop()
+    sizes, pages = table_sizes(hub.db_path)
+    return sent, acked, elapsed, sizes, pages, samples
+
+
+def growth_verdict(samples):
+    """When the database files last grew, and their growth over the run's last half: "stopped" if they did
+    not grow by a tenth of their size in it."""
+    if len(samples) < 4:
+        return " growth=unknown (too few samples)"
+    last_growth = max((t for (t, size), (_, before) in zip(samples[1:], samples, strict=False) if size > before),
+                      default=samples[0][0])  # fmt: skip
+    half = samples[-1][0] / 2
+    at_half = max(size for t, size in samples if t <= half)
+    end = samples[-1][1]
+    ratio = end / at_half if at_half else float("inf")
+    verdict = "stopped" if ratio < 1.1 else "growing"
+    return (
+        f" files_at_half={at_half} files_at_end={end} last_growth_at={last_growth:.0f}s "
+        f"growth_ratio={ratio:.2f} growth={verdict}"
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     with common.Main("storage") as run:
-        hub = start_hub(run, keep=args.keep_data)
+        if args.soak:
+            print(f"soak: {args.rate:.0f} msg/s for {args.soak:.0f}s, retention {args.retention}", flush=True)
+            sent, acked, _, sizes, pages, samples = run_paced(run, args, args.soak, "soak", args.retention)
+            print(
+                size_line("storage-soak", sizes, pages, acked, f" sent={sent} retention={args.retention}", False)
+                + growth_verdict(samples),
+                flush=True,
+            )
+            return 0 if acked == sent else 1
+
+        hub = start_hub(run, args, keep=args.keep_data)
         print(f"publishing {args.messages} five-reading messages from {args.devices} devices", flush=True)
         sent = asyncio.run(measure_burst(hub, args))
         hub.check_alive()
         hub.stop()
         sizes, pages = table_sizes(hub.db_path)
-        print(size_line("storage", sizes, pages, sent), flush=True)
+        lines = [size_line("storage", sizes, pages, sent)]
+        if not args.no_paced:
+            for retention in (None, args.retention):
+                print(
+                    f"publishing at {args.rate:.0f} msg/s for {args.seconds:.0f}s, retention {retention or 'none'}",
+                    flush=True,
+                )
+                sent, acked, _, sizes, pages, samples = run_paced(run, args, args.seconds, "paced", retention)
+                lines.append(
+                    size_line(
+                        "storage-paced", sizes, pages, acked, f" sent={sent} retention={retention or 'none'}", False
+                    )
+                    + (growth_verdict(samples) if retention else "")
+                )
+        for line in lines:
+            print(line, flush=True)
         return 0
     return run.code
 

@@ -30,12 +30,18 @@ Names (all prefixed ``hubserver_``):
 | ``verifier_cache_entries{verifier}`` | gauge | secret verifiers |
 | ``http_broker_requests_total{endpoint,outcome}`` | counter | ``/iot/broker/auth/`` and ``acl/`` |
 | ``http_ingest_requests_total{kind,outcome}`` | counter | ``/iot/devices/.../data/`` and ``status/`` |
+| ``storage_rows``, ``storage_bytes``, ``storage_oldest_timestamp_seconds`` ``{device_type,table}`` | gauge | tables |
+| ``database_bytes``, ``storage_figures_age_seconds`` | gauge | the database; the figures' age |
+| ``pruned_rows_total{device_type,kind}``, ``prune_passes_total``, ``prune_errors_total`` | counter | pruning |
+| ``prune_last_pass_seconds`` | gauge | how long its last pass took |
 | ``http_bodies_refused_total{route}`` | counter | HTTP bodies over their route's limit, refused unread (413) |
 | ``dasf_connections``, ``dasf_topics``, ``dasf_writer_queue_depth`` | gauge | DASF topic broker |
 | ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
 | ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
 
-Router counters restart with the hub; Prometheus' ``rate()`` handles such resets.
+Router counters restart with the hub; Prometheus' ``rate()`` handles such resets. The ``storage_*`` gauges
+(each type's messages, readings and rollups tables) are taken in the background at most every five minutes
+(``lifecycle.storage``): a scrape never waits for them, and the first scrapes after start have none.
 """
 
 import logging
@@ -130,6 +136,7 @@ class HubCollector(Collector):
             yield from self._engine_metrics(running_hub())
         except Exception:  # a scrape must never fail because one source is half-started
             logger.exception("collecting the engine's metrics failed")
+        yield from self._storage_metrics()
         yield from self._verifier_metrics()
         yield from self._throttle_metrics()
         yield from self._http_metrics()
@@ -244,6 +251,51 @@ class HubCollector(Collector):
                 ),
             ],
         )
+
+    def _storage_metrics(self):
+        """Rows, bytes and the oldest row of each type's tables (taken in the background, at most every few
+        minutes: ``lifecycle.storage``), and what the pruner removed."""
+        from .hub import running_hub
+        from .lifecycle.storage import storage_figures
+
+        router = getattr(running_hub(), "router", None)
+        pruner = getattr(router, "pruner", None)
+        stats = pruner.stats() if pruner is not None else {"passes": 0, "removed": {}, "errors": 0}
+        yield _counter(
+            "pruned_rows",
+            "Rows removed by the hub's pruning past their retention, by device type and kind.",
+            labels=["device_type", "kind"],
+            samples=[([name, kind], n) for (name, kind), n in sorted(stats["removed"].items())],
+        )
+        yield _counter("prune_passes", "Pruning passes the hub completed.", stats["passes"])
+        yield _counter("prune_errors", "Pruning passes that failed.", stats["errors"])
+        if stats.get("last_pass_seconds") is not None:
+            yield _gauge("prune_last_pass_seconds", "How long the last pruning pass took.", stats["last_pass_seconds"])
+        snapshot = storage_figures.latest()
+        if snapshot is None:
+            return  # being taken: the next scrape has them
+        labels = ["device_type", "table"]
+        yield _gauge(
+            "storage_rows",
+            "Rows kept, by device type and table (messages, readings, rollups).",
+            labels=labels,
+            samples=[([t.type_name, t.table], t.rows) for t in snapshot.tables],
+        )
+        yield _gauge(
+            "storage_bytes",
+            "Bytes of each type's table and its indexes.",
+            labels=labels,
+            samples=[([t.type_name, t.table], t.bytes) for t in snapshot.tables if t.bytes is not None],
+        )
+        yield _gauge(
+            "storage_oldest_timestamp_seconds",
+            "Unix time of the oldest row kept (messages: received_at, readings: timestamp, rollups: start).",
+            labels=labels,
+            samples=[([t.type_name, t.table], t.oldest.timestamp()) for t in snapshot.tables if t.oldest is not None],
+        )
+        if snapshot.database_bytes is not None:
+            yield _gauge("database_bytes", "Size of the whole database.", snapshot.database_bytes)
+        yield _gauge("storage_figures_age_seconds", "How old the storage_* figures are.", snapshot.age())
 
     def _verifier_metrics(self):
         from .access.verifier import device_verifier, service_verifier

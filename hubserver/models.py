@@ -164,3 +164,15 @@ class HubAccess(models.Model):
 
     def __str__(self):
         return "hub access"
+
+
+class StorageReport(models.Model):
+    """Has no table: the admin's Storage page (``hubserver.lifecycle.admin``), and the permission to see it."""
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        verbose_name = verbose_name_plural = "storage"
+
+    def __str__(self):
+        return "storage"

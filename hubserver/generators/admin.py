@@ -381,7 +381,8 @@ def create_rollup_admin(device_type):
 
 
 def auto_register_admin(site=None):
-    """Register admin classes for every type that has models and is not registered yet."""
+    """Register admin classes for every type that has models and is not registered yet, and the Storage
+    page (rows, bytes and the oldest row of every type's tables)."""
     site = site or admin.site
     for device_type, device_model, reading_model, message_model in registry.all_with_models():
         classes = create_admin(device_type)
@@ -391,3 +392,8 @@ def auto_register_admin(site=None):
         rollup_model = device_type.get_rollup_model()
         if rollup_model is not None and not site.is_registered(rollup_model):
             site.register(rollup_model, create_rollup_admin(device_type))
+    from ..lifecycle.admin import StorageAdmin
+    from ..models import StorageReport
+
+    if not site.is_registered(StorageReport):
+        site.register(StorageReport, StorageAdmin)
