@@ -258,7 +258,8 @@ def run_paced(run, args, seconds, label, retention):
             flush=True,
         )
 
-    sent, acked, elapsed = asyncio.run(measure_paced(hub, args, seconds, args.every, report))
+    every = min(args.every, seconds / 8)  # enough size samples to tell growth from a plateau
+    sent, acked, elapsed = asyncio.run(measure_paced(hub, args, seconds, every, report))
     hub.check_alive()
     hub.stop()
     sizes, pages = table_sizes(hub.db_path)
