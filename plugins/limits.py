@@ -35,7 +35,7 @@ CLOSE_REASONS = (
     "not_stored",
 )
 # Which quota slowed a client down (the label of hubserver_mqtt_throttled_total).
-THROTTLE_REASONS = ("messages", "bytes", "queue_share", "inflight", "write_buffer")
+THROTTLE_REASONS = ("messages", "bytes", "queue_share", "write_buffer", "websocket_buffer")
 
 
 def transport_of(writer):

@@ -108,6 +108,9 @@ class FastReaderHandler(BrokerProtocolHandler):
         self._max_awaiting_rel = limits.max_awaiting_rel
         max_packet = limits.max_packet_size
         self._start_watchdog(loop)
+        established = getattr(self.reader, "established", None)  # MQTT over WebSocket: whole packets now
+        if established is not None:
+            established(max_packet)
         read = self.reader.read
         self._reader_ready.set()
         try:

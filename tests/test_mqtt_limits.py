@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tests.conftest import provision_device
-from tests.mqtt import RawClient, _length, _string
+from tests.mqtt import RawClient, _length, _string, until
 from tests.test_metrics import scrape, value
 from tests.test_mqtt_reader import PINGREQ, pubacks, publish_packet, stored
 from tests.testapp.models import ThermometerMessage, ThermometerReading
@@ -206,3 +206,79 @@ async def test_the_admin_shows_which_limits_a_device_hit(engine, admin_user):
     assert response.status_code == 200
     assert "MQTT limits hit" in response.content.decode()
     assert "throttled messages: " in response.content.decode()
+
+
+# --- MQTT over WebSocket: the ASGI app with the in-process broker, frames fed as daphne would -----------
+
+
+class FakeSocket:
+    """The ASGI side of one WebSocket: frames the test queues, and what the app sends back."""
+
+    def __init__(self):
+        self.incoming = asyncio.Queue()
+        self.sent = []
+
+    async def receive(self):
+        return await self.incoming.get()
+
+    async def send(self, message):
+        self.sent.append(message)
+
+    def frame(self, data):
+        self.incoming.put_nowait({"type": "websocket.receive", "bytes": data})
+
+    def closed_with(self):
+        return next((m.get("code") for m in self.sent if m["type"] == "websocket.close"), None)
+
+
+def start_websocket(engine):
+    from hubserver.plugins.websocket import mqtt_websocket_app
+
+    socket_ = FakeSocket()
+    socket_.incoming.put_nowait({"type": "websocket.connect"})
+    scope = {"type": "websocket", "subprotocols": ["mqtt"], "client": ("127.0.0.1", 5555)}
+    app = asyncio.ensure_future(mqtt_websocket_app(lambda: engine)(scope, socket_.receive, socket_.send))
+    return socket_, app
+
+
+async def test_a_websocket_frame_bigger_than_a_connect_before_connect_closes_it(engine):
+    socket_, app = start_websocket(engine)
+    socket_.frame(bytes([0x10]) + b"\xff" * 100_000)  # no CONNECT is 100 KB
+    await asyncio.wait_for(app, 10)
+    assert socket_.closed_with() == 1009
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_closed_total", reason="connect_too_large") == 1
+
+
+@pytest.mark.parametrize(
+    "hub_settings_override",
+    [{"CLIENT_MESSAGE_RATE": 200, "CLIENT_MESSAGE_BURST": 10, "MAX_PACKET_SIZE": 65536}],
+    indirect=True,
+)
+async def test_a_websocket_client_faster_than_its_quota_is_not_read_and_loses_nothing(engine):
+    """Frames pile up in daphne's queue (here: the test's) instead of in the hub: the app stops receiving."""
+    _, credentials = await provision_device("thermometer", "ws-1")
+    username = credentials["mqtt_username"]
+    body = _string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _string(username)
+    body += _string(username) + _string(credentials["mqtt_password"])
+    socket_, app = start_websocket(engine)
+    socket_.frame(bytes([0x10]) + _length(len(body)) + body)
+    await until(lambda: any(m.get("bytes", b"")[:1] == b"\x20" for m in socket_.sent), message="CONNACK")
+    topic = "things/thermometer/ws-1/data"
+    padding = b"x" * 1000
+    for start in range(0, 300, 60):  # 5 frames of 60 messages, each frame ~60 KB: more than MAX_PACKET_SIZE
+        socket_.frame(
+            b"".join(
+                publish_packet(topic, b'{"uptime": %d, "label": "%s"}' % (n, padding), qos=0)
+                for n in range(start, start + 60)
+            )
+        )
+    await asyncio.sleep(0.5)
+    assert socket_.incoming.qsize() >= 1, "frames wait in the server's queue while the client is over its quota"
+    messages = await rows(ThermometerMessage, 300, timeout=15)
+    assert len(messages) == 300, "throttled, not dropped"
+    samples = await scrape()
+    assert value(samples, "hubserver_mqtt_throttled_total", reason="messages") >= 1
+    assert value(samples, "hubserver_mqtt_throttled_total", reason="websocket_buffer") >= 1
+    socket_.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(app, 10)
