@@ -7,7 +7,6 @@ from amqtt.plugins.base import BaseAuthPlugin
 
 from hubserver.access.acl import can_publish
 from hubserver.access.authenticate import authenticate_mqtt
-from hubserver.access.principals import AnonymousPrincipal
 from hubserver.routing.throttle import ThrottledLog, clip
 
 from .session import BAD_CREDENTIALS, set_principal
@@ -46,8 +45,10 @@ class HubAuthPlugin(BaseAuthPlugin):
                 )
                 return False
             set_principal(session, principal)
-            # amqtt queues messages for offline persistent sessions unless they are anonymous.
-            session.is_anonymous = isinstance(principal, AnonymousPrincipal)
+            # Upstream: an anonymous session (is_anonymous) gets no offline queue and is dropped at disconnect,
+            # whatever its clean session flag. Here a client that asks for a persistent session gets one,
+            # anonymous clients too where they are allowed [MQTT-3.1.2-4].
+            session.is_anonymous = False
             return True
         except Exception:
             logger.exception("authentication of %s failed with an error; refusing it", clip(session.client_id))

@@ -47,6 +47,10 @@ _publish_qos = contextvars.ContextVar("hubserver_publish_qos", default=None)
 _publish_props = contextvars.ContextVar("hubserver_publish_props", default=None)
 _publish_retain = contextvars.ContextVar("hubserver_publish_retain", default=False)
 SHARE_PREFIX = "$share/"
+# The session whose Last Will is being published (set around upstream's _handle_disconnect).
+_will_of = contextvars.ContextVar("hubserver_will_of", default=None)
+_ENDING = "hubserver.ending"  # the connection's session handling is running (its end not yet recorded)
+_WILL = "hubserver.will"  # a device's Will waiting for the end of its connection to be recorded
 _AUTHENTICATED = "hubserver.authenticated"
 _CONNECTING = "hubserver.connecting"
 
@@ -307,6 +311,7 @@ class HubBroker(Broker):
         session.attributes[_CONNECTING] = True
         if self.lifecycle is not None and self._live[key] == 1:
             await self._notify("connected", principal)
+        session.attributes[_ENDING] = True
         try:
             await super()._handle_client_session(reader, writer, session, handler, server, listener_name)
         finally:
@@ -315,6 +320,10 @@ class HubBroker(Broker):
                 del self._live[key]
                 if self.lifecycle is not None:
                     await self._notify("disconnected", principal)
+            session.attributes.pop(_ENDING, None)
+            will = session.attributes.pop(_WILL, None)
+            if will is not None:
+                await self._route_will(session, *will)
 
     # Upstream (_client_message_loop): for the whole connection, four tasks wait on the disconnect future and
     # on three queues (SUBSCRIBE, UNSUBSCRIBE, PUBLISHes to broadcast), under an asyncio.wait. Here the loop
@@ -407,7 +416,15 @@ class HubBroker(Broker):
     async def _handle_disconnect(self, client_session, handler, disconnect_waiter):
         """Upstream's, plus for MQTT 5: the Will goes out with its properties, after its Will Delay Interval
         unless the session is resumed first [MQTT-3.1.3-9], and the session ends after its Session Expiry
-        Interval [MQTT-3.1.2-23]. (A normal DISCONNECT discards the Will [MQTT-3.14.4-3].)"""
+        Interval [MQTT-3.1.2-23]. (A normal DISCONNECT discards the Will [MQTT-3.14.4-3].) A device's Will is
+        stored like any of its messages (see _broadcast_message)."""
+        token = _will_of.set(client_session)
+        try:
+            return await self._handle_disconnect_and_will(client_session, handler, disconnect_waiter)
+        finally:
+            _will_of.reset(token)
+
+    async def _handle_disconnect_and_will(self, client_session, handler, disconnect_waiter):
         v5 = client_session.v5
         if v5 is None:
             return await super()._handle_disconnect(client_session, handler, disconnect_waiter)
@@ -438,11 +455,13 @@ class HubBroker(Broker):
 
     async def _send_will(self, session):
         token = _publish_props.set(session.v5.will_properties)
+        will = _will_of.set(session)
         try:
             await self._broadcast_message(session, session.will_topic, session.will_message, session.will_qos)
             if session.will_retain:
                 await self.retain_message(session, session.will_topic, session.will_message, session.will_qos)
         finally:
+            _will_of.reset(will)
             _publish_props.reset(token)
 
     def _expiry_due(self, session):
@@ -620,7 +639,19 @@ class HubBroker(Broker):
         _publish_retain.set(bool(message.retain) if message is not None else False)
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
 
+    # Upstream (_handle_disconnect): a Last Will is only delivered to subscribers, so a device's Will on its own
+    # status or data topic was never stored (and a {"status": "error"} Will did not change its status). Here
+    # a device's Will is routed like its other messages: stored, then delivered. While its connection is
+    # still ending, the Will waits until the device's disconnection is recorded (so that what the Will says
+    # is the device's last word), then goes to the router (_route_will).
     async def _broadcast_message(self, session, topic, data, force_qos=None):
+        if session is not None and _will_of.get() is session and self._stores_will(session):
+            qos = force_qos if force_qos is not None else session.will_qos
+            if session.attributes.get(_ENDING):
+                session.attributes[_WILL] = (topic, data, qos, _publish_props.get())
+            else:
+                await self._route_will(session, topic, data, qos, _publish_props.get())
+            return
         qos = force_qos if force_qos is not None else _publish_qos.get()
         await self._broadcast_queue.put(
             {
@@ -632,6 +663,24 @@ class HubBroker(Broker):
                 "retain": _publish_retain.get(),
             }
         )
+
+    def _stores_will(self, session):
+        return self.bridge is not None and isinstance(principal_of(session), DevicePrincipal)
+
+    async def _route_will(self, session, topic, data, qos, properties=None):
+        """Store a device's Will through the router, then deliver it (a Will cannot be sent again: it is
+        delivered even if it could not be stored)."""
+        payload = bytes(data or b"")
+        try:
+            future = await self.bridge.submit(session, topic, payload, qos or 0)
+            if future is None:  # the ACL refused it (its topic was checked at CONNECT): nobody gets it
+                return
+            stored = (await future).stored
+        except Exception as exc:
+            logger.warning("%s: its Last Will on %s was not stored: %s", clip(session.client_id), clip(topic), exc)
+            stored = True
+        if stored:
+            self.deliver_nowait(session, topic, payload, qos or 0, properties)
 
     def has_subscribers(self, topic):
         """Whether any subscription filter matches ``topic`` (an index lookup; no ACL check)."""
@@ -705,7 +754,7 @@ class HubBroker(Broker):
             qos = min(publish_qos, sub_qos)
             state = session.transitions.state
             if state != "connected":
-                if not session.clean_session and qos in (QOS_1, QOS_2) and not session.is_anonymous:
+                if not session.clean_session and qos in (QOS_1, QOS_2):
                     await self._retain_broadcast_message(broadcast, qos, session, filters)
                 continue
             handler = self._get_handler(session)

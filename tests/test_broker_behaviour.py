@@ -293,3 +293,21 @@ async def test_a_packet_over_max_packet_size_closes_the_connection_before_its_bo
         assert await raw.closed(timeout=3)
     finally:
         raw.close()
+
+
+# Hub only: the correction is in the auth plugin (is_anonymous), which the stock runs share.
+@pytest.mark.parametrize("broker", ["hub"], indirect=True)
+@pytest.mark.parametrize("hub_settings_override", [{"ALLOW_ANONYMOUS": True}], indirect=True)
+async def test_an_anonymous_client_asking_for_a_persistent_session_gets_one(broker, clients):
+    """[MQTT-3.1.2-4]: with clean session 0 the server keeps the session (subscriptions, QoS 1 messages)
+    after the client disconnects, whoever the client is."""
+    first = clients(broker.port, "anon-keeper", clean_session=False)
+    await first.connect()
+    await first.subscribe("lab/anon", qos=1)
+    await first.disconnect()
+    await asyncio.sleep(1.5)  # amqtt's session monitor runs every second
+    await broker.publish("lab/anon", b"kept for you", qos=1)
+    second = clients(broker.port, "anon-keeper", clean_session=False)
+    await second.connect()
+    assert second.session_present
+    assert (await second.wait_messages(1))[0].payload == b"kept for you"

@@ -282,3 +282,17 @@ async def test_a_websocket_client_faster_than_its_quota_is_not_read_and_loses_no
     assert value(samples, "hubserver_mqtt_throttled_total", reason="websocket_buffer") >= 1
     socket_.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await asyncio.wait_for(app, 10)
+
+
+async def test_a_device_with_an_empty_client_id_is_accepted_under_its_username(hub):
+    """README: a device connects with its username as client id, or an empty one."""
+    _, credentials = await provision_device("thermometer", "anon-id-1")
+    client = RawClient(hub.port)
+    try:
+        code, _ = await client.connect("", credentials["mqtt_username"], credentials["mqtt_password"])
+        assert code == 0
+        assert "thermometer.anon-id-1" in hub.broker._sessions
+        client.writer.write(publish_packet("things/thermometer/anon-id-1/data", b'{"uptime": 3}', packet_id=9))
+        assert await pubacks(client, 1) == [9]
+    finally:
+        client.close()
