@@ -85,6 +85,10 @@ DEFAULTS = {
     "CLIENT_BYTE_RATE": (NUMBER, 1024 * 1024),
     "CLIENT_BYTE_BURST": (int, 4 * 1024 * 1024),
     "CLIENT_QUEUE_SHARE": (int, 200),
+    # Reading timestamps a device may send, in seconds before / after the time the hub received the message;
+    # outside them the receive time is used and the message is marked failed with the reason.
+    "TIMESTAMP_MAX_PAST": (NUMBER, 30 * 24 * 3600),
+    "TIMESTAMP_MAX_FUTURE": (NUMBER, 3600),
     # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...");
     # required (BROKER_TOKEN_MIN_LENGTH characters at least) when a BROKERS entry sets AUTH_BACKEND, which is
     # what turns those endpoints on.
@@ -257,6 +261,8 @@ def validate(user):
         "MAX_INFLIGHT_MESSAGES",
         "MAX_AWAITING_REL",
         "CLIENT_QUEUE_SHARE",
+        "TIMESTAMP_MAX_PAST",
+        "TIMESTAMP_MAX_FUTURE",
         "WRITER_BATCH_SIZE",
         "WRITER_QUEUE_SIZE",
         "REALTIME_QUEUE_SIZE",

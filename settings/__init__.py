@@ -190,6 +190,8 @@ for _variable, _key, _read in (
     ("HUBSERVER_CLIENT_BYTE_RATE", "CLIENT_BYTE_RATE", env_float),
     ("HUBSERVER_CLIENT_BYTE_BURST", "CLIENT_BYTE_BURST", env_int),
     ("HUBSERVER_CLIENT_QUEUE_SHARE", "CLIENT_QUEUE_SHARE", env_int),
+    ("HUBSERVER_TIMESTAMP_MAX_PAST", "TIMESTAMP_MAX_PAST", env_float),
+    ("HUBSERVER_TIMESTAMP_MAX_FUTURE", "TIMESTAMP_MAX_FUTURE", env_float),
 ):
     if os.environ.get(_variable, "").strip():
         HUBSERVER[_key] = _read(_variable, None)

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -15,6 +16,8 @@ from tests.testapp.devices import Hygrometer
 from tests.testapp.models import HygrometerDevice, HygrometerMessage, HygrometerReading, ThermometerMessage
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# A device's own timestamp: yesterday, inside the window around the receive time (TIMESTAMP_MAX_PAST).
+GIVEN = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0).isoformat()
 
 
 @database_sync_to_async
@@ -63,14 +66,14 @@ async def test_readings_list_format_and_timestamp(hub, clients):
         json.dumps(
             {
                 "readings": [{"type": "humidity", "value": 55}, {"type": "temperature", "value": -70}],
-                "timestamp": "2025-01-15T12:00:00+00:00",
+                "timestamp": GIVEN,
             }
         ),
     )
     await hub.router.flush()
     reading = (await rows(HygrometerReading))[0]
     assert (reading["humidity"], reading["temperature"]) == (55.0, -70.0)
-    assert reading["timestamp"].isoformat() == "2025-01-15T12:00:00+00:00"
+    assert reading["timestamp"].isoformat() == GIVEN
 
 
 async def test_malformed_payloads_are_stored_as_failed_and_the_hub_keeps_going(hub, clients):

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_offset
 
 import orjson
 import pytest
@@ -32,8 +33,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 T1 = "things/thermometer/t1"
 H1 = "things/hygrometer/h1"
-GIVEN = "2025-01-15T12:00:00+00:00"
-GIVEN_DT = datetime(2025, 1, 15, 12, tzinfo=UTC)
+# A device's own timestamp: yesterday, inside the window around the receive time (TIMESTAMP_MAX_PAST).
+GIVEN_DT = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
+GIVEN = GIVEN_DT.isoformat()
 
 
 def rows(model, **filters):
@@ -170,7 +172,7 @@ async def test_stored_rows_read_back_like_rows_saved_through_the_orm(router, the
 async def test_readings_list_payload_converts_the_timestamp_to_utc(router, hygrometer):
     payload = (
         b'{"readings": [{"type": "temperature", "value": 25.3}, {"type": "humidity", "value": 80.1}],'
-        b' "timestamp": "2025-01-15T14:00:00+02:00"}'
+        b' "timestamp": "%s"}' % GIVEN_DT.astimezone(fixed_offset(timedelta(hours=2))).isoformat().encode()
     )
     await router.route("data", "hygrometer", "h1", payload)
 

@@ -107,13 +107,13 @@ def test_readings_list_format():
         Hygrometer,
         {
             "readings": [{"type": "temperature", "value": -70}, {"type": "humidity", "value": 80.1}, {"type": "co2"}],
-            "timestamp": "2025-01-15T12:00:00+00:00",
+            "timestamp": "2029-12-31T12:00:00+00:00",
         },
         DEFAULT,
     )
     assert parsed.readings == {"temperature": -70.0, "humidity": 80.1}
     assert parsed.errors == []
-    assert parsed.timestamp == datetime(2025, 1, 15, 12, tzinfo=UTC)
+    assert parsed.timestamp == datetime(2029, 12, 31, 12, tzinfo=UTC)
 
 
 def test_invalid_values_are_reported_per_field():
@@ -165,3 +165,31 @@ def test_reply_payload():
     reply = parse_reply({"correlation_id": "abc", "status": "ok", "result": {"x": 1}})
     assert (reply.correlation_id, reply.status, reply.result, reply.errors) == ("abc", "ok", {"x": 1}, [])
     assert parse_reply({"status": "ok"}).errors == ["correlation_id: expected a string of 1 to 64 characters"]
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2030-01-01T02:00:00Z"])
+def test_a_timestamp_outside_the_window_around_the_receive_time_is_refused(stamp):
+    """A device cannot plant a reading that always sorts newest (or oldest): the receive time is used and
+    the message says why (TIMESTAMP_MAX_PAST 30 days, TIMESTAMP_MAX_FUTURE 1 hour)."""
+    parsed = parse_data(Thermometer, {"temperature": 20.5, "timestamp": stamp}, DEFAULT)
+    assert parsed.readings == {"temperature": 20.5}
+    assert parsed.timestamp == DEFAULT
+    assert len(parsed.errors) == 1 and parsed.errors[0].startswith("timestamp:")
+
+
+def test_a_timestamp_inside_the_window_is_kept():
+    parsed = parse_data(Thermometer, {"temperature": 20.5, "timestamp": "2029-12-20T00:00:00Z"}, DEFAULT)
+    assert (parsed.timestamp, parsed.errors) == (datetime(2029, 12, 20, tzinfo=UTC), [])
+
+
+@pytest.mark.parametrize("number", [b"1e-400", b"-2.5E-999", b"1e400"])
+def test_a_number_no_float_holds_is_an_error_not_zero(number):
+    obj = decode_object(b'{"temperature": ' + number + b', "uptime": 7}')
+    parsed = parse_data(Thermometer, obj, DEFAULT)
+    assert parsed.readings == {"uptime": 7}, "the other readings are kept"
+    assert parsed.errors == [f"temperature: {number.decode()} is beyond what a 64-bit float holds"]
+
+
+def test_ordinary_exponents_still_parse():
+    obj = decode_object(b'{"temperature": 2.5e1, "uptime": 1e2, "label": "e-400"}')
+    assert obj == {"temperature": 25.0, "uptime": 100.0, "label": "e-400"}

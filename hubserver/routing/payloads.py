@@ -4,11 +4,15 @@ Parsing never raises for a bad field: it returns what is valid plus one error pe
 router can store the valid part and mark the Message failed with a reason naming every bad field.
 """
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from ..conf import hub_settings
 from ..exceptions import PayloadError, ValidationError
 from ..vocabulary import DeviceStatus
 
@@ -16,6 +20,32 @@ from ..vocabulary import DeviceStatus
 MAX_FIRMWARE_LENGTH = 64
 MAX_CORRELATION_ID_LENGTH = 64
 _INT64 = (-(2**63), 2**63 - 1)
+# A number with an exponent of three digits or more: only such a number can fall outside a 64-bit float.
+_HUGE_EXPONENT = re.compile(rb"[0-9][eE][-+]?0*[1-9][0-9]{2}")
+_NONZERO_MANTISSA = re.compile(r"[1-9]")
+
+
+class Unrepresentable:
+    """A JSON number that no 64-bit float holds: orjson reads ``1e-400`` as 0.0, silently."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return self.text
+
+
+def _float(text):
+    value = float(text)
+    if (value == 0.0 and _NONZERO_MANTISSA.search(text.lower().partition("e")[0])) or math.isinf(value):
+        return Unrepresentable(text)
+    return value
+
+
+def _constant(name):
+    raise ValueError(f"{name} is not JSON")
 
 
 def decode_object(payload):
@@ -26,7 +56,14 @@ def decode_object(payload):
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"invalid JSON: {exc}") from None
+        if not _HUGE_EXPONENT.search(payload):
+            raise PayloadError(f"invalid JSON: {exc}") from None
+        obj = None  # 1e400: orjson refuses the whole payload; read it again below, number by number
+    if obj is None or (_HUGE_EXPONENT.search(payload) and isinstance(obj, dict)):
+        try:  # rare: the standard library's parser, which shows each number before it becomes a float
+            obj = json.loads(payload, parse_float=_float, parse_constant=_constant)
+        except ValueError as exc:
+            raise PayloadError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadError(f"payload must be a JSON object, got {_json_type(obj)}")
     return obj
@@ -79,8 +116,24 @@ def parse_data(device_type, obj, default_timestamp):
             readings[name] = _validate(declared[name], value)
         except ValidationError as exc:
             errors.append(str(exc))
-    timestamp = parse_timestamp(obj.get("timestamp")) or default_timestamp
-    return ParsedData(readings, timestamp, errors)
+    timestamp = parse_timestamp(obj.get("timestamp"))
+    if timestamp is not None and not _within_window(timestamp, default_timestamp):
+        errors.append(
+            f"timestamp: {obj['timestamp']!r} is more than {hub_settings.TIMESTAMP_MAX_PAST} s before or "
+            f"{hub_settings.TIMESTAMP_MAX_FUTURE} s after the time it was received; the receive time is used"
+        )
+        timestamp = None
+    return ParsedData(readings, timestamp or default_timestamp, errors)
+
+
+def _within_window(timestamp, received):
+    """TIMESTAMP_MAX_PAST / TIMESTAMP_MAX_FUTURE around the receive time: a device cannot plant a reading
+    that sorts newest for ever (year 9999) or before everything (year 1)."""
+    return (
+        received - timedelta(seconds=hub_settings.TIMESTAMP_MAX_PAST)
+        <= timestamp
+        <= received + timedelta(seconds=hub_settings.TIMESTAMP_MAX_FUTURE)
+    )
 
 
 def _collect_list(items, declared, raw, errors):
@@ -96,6 +149,8 @@ def _collect_list(items, declared, raw, errors):
 
 
 def _validate(reading, value):
+    if isinstance(value, Unrepresentable):
+        raise ValidationError(f"{reading.name}: {value.text} is beyond what a 64-bit float holds")
     value = reading.validate(value)
     if reading.value_type is int and not _INT64[0] <= value <= _INT64[1]:
         raise ValidationError(f"{reading.name}: {value} does not fit a 64-bit integer")
