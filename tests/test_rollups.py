@@ -13,7 +13,8 @@ from tests.mqtt import until
 from tests.testapp.devices import Hygrometer, Thermometer
 from tests.testapp.models import HygrometerReading, ThermometerReading
 
-T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
+# Ten days ago at 10:00: device timestamps must lie within TIMESTAMP_MAX_PAST of the receive time.
+T0 = (datetime.now(UTC) - timedelta(days=10)).replace(hour=10, minute=0, second=0, microsecond=0)
 
 
 def at(seconds):
