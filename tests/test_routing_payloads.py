@@ -193,3 +193,10 @@ def test_a_number_no_float_holds_is_an_error_not_zero(number):
 def test_ordinary_exponents_still_parse():
     obj = decode_object(b'{"temperature": 2.5e1, "uptime": 1e2, "label": "e-400"}')
     assert obj == {"temperature": 25.0, "uptime": 100.0, "label": "e-400"}
+
+
+def test_a_payload_with_such_a_number_stays_storable_as_json():
+    import json
+
+    obj = decode_object(b'{"note": 1e310, "temperature": 20}')
+    assert json.loads(json.dumps(obj)) == {"note": "1e310", "temperature": 20}

@@ -25,16 +25,18 @@ _HUGE_EXPONENT = re.compile(rb"[0-9][eE][-+]?0*[1-9][0-9]{2}")
 _NONZERO_MANTISSA = re.compile(r"[1-9]")
 
 
-class Unrepresentable:
-    """A JSON number that no 64-bit float holds: orjson reads ``1e-400`` as 0.0, silently."""
+class Unrepresentable(str):
+    """A JSON number that no 64-bit float holds (orjson reads ``1e-400`` as 0.0, silently), kept as its text:
+    the payload stays storable as JSON, and a reading given such a number is an error."""
 
-    __slots__ = ("text",)
+    __slots__ = ()
 
-    def __init__(self, text):
-        self.text = text
+    @property
+    def text(self):
+        return str(self)
 
     def __repr__(self):
-        return self.text
+        return str(self)
 
 
 def _float(text):
