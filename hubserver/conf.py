@@ -78,6 +78,8 @@ DEFAULTS = {
     # handled at once (beyond: the hub stops reading); incoming QoS 2 messages waiting for their PUBREL.
     "MAX_INFLIGHT_MESSAGES": (int, 32),
     "MAX_AWAITING_REL": (int, 100),
+    # QoS 1/2 deliveries waiting for a place in a client's in-flight window; beyond, new ones are dropped.
+    "MAX_QUEUED_MESSAGES": (int, 1000),
     # Per MQTT client quotas (0: none), which a DeviceType's Meta may override: PUBLISHes and PUBLISH bytes
     # per second, each with a burst; and how many of its messages may wait for the database at once.
     "CLIENT_MESSAGE_RATE": (NUMBER, 500),
@@ -260,6 +262,7 @@ def validate(user):
         "CONNECT_TIMEOUT",
         "MAX_INFLIGHT_MESSAGES",
         "MAX_AWAITING_REL",
+        "MAX_QUEUED_MESSAGES",
         "CLIENT_QUEUE_SHARE",
         "TIMESTAMP_MAX_PAST",
         "TIMESTAMP_MAX_FUTURE",

@@ -20,6 +20,7 @@ Names (all prefixed ``hubserver_``):
 | ``connections_refused_total{reason}`` | counter | broker: ``not_authorized``, ``max_connections``, |
 | | | ``unsupported_protocol`` |
 | ``mqtt_open_sockets`` | gauge | accepted MQTT connections, CONNECT completed or not |
+| ``mqtt_dropped_total{reason}`` | counter | deliveries dropped (``queue_full``) |
 | ``mqtt_closed_total{reason}`` | counter | connections the broker closed for a limit or a protocol violation |
 | ``mqtt_throttled_total{reason}``, ``mqtt_throttled_seconds_total`` | counter | pauses of reading a client, |
 | | | and their seconds (quotas, back-pressure) |
@@ -115,6 +116,12 @@ def _limit_metrics(broker_stats):
         "Times the hub paused reading an MQTT client, by the quota or back-pressure that caused it.",
         labels=["reason"],
         samples=[([reason], count) for reason, count in sorted(throttled.items())],
+    )
+    yield _counter(
+        "mqtt_dropped",
+        "Messages the hub did not deliver to an MQTT client, by reason (queue_full: MAX_QUEUED_MESSAGES).",
+        labels=["reason"],
+        samples=[([reason], count) for reason, count in sorted(broker_stats.get("dropped_deliveries", {}).items())],
     )
     yield _counter(
         "mqtt_throttled_seconds",

@@ -40,6 +40,40 @@ class HubProtocolHandler(FastReaderHandler):
         if self._reader_task is not None:
             self._reader_task.cancel()
 
+    # Upstream (ProtocolHandler.mqtt_publish): every QoS 1/2 delivery is sent at once, whatever the client has
+    # not acknowledged yet, each waiting in a task of its own: a subscriber that never acknowledges holds
+    # every message sent to it. Here at most MAX_INFLIGHT_MESSAGES are unacknowledged (EMQX's max_inflight,
+    # Mosquitto's max_inflight_messages); the next MAX_QUEUED_MESSAGES wait their turn; beyond, a delivery
+    # is dropped, counted and logged once a minute.
+    async def mqtt_publish(self, topic, data, qos, retain, ack_timeout=None):
+        if not qos:
+            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+        limits = self.limits
+        window = self._window
+        if window is None:
+            window = self._window = asyncio.Semaphore(limits.max_inflight if limits else 32)
+        if limits is not None and window.locked() and self._queued_out >= limits.max_queued:
+            self.counters.drop(
+                self.session.client_id if self.session else None,
+                "queue_full",
+                "%s has %d messages waiting to be sent: dropping new ones",
+                clip(self.session.client_id if self.session else None),
+                self._queued_out,
+            )
+            return None
+        self._queued_out += 1
+        try:
+            await window.acquire()
+        finally:
+            self._queued_out -= 1
+        try:
+            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+        finally:
+            window.release()
+
+    _window = None  # made on the first QoS 1/2 delivery
+    _queued_out = 0
+
     async def _accept_inbound(self, app_message):
         """Store via the bridge; on an error close the connection without acknowledging (the client resends)."""
         try:

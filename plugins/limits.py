@@ -34,6 +34,8 @@ CLOSE_REASONS = (
     "awaiting_rel",
     "not_stored",
 )
+# Why a message was not delivered to a client (the label of hubserver_mqtt_dropped_total).
+DROP_REASONS = ("queue_full",)
 # Which quota slowed a client down (the label of hubserver_mqtt_throttled_total).
 THROTTLE_REASONS = ("messages", "bytes", "queue_share", "write_buffer", "websocket_buffer")
 
@@ -71,6 +73,7 @@ class Limits:
     connect_timeout: float
     max_payload_size: int
     max_inflight: int
+    max_queued: int
     max_awaiting_rel: int
     quota: Quota
 
@@ -82,6 +85,7 @@ class Limits:
             connect_timeout=hub_settings.CONNECT_TIMEOUT,
             max_payload_size=hub_settings.MAX_PAYLOAD_SIZE,
             max_inflight=hub_settings.MAX_INFLIGHT_MESSAGES,
+            max_queued=hub_settings.MAX_QUEUED_MESSAGES,
             max_awaiting_rel=hub_settings.MAX_AWAITING_REL,
             quota=Quota(
                 message_rate=float(hub_settings.CLIENT_MESSAGE_RATE),
@@ -114,6 +118,7 @@ class LimitCounters:
         self.closed = Counter(dict.fromkeys(CLOSE_REASONS, 0))  # every reason reported from the start
         self.throttled = Counter(dict.fromkeys(THROTTLE_REASONS, 0))
         self.throttled_seconds = 0.0
+        self.dropped = Counter(dict.fromkeys(DROP_REASONS, 0))
         self.by_client = {}  # client id -> Counter of "closed:<reason>" / "throttled:<reason>", last time
         self._log = ThrottledLog(logger)
 
@@ -122,6 +127,12 @@ class LimitCounters:
         self.closed[reason] += 1
         self._remember(client_id, f"closed:{reason}")
         self._log.warning(reason, None, message, *args)
+
+    def drop(self, client_id, reason, message, *args):
+        """Count a message the hub did not deliver to a client; log it (once a minute per client)."""
+        self.dropped[reason] += 1
+        self._remember(client_id, f"dropped:{reason}")
+        self._log.warning(f"dropped:{reason}", client_id, message, *args)
 
     def throttle(self, client_id, reason, seconds, message, *args):
         self.throttled[reason] += 1

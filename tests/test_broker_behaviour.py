@@ -6,6 +6,7 @@ if one passes, amqtt fixed the behaviour upstream and the override can go.
 """
 
 import asyncio
+import contextlib
 
 import pytest
 from amqtt.broker import Broker
@@ -311,3 +312,25 @@ async def test_an_anonymous_client_asking_for_a_persistent_session_gets_one(brok
     await second.connect()
     assert second.session_present
     assert (await second.wait_messages(1))[0].payload == b"kept for you"
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_INFLIGHT_MESSAGES": 5}], indirect=True)
+async def test_a_subscriber_has_at_most_the_inflight_window_unacknowledged(broker, service):
+    """EMQX's max_inflight, Mosquitto's max_inflight_messages: a client that acknowledges nothing holds five
+    messages, not all of them; each PUBACK lets the next one go."""
+    raw = RawClient(broker.port)
+    try:
+        assert (await raw.connect("slow-reader", *service))[0] == 0
+        assert await raw.subscribe("lab/window", qos=1) == 1
+        for n in range(20):
+            await broker.publish("lab/window", b"%d" % n, qos=1)
+        received = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                received.append(await raw.read_publish(timeout=1.0))
+        assert len(received) == 5
+        await raw.puback(received[0][4])
+        _, payload, *_ = await raw.read_publish(timeout=3)
+        assert payload == b"5"
+    finally:
+        raw.close()

@@ -296,3 +296,20 @@ async def test_a_device_with_an_empty_client_id_is_accepted_under_its_username(h
         assert await pubacks(client, 1) == [9]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    "hub_settings_override", [{"MAX_INFLIGHT_MESSAGES": 2, "MAX_QUEUED_MESSAGES": 3}], indirect=True
+)
+async def test_deliveries_beyond_the_queue_are_dropped_and_counted(engine, service):
+    raw = RawClient(engine.port)
+    try:
+        assert (await raw.connect("never-acks", *service))[0] == 0
+        assert await raw.subscribe("lab/queue", qos=1) == 1
+        for n in range(10):
+            await engine.publish("lab/queue", b"%d" % n, qos=1)
+        await until(lambda: engine.stats()["dropped_deliveries"]["queue_full"] >= 5, message="drops")
+        samples = await scrape()
+        assert value(samples, "hubserver_mqtt_dropped_total", reason="queue_full") == 5  # 2 sent, 3 waiting
+    finally:
+        raw.close()

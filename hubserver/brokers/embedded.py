@@ -160,6 +160,7 @@ class EmbeddedBroker(BaseBroker):
             "closed": dict(broker.limit_counters.closed),
             "throttled": dict(broker.limit_counters.throttled),
             "throttled_seconds": broker.limit_counters.throttled_seconds,
+            "dropped_deliveries": dict(broker.limit_counters.dropped),
         }
 
     def client_limits(self, client_id: str) -> dict[str, int]:
