@@ -71,6 +71,8 @@ _OBJECT_EVENTS = (MQTTEvents.PACKET_RECEIVED, BrokerEvents.MESSAGE_RECEIVED, Bro
 _PUBACK = bytes((PUBACK << 4, 2))
 _PINGRESP = bytes((0xD0, 0))
 _UNLIMITED = math.inf
+# Packets read from one connection's buffer before the reader lets the other connections have the loop.
+_TURN = 64
 
 
 class FastReaderHandler(BrokerProtocolHandler):
@@ -112,6 +114,7 @@ class FastReaderHandler(BrokerProtocolHandler):
         if established is not None:
             established(max_packet)
         read = self.reader.read
+        turn = _TURN
         self._reader_ready.set()
         try:
             while True:
@@ -131,6 +134,10 @@ class FastReaderHandler(BrokerProtocolHandler):
                 except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError, NoDataError, IndexError):
                     break  # end of stream
                 self._last_read = loop.time()
+                turn -= 1
+                if not turn:  # a client with a full buffer would otherwise keep the loop from everyone else
+                    turn = _TURN
+                    await asyncio.sleep(0)
                 packet_type, flags = head[0] >> 4, head[0] & 0x0F
                 if packet_type == PUBLISH:
                     self._messages_left -= 1
