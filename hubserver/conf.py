@@ -89,7 +89,7 @@ DEFAULTS = {
     "CLIENT_QUEUE_SHARE": (int, 200),
     # Reading timestamps a device may send, in seconds before / after the time the hub received the message;
     # outside them the receive time is used and the message is marked failed with the reason.
-    "TIMESTAMP_MAX_PAST": (NUMBER, 30 * 24 * 3600),
+    "TIMESTAMP_MAX_PAST": (NUMBER, 3650 * 24 * 3600),
     "TIMESTAMP_MAX_FUTURE": (NUMBER, 3600),
     # Shared secret an external broker sends to /iot/broker/auth/ and /acl/ ("Authorization: Bearer ...");
     # required (BROKER_TOKEN_MIN_LENGTH characters at least) when a BROKERS entry sets AUTH_BACKEND, which is

@@ -170,7 +170,7 @@ def test_reply_payload():
 @pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2030-01-01T02:00:00Z"])
 def test_a_timestamp_outside_the_window_around_the_receive_time_is_refused(stamp):
     """A device cannot plant a reading that always sorts newest (or oldest): the receive time is used and
-    the message says why (TIMESTAMP_MAX_PAST 30 days, TIMESTAMP_MAX_FUTURE 1 hour)."""
+    the message says why (TIMESTAMP_MAX_PAST ten years, TIMESTAMP_MAX_FUTURE 1 hour)."""
     parsed = parse_data(Thermometer, {"temperature": 20.5, "timestamp": stamp}, DEFAULT)
     assert parsed.readings == {"temperature": 20.5}
     assert parsed.timestamp == DEFAULT
