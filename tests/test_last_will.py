@@ -22,7 +22,7 @@ def messages(topic):
 
 async def test_a_status_will_is_stored_delivered_and_sets_the_device_status(hub, clients):
     await make_service_user("watcher", "watcher-pass")
-    watcher = clients(hub.port, "watcher", "watcher", "watcher-pass")
+    watcher = clients(hub.engine.port, "watcher", "watcher", "watcher-pass")
     await watcher.connect()
     await watcher.subscribe("things/thermometer/+/status", qos=1)
     topic = "things/thermometer/w-1/status"

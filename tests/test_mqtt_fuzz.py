@@ -29,21 +29,20 @@ class ThreadedHub:
     """The embedded engine on an event loop of its own thread."""
 
     def __init__(self):
-        from hubserver.brokers.embedded import EmbeddedBroker
-        from hubserver.routing import MessageRouter
+        from hubserver.hub import Hub
 
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
-        self.engine = EmbeddedBroker(MessageRouter(), host="127.0.0.1", port=self.port)
+        self.hub = Hub(embedded={"host": "127.0.0.1", "port": self.port})
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self):
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(self.hub.start(), self.loop).result(30)
         return self
 
     def __exit__(self, *exc):
-        asyncio.run_coroutine_threadsafe(self.engine.stop(), self.loop).result(60)
+        asyncio.run_coroutine_threadsafe(self.hub.stop(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 async def engine(hub):
-    """The running hub (``running_hub()`` returns it, as under ``hubserver run``)."""
+    """The running hub (its embedded engine is ``engine.engine``; /metrics reads its counters)."""
     return hub
 
 
@@ -237,7 +237,7 @@ def start_websocket(engine):
     socket_ = FakeSocket()
     socket_.incoming.put_nowait({"type": "websocket.connect"})
     scope = {"type": "websocket", "subprotocols": ["mqtt"], "client": ("127.0.0.1", 5555)}
-    app = asyncio.ensure_future(mqtt_websocket_app(lambda: engine)(scope, socket_.receive, socket_.send))
+    app = asyncio.ensure_future(mqtt_websocket_app(lambda: engine.engine)(scope, socket_.receive, socket_.send))
     return socket_, app
 
 
@@ -287,11 +287,11 @@ async def test_a_websocket_client_faster_than_its_quota_is_not_read_and_loses_no
 async def test_a_device_with_an_empty_client_id_is_accepted_under_its_username(hub):
     """README: a device connects with its username as client id, or an empty one."""
     _, credentials = await provision_device("thermometer", "anon-id-1")
-    client = RawClient(hub.port)
+    client = RawClient(hub.engine.port)
     try:
         code, _ = await client.connect("", credentials["mqtt_username"], credentials["mqtt_password"])
         assert code == 0
-        assert "thermometer.anon-id-1" in hub.broker._sessions
+        assert "thermometer.anon-id-1" in hub.engine.broker._sessions
         client.writer.write(publish_packet("things/thermometer/anon-id-1/data", b'{"uptime": 3}', packet_id=9))
         assert await pubacks(client, 1) == [9]
     finally:
@@ -302,13 +302,13 @@ async def test_a_device_with_an_empty_client_id_is_accepted_under_its_username(h
     "hub_settings_override", [{"MAX_INFLIGHT_MESSAGES": 2, "MAX_QUEUED_MESSAGES": 3}], indirect=True
 )
 async def test_deliveries_beyond_the_queue_are_dropped_and_counted(engine, service):
-    raw = RawClient(engine.port)
+    raw = RawClient(engine.engine.port)
     try:
         assert (await raw.connect("never-acks", *service))[0] == 0
         assert await raw.subscribe("lab/queue", qos=1) == 1
         for n in range(10):
-            await engine.publish("lab/queue", b"%d" % n, qos=1)
-        await until(lambda: engine.stats()["dropped_deliveries"]["queue_full"] >= 5, message="drops")
+            await engine.engine.publish("lab/queue", b"%d" % n, qos=1)
+        await until(lambda: engine.engine.stats()["dropped_deliveries"]["queue_full"] >= 5, message="drops")
         samples = await scrape()
         assert value(samples, "hubserver_mqtt_dropped_total", reason="queue_full") == 5  # 2 sent, 3 waiting
     finally:
