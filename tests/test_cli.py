@@ -272,3 +272,15 @@ def test_a_redis_url_that_is_not_one_is_refused(tmp_path):
     result = hubserver("check", data_dir=tmp_path, env={"HUBSERVER_REDIS_URL": "localhost:6379"}, check=False)
     assert result.returncode != 0
     assert "HUBSERVER_REDIS_URL must be a redis://" in result.stderr
+
+
+def test_the_shell_imports_every_model_without_complaint(tmp_path):
+    devices = tmp_path / "greenhouse_devices.py"
+    shutil.copy(EXAMPLE_DEVICES, devices)
+    for args in ([], ["--devices", str(devices)]):
+        result = hubserver(*args, "shell", "-c", "print('ready')", data_dir=tmp_path / "data")
+        assert "could not be automatically imported" not in result.stdout + result.stderr
+        assert result.stdout.strip().endswith("ready")
+    from_module = hubserver("shell", "-v", "0", "-c", "from hubserver.devicetypes.models import SmartPlugRollup as R; "
+                            "print(R._meta.db_table)", data_dir=tmp_path / "data")  # fmt: skip
+    assert from_module.stdout.strip() == "devicetypes_smartplugrollup"

@@ -2,6 +2,7 @@
 
 import hashlib
 import inspect
+import sys
 
 from django.apps import apps
 from django.db import models
@@ -100,6 +101,12 @@ def create_models(device_type, module=None):
 
     rollup_model = _rollup_model(device_type, device_model, build, base, options)
     reading_model._rollup_model = rollup_model
+    if rollup_model is not None:
+        # create_models() returns three models, which the caller names in its module; the rollup model
+        # is named there too, so it is importable where Django says it lives (the shell imports every model).
+        owner = sys.modules.get(module)
+        if owner is not None and not hasattr(owner, rollup_model.__name__):
+            setattr(owner, rollup_model.__name__, rollup_model)
 
     device_type._device_model = device_model
     device_type._reading_model = reading_model
