@@ -498,12 +498,16 @@ class HubBroker(Broker):
             return False
         return topic is None or self.subscribed(client_id, topic)
 
-    async def publish_to(self, client_id, topic, data, qos):
-        """Send to one client's live session; returns once it acknowledged (QoS >= 1) or it was written."""
+    async def publish_to(self, client_id, topic, data, qos, properties=None):
+        """Send to one client's live session; returns once it acknowledged (QoS >= 1) or it was written.
+        ``properties`` (MQTT 5) go to an MQTT 5 session; a 3.1.1 one has no way to carry them."""
         handler = self._live_handler(client_id)
         if handler is None:
             raise ConnectionError(f"{client_id} is not connected")
-        await handler.mqtt_publish(topic, data, qos, retain=False)
+        if properties and getattr(handler.session, "v5", None) is not None:
+            await handler.mqtt_publish(topic, data, qos, retain=False, properties=properties)
+        else:
+            await handler.mqtt_publish(topic, data, qos, retain=False)
 
     async def kick_username(self, username):
         """Close and forget every session authenticated as ``username``; returns their client ids."""

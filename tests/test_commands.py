@@ -141,3 +141,21 @@ async def test_a_command_without_a_reply_expires(hub):
             break
         await asyncio.sleep(0.05)
     assert await status_of(message.correlation_id) == "expired"
+
+
+async def test_an_mqtt5_device_also_gets_the_correlation_id_as_correlation_data(hub, clients):
+    from tests.mqtt import Client5
+
+    _, credentials = await provision_device("thermometer", "c-5v")
+    username = credentials["mqtt_username"]
+    client = Client5(hub.engine.port, username, username, credentials["mqtt_password"])
+    try:
+        await client.connect()
+        await client.subscribe("things/thermometer/c-5v/cmd", qos=1)
+        device = await database_sync_to_async(Thermometer._device_model.objects.get)(device_id="c-5v")
+        message = await Thermometer.asend_command(device, "reboot")
+        (received,) = await client.wait_messages(1)
+        assert json.loads(received.payload)["correlation_id"] == message.correlation_id
+        assert received.prop("CorrelationData") == message.correlation_id.encode()
+    finally:
+        client.stop()

@@ -27,7 +27,7 @@ class PortInUse(HubserverError, OSError):
 
 
 class EmbeddedBroker(BaseBroker):
-    """MQTT 3.1.1 over TCP (``MQTT_HOST``/``MQTT_PORT``), TLS (``MQTT_TLS_*``) and WebSocket (the HTTP
+    """MQTT 3.1.1 and 5 over TCP (``MQTT_HOST``/``MQTT_PORT``), TLS (``MQTT_TLS_*``) and WebSocket (the HTTP
     port's ``MQTT_WEBSOCKET_PATH``), in this process. The listener keyword arguments override the settings
     (``hubserver run --host/--mqtt-port``; tests use free ports)."""
 
@@ -126,8 +126,13 @@ class EmbeddedBroker(BaseBroker):
         correlation_id: str = "",
         user_properties: Mapping[str, str] | None = None,
     ) -> None:
-        # MQTT 3.1.1 has no properties: the correlation id travels in the command envelope.
-        await self.broker.publish_to(client_id, topic, payload, qos)
+        # An MQTT 5 device also gets them as properties; over MQTT 3.1.1 only the envelope carries the id.
+        properties: dict[str, Any] = {}
+        if correlation_id:
+            properties["correlation_data"] = correlation_id.encode()
+        if user_properties:
+            properties["user_property"] = list(user_properties.items())
+        await self.broker.publish_to(client_id, topic, payload, qos, properties or None)
 
     def is_connected(self, client_id: str, topic: str | None = None) -> bool:
         return self.broker is not None and self.broker.is_connected(client_id, topic)
