@@ -10,8 +10,8 @@ command dispatcher, the realtime fan-out's subscriptions (to the router's commit
 command state changes) and the revocation wiring (revoked credentials end the device's sessions).
 ``hubserver run`` builds one; so does the tests' ``hub`` fixture.
 
-Code that needs the running hub (the HTTP ingest and broker-auth views, ``/metrics``, the MQTT WebSocket
-endpoint) asks ``running_hub()``, the one accessor: it returns the Hub started in this process, or None
+Code that needs the running hub (the HTTP ingest view, the admin's limit counts, ``/metrics``, the MQTT
+WebSocket endpoint) asks ``running_hub()``, the one accessor: it returns the Hub started in this process, or None
 (e.g. the admin served without ``hubserver run``).
 """
 

@@ -18,7 +18,10 @@ class RecordingBroker(BaseBroker):
         self.calls.append("start")
 
     async def stop(self):
-        await self.hub.router.flush()
+        await self.hub.router.flush()  # what was taken is committed (and would be acknowledged now)
+        for type_name, device_id in self.connected_devices():
+            await self.hub.device_disconnected(type_name, device_id, "hub stopping")
+        self.online.clear()
         self.calls.append("stop")
 
     async def publish_to_device(self, client_id, topic, payload, *, qos=1, correlation_id="", user_properties=None):
