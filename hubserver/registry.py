@@ -1,23 +1,32 @@
 """The global registry of DeviceType classes and the models generated for them."""
 
+from __future__ import annotations
+
 import inspect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import RegistryError
+
+if TYPE_CHECKING:
+    from .devicetype import DeviceType
+
+    DeviceTypeClass = type[DeviceType]
 
 # Where the built-in catalogue of device types lives (a conflict with it has its own way out).
 CATALOGUE_MODULE = "hubserver.devicetypes"
 
 
-def normalize_name(name):
+def normalize_name(name: str) -> str:
     """``WeatherStation``, ``weather_station`` and ``weatherstation`` all name the same type."""
     return name.lower().replace("_", "")
 
 
-def _qualified(cls):
+def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _declared_at(cls):
+def _declared_at(cls: type) -> str:
     """``module.Class (path/to/file.py:12)``, or just the dotted name when the source cannot be found."""
     try:
         path = inspect.getsourcefile(cls)
@@ -27,7 +36,7 @@ def _declared_at(cls):
     return f"{_qualified(cls)} ({path}:{line})"
 
 
-def conflict_message(new, existing):
+def conflict_message(new: type, existing: type) -> str:
     """One paragraph: both definitions, why they clash, and how to get out of it."""
     name = normalize_name(new.__name__)
     message = (
@@ -48,11 +57,11 @@ def conflict_message(new, existing):
 class DeviceTypeRegistry:
     """Maps normalized type names to DeviceType classes (``_types``) and to their models (``_models``)."""
 
-    def __init__(self):
-        self._types = {}
-        self._models = {}
+    def __init__(self) -> None:
+        self._types: dict[str, DeviceTypeClass] = {}
+        self._models: dict[str, tuple[Any, Any, Any]] = {}
 
-    def register(self, device_type):
+    def register(self, device_type: DeviceTypeClass) -> DeviceTypeClass:
         key = normalize_name(device_type.__name__)
         existing = self._types.get(key)
         if existing is not None and _qualified(existing) != _qualified(device_type):
@@ -61,23 +70,23 @@ class DeviceTypeRegistry:
         self._types[key] = device_type
         return device_type
 
-    def unregister(self, name):
+    def unregister(self, name: str | type) -> None:
         key = normalize_name(name if isinstance(name, str) else name.__name__)
         self._types.pop(key, None)
         self._models.pop(key, None)
 
-    def register_models(self, device_type, device_model, reading_model, message_model):
+    def register_models(self, device_type: type, device_model: Any, reading_model: Any, message_model: Any) -> None:
         self._models[normalize_name(device_type.__name__)] = (device_model, reading_model, message_model)
 
-    def get(self, name):
+    def get(self, name: str) -> DeviceTypeClass | None:
         """The DeviceType class for a name in any spelling, or None."""
         return self._types.get(normalize_name(name))
 
-    def get_models(self, name):
+    def get_models(self, name: str) -> tuple[Any, Any, Any] | None:
         """``(DeviceModel, ReadingModel, MessageModel)`` for a type name, or None before create_models()."""
         return self._models.get(normalize_name(name))
 
-    def get_by_device_model(self, model):
+    def get_by_device_model(self, model: Any) -> DeviceTypeClass | None:
         """The DeviceType whose generated Device model is ``model`` (a class or an instance), or None."""
         model = model if isinstance(model, type) else type(model)
         for key, models in self._models.items():
@@ -85,20 +94,20 @@ class DeviceTypeRegistry:
                 return self._types.get(key)
         return None
 
-    def all(self):
+    def all(self) -> list[DeviceTypeClass]:
         return list(self._types.values())
 
-    def all_with_models(self):
+    def all_with_models(self) -> list[tuple[DeviceTypeClass, Any, Any, Any]]:
         """``[(DeviceType, DeviceModel, ReadingModel, MessageModel), ...]`` for the types that have models."""
         return [(self._types[key], *models) for key, models in self._models.items() if key in self._types]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._types)
 
-    def __contains__(self, name):
-        return normalize_name(name) in self._types
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize_name(name) in self._types
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[DeviceTypeClass]:
         return iter(self.all())
 
 

@@ -44,3 +44,17 @@ def test_every_import_follows_the_layers(tmp_path):
     assert "0 broken" in result.stdout
     # The rules are about the real tree: the mapped packages are in it (else they would pass vacuously).
     assert "Only plugins/ imports amqtt KEPT" in result.stdout
+
+
+def test_the_public_api_type_checks():
+    """mypy on the files ``[tool.mypy]`` lists: DeviceType and its declarations, the registry, the router's
+    entry point, BaseBroker, the Hub and the vocabulary."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--no-incremental"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues found in" in result.stdout

@@ -43,14 +43,15 @@ class MessageRouter:
     def __init__(self) -> None:
         self.devices = DeviceCache()
         self._dispatcher = Dispatcher()
-        self._writer = None
-        self._heartbeat = None
-        self.pruner = None
+        self._writer: Any = None  # the GroupCommitWriter, from start() on
+        self._heartbeat: Any = None  # the HeartbeatMonitor, when HEARTBEAT_TIMEOUT > 0
+        self.pruner: Any = None  # the Pruner, when PRUNE_INTERVAL > 0
         self._refusal_log = ThrottledLog(logger)
-        self._counts = Counter()
-        self._refused = Counter()
-        self._by_type = {}  # type name -> Counter(received, stored, failed)
-        self._refused_by_type = Counter()  # (type name, reason) -> count
+        self._counts: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._by_type: dict[str, Counter[str]] = {}  # type name -> Counter(received, stored, failed)
+        self._refused_by_type: Counter[tuple[str, str]] = Counter()  # (type name, reason) -> count
+        self._prefix = ""
         self._running = False
         self._started = False
 
@@ -123,7 +124,7 @@ class MessageRouter:
             await self._writer.join()
         await self._dispatcher.join()
 
-    async def _adopt_online_devices(self, device_models):
+    async def _adopt_online_devices(self, device_models: list[Any]) -> None:
         """Devices left "online" by a previous run go offline unless they show up within the timeout."""
         try:
             keys = await self._writer.run_sync(self.devices.load_online, device_models)
@@ -168,7 +169,7 @@ class MessageRouter:
         received_at: datetime | None = None,
         client_id: str | None = None,
         verified: bool = False,
-    ) -> "asyncio.Future[RouteResult]":
+    ) -> asyncio.Future[RouteResult]:
         """Queue one device message; returns a future resolved with its RouteResult once it is committed.
 
         ``kind`` is ``data``, ``status`` or ``reply`` (``hubserver.vocabulary.Kind``); ``type_name`` any
@@ -254,7 +255,7 @@ class MessageRouter:
             logger.info("device %s/%s disconnected: %s", type_name, device_id, reason)
         return await self._lifecycle(Lifecycle.DISCONNECT, type_name, device_id, reason=reason)
 
-    async def _lifecycle(self, kind, type_name, device_id, reason=""):
+    async def _lifecycle(self, kind: str, type_name: str, device_id: str, reason: str = "") -> RouteResult:
         if not self._running:
             raise RouterNotRunning("the router is not running")
         target = self._target(kind, type_name, device_id)
@@ -264,7 +265,7 @@ class MessageRouter:
         await self._writer.put(work)
         return await work.future
 
-    async def _heartbeat_timed_out(self, key):
+    async def _heartbeat_timed_out(self, key: tuple[str, str]) -> None:
         if not self._running:
             return
         device_type = registry.get(key[0])
@@ -280,7 +281,9 @@ class MessageRouter:
 
     # Internals ----------------------------------------------------------------------------------
 
-    def _target(self, kind, type_name, device_id, client_id=None, verified=False):
+    def _target(
+        self, kind: str, type_name: str, device_id: str, client_id: str | None = None, verified: bool = False
+    ) -> Any:
         """The Work fields naming the device, or a future already resolved with the refusal."""
         device_type = registry.get(type_name)
         models = registry.get_models(type_name) if device_type is not None else None
@@ -298,7 +301,16 @@ class MessageRouter:
         future = asyncio.get_running_loop().create_future()
         return {"key": key, "device_type": device_type, "models": models, "future": future}
 
-    def _refuse(self, reason, error, kind, key, client_id=None, *, by_type=True):
+    def _refuse(
+        self,
+        reason: str,
+        error: str,
+        kind: str,
+        key: tuple[str, str],
+        client_id: str | None = None,
+        *,
+        by_type: bool = True,
+    ) -> asyncio.Future[RouteResult]:
         """Count, log (throttled) and answer a message or event the hub does not store."""
         self._refused[reason] += 1
         if by_type:
@@ -306,17 +318,17 @@ class MessageRouter:
         self._refusal_log.warning(
             reason, (key, kind), "refused %s of %s/%s from client %s: %s", kind, *key, client_id or "?", error
         )
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RouteResult] = asyncio.get_running_loop().create_future()
         future.set_result(refused(reason, error, kind=kind, type_name=key[0], device_id=key[1]))
         return future
 
-    def _write_batch(self, works):
+    def _write_batch(self, works: list[Work]) -> None:
         write_batch(works, self.devices)
 
-    async def _after_commit(self, works):
-        results = []
-        to_dispatch = []
-        alive = {}  # device key -> whether it is alive after this batch (its last event wins)
+    async def _after_commit(self, works: list[Work]) -> None:
+        results: list[RouteResult] = []
+        to_dispatch: list[Work] = []
+        alive: dict[tuple, bool] = {}  # device key -> whether it is alive after this batch (its last event wins)
         for work in works:
             result = work.result
             if work.error is not None or result is None:
@@ -325,10 +337,11 @@ class MessageRouter:
             type_counts = self._by_type.setdefault(work.key[0], Counter())
             type_counts["received"] += work.message is not None or not result.stored
             if not result.stored:
-                self._refused[result.reason] += 1
-                self._refused_by_type[(work.key[0], result.reason)] += 1
+                reason = result.reason or "?"
+                self._refused[reason] += 1
+                self._refused_by_type[(work.key[0], reason)] += 1
                 self._refusal_log.warning(
-                    result.reason, (work.key, work.kind), "refused %s of %s/%s: %s", work.kind, *work.key, result.error
+                    reason, (work.key, work.kind), "refused %s of %s/%s: %s", work.kind, *work.key, result.error
                 )
                 continue
             results.append(result)
@@ -345,7 +358,7 @@ class MessageRouter:
         self._track(alive)
         await self._dispatcher.put(to_dispatch, results)
 
-    def _track(self, alive):
+    def _track(self, alive: dict[tuple, bool]) -> None:
         """Heartbeat bookkeeping once per device per batch: touched, or forgotten once it disconnected."""
         if self._heartbeat is None:
             return
@@ -378,7 +391,7 @@ class MessageRouter:
         }
 
 
-def _aware(received_at):
+def _aware(received_at: datetime | None) -> datetime:
     """The broker's receive time as an aware UTC datetime (the hub runs with USE_TZ; naive means UTC)."""
     if received_at is None:
         return datetime.now(UTC)
@@ -387,6 +400,6 @@ def _aware(received_at):
     return received_at.astimezone(UTC)
 
 
-def _log_failure(future):
+def _log_failure(future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.warning("marking a silent device offline failed: %s", future.exception())

@@ -9,6 +9,8 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .results import RouteResult
+
 # Lifecycle signals a Work fires after commit.
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
@@ -37,7 +39,7 @@ class Work:
     old_status: str | None = None
     new_status: str | None = None
     event: str | None = None
-    result: object = None
+    result: RouteResult | None = None
     error: BaseException | None = None
 
     @property
