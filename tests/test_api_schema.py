@@ -19,6 +19,7 @@ def schema(admin_client):
     return response.json()
 
 
+@pytest.mark.slow  # validates the whole OpenAPI document
 def test_schema_validates(schema):
     assert schema["openapi"].startswith("3.1")
     validate(schema)  # raises on any error
@@ -102,6 +103,7 @@ def test_relocate_rewrites_local_refs():
     assert schema["properties"]["a"] == {"$ref": "#/$defs/level"}  # the original is untouched
 
 
+@pytest.mark.slow  # validates whole OpenAPI documents
 def test_command_params_with_local_refs_stay_valid(admin_client, monkeypatch):
     """A command whose params schema uses ``$defs`` still gives a schema whose references resolve."""
     from hubserver import Command

@@ -188,6 +188,7 @@ def test_auth_backend_without_a_strong_enough_token_is_refused_at_start(token):
         validate({"BROKERS": {"default": {"AUTH_BACKEND": True}}, "BROKER_AUTH_TOKEN": token})
 
 
+@pytest.mark.slow  # runs the hubserver binary
 def test_the_binary_refuses_to_start_with_the_endpoints_on_and_no_token(tmp_path):
     import subprocess
 
@@ -285,6 +286,7 @@ TOPICS = [
 ACTIONS = [("pub", can_publish), ("publish", can_publish), ("sub", can_subscribe), ("subscribe", can_subscribe)]
 
 
+@pytest.mark.slow  # every device and service user against every topic
 def test_acl_matrix_for_devices_and_service_users_matches_the_acl_functions():
     _, creds = device()
     _, other = device(HygrometerDevice, "h-1")

@@ -86,6 +86,7 @@ class Device:
         self.client.loop_stop()
 
 
+@pytest.mark.slow  # a browser
 def test_dashboard_shows_devices_readings_and_sends_commands_live(hub, tmp_path):
     hubserver(
         hub,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs the hubserver binary
+
 EXAMPLE_DEVICES = Path(__file__).resolve().parent.parent / "examples" / "greenhouse_devices.py"
 
 
@@ -234,7 +236,6 @@ def test_provision_works_as_the_first_command_on_a_new_data_directory(tmp_path):
     assert json.loads(out)["mqtt_username"] == "smartplug.plug-1"
 
 
-@pytest.mark.slow
 def test_redis_url_makes_live_events_go_through_redis(tmp_path, redis_url):
     """HUBSERVER_REDIS_URL selects the Redis channel layer: a message sent in one process reaches another."""
     script = (

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from hubserver.access import authenticate as authenticate_module
 from tests.conftest import provision_device
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]  # a storm of connections
 
 
 @pytest.fixture

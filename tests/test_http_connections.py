@@ -85,6 +85,7 @@ def no_gc():
     gc.enable()
 
 
+@pytest.mark.slow  # bursts of requests
 async def test_a_burst_of_bad_key_ingest_requests_leaves_no_connection_open(hub, application, no_gc):
     await provision_device("thermometer", "t-1")
     path = "/iot/devices/thermometer/t-1/data/"

@@ -180,6 +180,7 @@ async def test_a_session_with_expiry_0_ends_with_its_connection(hub, service, v5
     assert second.session_present is False
 
 
+@pytest.mark.slow  # waits for a session to expire
 async def test_an_expired_session_is_gone(hub, service, v5):
     first = v5(hub.engine.port, "brief", *service, session_expiry=1)
     await first.connect()
@@ -302,6 +303,7 @@ async def test_a_take_over_is_told_session_taken_over(hub, service, v5):
     assert first.disconnect_reason == reasons.SESSION_TAKEN_OVER
 
 
+@pytest.mark.slow  # waits out a keepalive
 async def test_a_silent_client_is_told_keep_alive_timeout(hub, service, raw):
     client = raw(hub.engine.port)
     await client.connect("silent", *service, keepalive=1)
@@ -320,6 +322,7 @@ async def test_revoked_credentials_are_told_not_authorized(hub, v5):
     assert device.disconnect_reason == reasons.NOT_AUTHORIZED
 
 
+@pytest.mark.slow  # waits out a Will Delay
 async def test_the_will_waits_for_its_delay_and_a_quick_return_cancels_it(hub, service, v5, raw):
     watcher = v5(hub.engine.port, "watcher", *service)
     await watcher.connect()

@@ -121,6 +121,7 @@ def roundtrip(packet):
     return codec.decode(first, body)
 
 
+@pytest.mark.slow  # fuzzing
 @pytest.mark.parametrize("name", sorted(PACKETS))
 def test_every_packet_type_round_trips_with_random_properties(name):
     @FUZZ
@@ -142,12 +143,14 @@ def decodes_or_refuses(first, body):
     return packet
 
 
+@pytest.mark.slow  # fuzzing
 @FUZZ
 @given(st.integers(0, 255), st.binary(max_size=80))
 def test_random_bytes_decode_or_raise_a_protocol_error_only(first, body):
     decodes_or_refuses(first, body)
 
 
+@pytest.mark.slow  # fuzzing
 @FUZZ
 @given(st.sampled_from(sorted(PACKETS)).flatmap(lambda name: PACKETS[name]), st.data())
 def test_mutated_packets_decode_or_raise_a_protocol_error_only(packet, data):
@@ -163,6 +166,7 @@ def test_mutated_packets_decode_or_raise_a_protocol_error_only(packet, data):
     decodes_or_refuses(first, bytes(body[:cut]))
 
 
+@pytest.mark.slow  # fuzzing
 @FUZZ
 @given(st.binary(max_size=8))
 def test_split_never_raises_anything_but_a_protocol_error(data):

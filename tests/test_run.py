@@ -19,6 +19,8 @@ import pytest
 from tests.mqtt import free_port
 from tests.test_tls_and_errors import certificate  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.slow  # every test here starts `hubserver run` or another hubserver process
+
 BINARY = str(Path(sys.executable).parent / "hubserver")
 
 
@@ -132,7 +134,6 @@ def test_first_run_creates_the_admin_once_and_serves_http(running):
         assert again.stop() == 0
 
 
-@pytest.mark.slow
 def test_a_busy_port_stops_start_up_before_anything_is_created(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -151,7 +152,6 @@ def test_a_busy_port_stops_start_up_before_anything_is_created(tmp_path):
             assert not (hub.data_dir / "hubserver.sqlite3").exists(), "no database (and no admin) before the ports"
 
 
-@pytest.mark.slow
 def test_the_admin_password_is_printed_once_with_the_way_to_reset_it(running, tmp_path):
     hub = running()
     printed = next(line for line in hub.output if "Log in at" in line)
@@ -195,7 +195,6 @@ def binary(*args, data_dir, env=None, check=True):
     return result
 
 
-@pytest.mark.slow
 def test_other_commands_find_the_running_hub_on_their_database(tmp_path):
     runtime = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
     hub = RunningHub(tmp_path / "data", env=runtime).start()
@@ -317,7 +316,6 @@ def test_the_hub_runs_and_serves_on_the_chosen_event_loop(running, certificate, 
         assert stored.fetchall() == [(1.5,), (2.5,), (3.5,)]
 
 
-@pytest.mark.slow
 def test_mqtt5_on_every_listener(running, certificate):  # noqa: F811
     tls_port = free_port()
     tls = {"HUBSERVER_MQTT_TLS_PORT": str(tls_port)}
@@ -403,7 +401,6 @@ def test_sigterm_under_load_loses_no_acknowledged_message(running):
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages are not in the database"
 
 
-@pytest.mark.slow
 def test_the_container_health_check_follows_the_hub(tmp_path):
     runtime = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
     # As in a container: only the hub's public name is configured; the check comes from inside, over loopback.

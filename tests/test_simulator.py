@@ -214,6 +214,7 @@ def rows(model, **filters):
     return list(model.objects.filter(**filters).values())
 
 
+@pytest.mark.slow  # simulated devices publish for a few seconds
 async def test_simulated_devices_publish_realistic_readings_and_answer_commands(hub):
     thermometer = registry.get("thermometer")
     device_model, reading_model, message_model = thermometer.get_models()
@@ -375,6 +376,7 @@ def test_iot_provision_is_bulk_provisioning(db):
     assert verify_secret(model.objects.get(device_id="h-0002").mqtt_password_hash, infos[1]["mqtt_password"])
 
 
+@pytest.mark.slow  # a hub process and the simulator's
 def test_hubserver_simulate_against_a_running_hub(running):  # noqa: F811
     hub = running()
     result = subprocess.run(
