@@ -58,8 +58,8 @@ def test_start_up_and_hubserver_check_refuse_it_too(db):
 
 
 def test_an_external_entry_runs_the_external_engine(db, capsys):
-    """An entry without ENGINE (seed 002's own example) is an external broker: the hub builds MQTTBroker for
-    it, and ``hubserver check`` has nothing to say."""
+    """An entry without ENGINE (only HOST and PORT, the classic configuration) is an external broker: the hub
+    builds MQTTBroker for it, and ``hubserver check`` has nothing to say."""
     from hubserver.brokers.mqtt import MQTTBroker
 
     brokers = {"default": {"HOST": "emqx", "PORT": 1883}}

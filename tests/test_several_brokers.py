@@ -1,4 +1,4 @@
-"""Several external brokers (seed 002's ``default`` + ``lorawan`` example) on real Mosquittos: a type's
+"""Several external brokers (a ``default`` one and a ``lorawan`` one for LoRa types) on real Mosquittos: a type's
 ``Meta.broker`` decides which broker its topics are subscribed on, where its commands go, and what its
 provisioning prints."""
 

@@ -9,7 +9,7 @@ queued for it meanwhile. Commands go out as MQTT 5 PUBLISHes with the command's 
 Correlation Data and user properties; the broker's PUBACK says whether anyone subscribes to the device's
 ``cmd`` topic (0x10: nobody, the command stays pending and is sent again on the next poll).
 
-It keeps seed 002's API for code of its own: ``MQTTBroker(name="default")``, ``connect()``,
+It keeps django-devicehub's ``MQTTBroker`` API for code of its own: ``MQTTBroker(name="default")``, ``connect()``,
 ``subscribe(topic)``, ``publish(topic, payload, qos, correlation_id=..., user_properties=...)``,
 ``set_message_handler(callback)``, ``loop_start()``/``loop_stop()``/``loop_forever()``, ``disconnect()``;
 those run the connection on a thread of their own.

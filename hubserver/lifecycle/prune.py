@@ -22,13 +22,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..registry import registry
+from ..vocabulary import CommandState
 from .buckets import BUCKETS
 from .durations import format_duration
 from .retention import retention_for
 
 logger = logging.getLogger("hubserver.lifecycle")
 
-OPEN_COMMANDS = ("pending", "sent", "delivered")
+OPEN_COMMANDS = CommandState.OPEN
 PAUSE_FACTOR = 9  # while messages are written, wait this many times a delete batch's duration before the next
 IDLE_SHARE = 0.05  # the writer is idle if it spent less than this share of a delete cycle writing messages
 

@@ -13,6 +13,7 @@ import time
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+from ..vocabulary import DeviceStatus
 from .results import Refusal
 
 UNKNOWN = Refusal.UNKNOWN_DEVICE
@@ -85,7 +86,7 @@ class DeviceCache:
         loaded = {}
         for model in models:
             type_key = model._device_type_cls.type_name()
-            for device in model.objects.filter(status="online", is_active=True):
+            for device in model.objects.filter(status=DeviceStatus.ONLINE, is_active=True):
                 loaded[(type_key, device.device_id)] = device
         self._store(loaded, generation, {(type(d), d.pk): key for key, d in loaded.items()})
         return list(loaded)
