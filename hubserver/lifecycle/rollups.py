@@ -171,10 +171,14 @@ class RollupUpserter:
             return db_value
 
         params_rows = []
+        starts = {}
         for device, bucket, start, values in bucket_rows(reading_rows, self.positions):
-            params = [device, bucket, db_time(datetime.fromtimestamp(start, UTC))]
+            db_start = starts.get(start)
+            if db_start is None:
+                db_start = starts[start] = to_db(datetime.fromtimestamp(start, UTC))
+            params = [device, bucket, db_start]
             for count, low, high, total, last, last_at in values:
-                params += (count, low, high, total, last, db_time(last_at))
+                params += (count, low, high, total, last, db_time(last_at) if count else None)
             params_rows.append(params)
         with connection.cursor() as cursor:
             for begin in range(0, len(params_rows), self._chunk):
