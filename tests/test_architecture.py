@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
@@ -38,6 +40,7 @@ def lint_imports(tmp_path):
     )
 
 
+@pytest.mark.slow  # runs lint-imports
 def test_every_import_follows_the_layers(tmp_path):
     result = lint_imports(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -46,6 +49,7 @@ def test_every_import_follows_the_layers(tmp_path):
     assert "Only plugins/ imports amqtt KEPT" in result.stdout
 
 
+@pytest.mark.slow  # runs mypy
 def test_the_public_api_type_checks():
     """mypy on the files ``[tool.mypy]`` lists: DeviceType and its declarations, the registry, the router's
     entry point, BaseBroker, the Hub and the vocabulary."""

@@ -334,6 +334,7 @@ def test_acl_service_lookups_are_cached_briefly(django_assert_max_num_queries):
     assert acl("dashboard", "public/x", "pub") == "deny"
 
 
+@pytest.mark.slow  # hashes every user's password
 def test_acl_denies_users_without_the_permission_unknown_users_and_inactive_users():
     service_user("nobody", "s3cret-pass", permitted=False)
     service_user("gone", "s3cret-pass", is_active=False)
@@ -366,6 +367,7 @@ def test_acl_anonymous_refused_when_anonymous_is_off():
             assert acl("", topic, action) == "deny"
 
 
+@pytest.mark.slow  # a matrix of anonymous filters and topics
 def test_acl_anonymous_matrix_matches_the_acl_functions_except_broad_filters():
     """An external broker has no delivery check (``can_receive``), so anonymous subscriptions that could
     match namespace or denied topics are refused over HTTP; everything else equals the ACL functions."""

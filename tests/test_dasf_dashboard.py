@@ -40,6 +40,7 @@ async def test_the_page_lists_the_topics_the_user_may_see_the_status_of(dasf):
     assert Client().get("/topics/").status_code == 302  # log in first
 
 
+@pytest.mark.slow  # follows a stream for seconds
 async def test_the_stream_follows_consumers_and_outstanding_messages(dasf):
     viewer = await make_user("viewer")
     backend = await make_user("backend")
