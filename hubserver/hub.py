@@ -68,6 +68,7 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._started: list[BaseBroker] = []
         self._wired = False
+        self.dasf: Any = None  # the DASF topic broker's service, while the hub runs
 
     # What the parts ask of each other ----------------------------------------------------------------------
 
@@ -125,6 +126,11 @@ class Hub:
         except BaseException:
             await self._stop_parts()
             raise
+        try:
+            await self._start_dasf()
+        except BaseException:
+            await self._stop_parts()
+            raise
         credentials_revoked.connect(self._on_revoked, dispatch_uid=self._uid())
         await self.commands.start()
         if not _running:
@@ -139,7 +145,10 @@ class Hub:
             return  # never started, or stopped already
         credentials_revoked.disconnect(dispatch_uid=self._uid())
         await self.commands.stop()
-        await self._stop_parts()
+        try:
+            await self._stop_parts()  # DASF topics keep their MQTT rules until no client can reach them
+        finally:
+            await self._stop_dasf()
 
     async def _stop_parts(self) -> None:
         try:
@@ -151,6 +160,28 @@ class Hub:
                 self._wired = False
                 self.router.remove_commit_listener(fanout.on_commit)
                 self.commands.remove_listener(fanout.on_command_change)
+
+    # The DASF topic broker --------------------------------------------------------------------------------
+
+    async def _start_dasf(self) -> None:
+        """When the ``hubserver.dasf`` app is installed: its service (writer, pings, garbage collection), and
+        its topics on every engine that carries subscribers of its own, as ``<DASF_MQTT_PREFIX>/<slug>``."""
+        from django.apps import apps
+
+        if not apps.is_installed("hubserver.dasf"):
+            return
+        from .dasf.service import start_service
+
+        self.dasf = await start_service()
+        self.dasf.attach_mqtt([engine.publish_nowait for engine in self._started])
+
+    async def _stop_dasf(self) -> None:
+        if self.dasf is None:
+            return
+        from .dasf.service import stop_service
+
+        self.dasf = None
+        await stop_service()
 
     # Revocation ----------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import enum
 import logging
 from collections import Counter
 
+from hubserver.access import namespaces
 from hubserver.access.acl import can_publish, device_publish_kind
 from hubserver.access.principals import DevicePrincipal
 from hubserver.routing.throttle import ThrottledLog, clip
@@ -81,6 +82,10 @@ class RouterBridge:
         if not self._permitted(session, principal, topic):
             return Outcome.DROP
         if not isinstance(principal, DevicePrincipal):
+            application = namespaces.owner(topic)
+            if application is not None:  # an application's topic (DASF): it takes the message, or raises
+                await application.inbound(principal, topic, bytes(message.data))
+                return Outcome.DROP  # acknowledged; the application delivers it (to MQTT subscribers too)
             return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace
         future = await self.router.submit(
             device_publish_kind(principal, topic),  # not None: can_publish admitted the device's own topic

@@ -37,6 +37,12 @@ for slug, store in (("calc", "cache"), ("cached", "cache"), ("cacheall", "cachea
     assign_perm("can_consume", User.objects.get(username="backend"), topic)
     assign_perm("can_produce", User.objects.get(username="client"), topic)
     assign_perm("can_view_status", User.objects.get(username="client"), topic)
+from django.contrib.auth.models import Permission
+
+mqtt = User.objects.create_user("mqtt-service", password="mqtt-secret")
+mqtt.user_permissions.add(Permission.objects.get(codename="mqtt_service"))
+for perm in ("can_produce", "can_consume"):
+    assign_perm(perm, mqtt, BrokerTopic.objects.get(slug="calc"))
 print(json.dumps(tokens))
 """
 
@@ -245,3 +251,74 @@ def test_availability_moves_online_and_offline_with_the_status_and_ping_views(hu
     assert hub.http("/calc/ping/", hub.tokens["nobody"])[0] == 403
     assert hub.http("/calc/status/")[0] == 302  # anonymous: to the login page
     assert hub.http("/nope/status/", token)[0] == 404
+
+
+class MqttClient:
+    """A paho client of the hub's MQTT port, as the MQTT service user."""
+
+    def __init__(self, hub):
+        import queue
+
+        import paho.mqtt.client as paho
+
+        self.messages = queue.Queue()
+        self.subscribed = queue.Queue()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"dasf-test-{time.monotonic_ns()}")
+        self.client.username_pw_set("mqtt-service", "mqtt-secret")
+        self.client.on_message = lambda client, userdata, message: self.messages.put(
+            (message.topic, json.loads(message.payload))
+        )
+        self.client.on_subscribe = lambda *args: self.subscribed.put(True)
+        self.client.connect("127.0.0.1", hub.hub.mqtt_port)
+        self.client.loop_start()
+
+    def subscribe(self, topic):
+        self.client.subscribe(topic, qos=1)
+        self.subscribed.get(timeout=20)
+
+    def publish(self, topic, message):
+        info = self.client.publish(topic, json.dumps(message), qos=1)
+        info.wait_for_publish(20)
+        assert info.is_published()
+
+    def next(self, timeout=30):
+        return self.messages.get(timeout=timeout)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_the_mqtt_bridge_both_ways(hub, tmp_path):
+    hub.backend("calc", tmp_path / "record")
+    mqtt = MqttClient(hub)
+    client = Client(hub, "calc")
+    try:
+        # MQTT -> DASF -> MQTT: a request published on dasf/calc reaches the demessaging backend, whose
+        # answer comes back on dasf/<the response topic>.
+        mqtt.subscribe("dasf/calc_over_mqtt")
+        request = base64.b64encode(json.dumps({"func_name": "add", "a": 20, "b": 22}).encode()).decode()
+        mqtt.publish(
+            "dasf/calc",
+            {
+                "properties": {"requestContext": 7, "messageType": "request", "response_topic": "calc_over_mqtt"},
+                "context": 7,
+                "payload": request,
+            },
+        )
+        topic, answer = mqtt.next()
+        assert topic == "dasf/calc_over_mqtt"
+        assert answer["properties"]["messageType"] == "response" and answer["properties"]["status"] == "success"
+        assert base64.b64decode(answer["payload"]).decode() == "42"
+
+        # DASF -> MQTT: a demessaging client's request is seen by the MQTT subscriber of dasf/calc.
+        mqtt.subscribe("dasf/calc")
+        assert client.call({"func_name": "add", "a": 1, "b": 1}) == {"status": "success", "msg": "2"}
+        while True:
+            topic, seen = mqtt.next()
+            if topic == "dasf/calc" and seen["properties"].get("messageType") == "request":
+                break
+        assert json.loads(base64.b64decode(seen["payload"])) == {"func_name": "add", "a": 1, "b": 1}
+    finally:
+        client.close()
+        mqtt.close()

@@ -15,10 +15,14 @@ Everyone: topics with wildcards are never publishable, no one but the hub publis
 of the namespace or on a ``$`` topic (reserved for the broker, MQTT 4.7.2), and anonymous clients never
 see ``$`` topics. A broad anonymous filter such as ``#`` is accepted, and delivery (``can_receive``)
 then withholds namespace and denied topics from it.
+
+Topics of an application's namespace (``access/namespaces.py``: the DASF topic broker's ``dasf/``) are the
+application's to decide for service and anonymous clients, also in memory; devices never reach them.
 """
 
 from ..conf import hub_settings
 from ..vocabulary import Kind, device_topic_base, in_namespace, inbound_kind, is_cmd_topic, is_topic_level
+from . import namespaces
 from .principals import AnonymousPrincipal, DevicePrincipal, HubPrincipal, ServicePrincipal
 from .topics import filter_within, has_wildcards, is_valid_filter, is_valid_topic, topic_matches
 
@@ -57,6 +61,9 @@ def can_publish(principal, topic):
         return False
     if isinstance(principal, DevicePrincipal):
         return device_publish_kind(principal, topic) is not None
+    application = namespaces.owner(topic)
+    if application is not None:
+        return application.can_publish(principal, topic)
     if isinstance(principal, ServicePrincipal):
         return not in_namespace(topic, prefix)
     if isinstance(principal, AnonymousPrincipal):
@@ -68,7 +75,13 @@ def can_subscribe(principal, topic_filter):
     """May ``principal`` subscribe with ``topic_filter``? Delivery is checked again by ``can_receive``."""
     if not is_valid_filter(topic_filter):
         return False
-    if isinstance(principal, (HubPrincipal, ServicePrincipal)):
+    if isinstance(principal, HubPrincipal):
+        return True
+    if not isinstance(principal, DevicePrincipal):
+        application = namespaces.owner(topic_filter)
+        if application is not None:
+            return application.can_subscribe(principal, topic_filter)
+    if isinstance(principal, ServicePrincipal):
         return True
     prefix = _prefix()
     if isinstance(principal, DevicePrincipal):
@@ -85,7 +98,13 @@ def can_subscribe(principal, topic_filter):
 
 def can_receive(principal, topic):
     """May a message on ``topic`` be delivered to ``principal`` (live or retained)?"""
-    if isinstance(principal, (HubPrincipal, ServicePrincipal)):
+    if isinstance(principal, HubPrincipal):
+        return True
+    if not isinstance(principal, DevicePrincipal):
+        application = namespaces.owner(topic)
+        if application is not None:
+            return application.can_receive(principal, topic)
+    if isinstance(principal, ServicePrincipal):
         return True
     prefix = _prefix()
     if isinstance(principal, DevicePrincipal):

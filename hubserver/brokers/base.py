@@ -81,6 +81,13 @@ class BaseBroker(abc.ABC):
         """Close every live session authenticated as ``mqtt_username`` and forget its persistent state
         (its credentials were rotated, it was deactivated or deleted)."""
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        """Queue a message from the hub itself (an application's topic: DASF's ``dasf/<topic>``) for the
+        engine's clients whose subscriptions match ``topic``, each recipient's ACL applying; never waits.
+        Returns False when nothing was queued (nobody subscribed). An engine whose clients are not its own
+        (a client of an external broker) keeps this default: it carries no application topics."""
+        return False
+
     def stats(self) -> dict[str, Any]:
         """Counters for ``/metrics``: ``connected`` (clients), ``devices``, ``refused`` (connections, by
         reason) and ``dropped`` (messages, by reason); the embedded engine adds its limit counters. Numbers

@@ -173,6 +173,13 @@ class EmbeddedBroker(BaseBroker):
 
     # The embedded engine's own -------------------------------------------------------------------------
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        broker = self.broker
+        if broker is None or not broker.has_subscribers(topic):
+            return False
+        broker.deliver_nowait(None, topic, payload, qos)
+        return True
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish as the hub itself to whoever subscribed (each recipient's ACL applies)."""
         await self.broker.publish(topic, payload, qos=qos, retain=retain)

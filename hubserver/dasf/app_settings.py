@@ -16,6 +16,7 @@
 | ``DASF_GARBAGE_COLLECT_AFTER`` | ``600`` | seconds a response topic nobody needs is kept before it is deleted |
 | ``DASF_CONSUMER_QUEUE_SIZE`` | ``1000`` | messages queued for one connection before it is closed as too slow |
 | ``DASF_MAX_MESSAGE_SIZE`` | ``1048576`` | largest message (bytes of its JSON) a producer may send |
+| ``DASF_MQTT_PREFIX`` | ``"dasf"`` | DASF topic ``<slug>`` is the MQTT topic ``<prefix>/<slug>`` of the hub's broker |
 
 A topic's availability is unknown when it was never pinged, or last pinged more than ``2 * DASF_PING_INTERVAL``
 seconds ago (two minutes by default; two minutes too when periodic pings are off).
@@ -70,6 +71,21 @@ def _route():
     return value
 
 
+def _mqtt_prefix():
+    value = getattr(settings, "DASF_MQTT_PREFIX", "dasf")
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c in value for c in "#+\x00")
+        or value.startswith(("/", "$"))
+        or value.endswith("/")
+    ):
+        raise ImproperlyConfigured(
+            f"DASF_MQTT_PREFIX must be an MQTT topic without wildcards, '$' or leading/trailing '/', got {value!r}"
+        )
+    return value
+
+
 def _root_url():
     value = getattr(settings, "ROOT_URL", None)
     if value is not None and not isinstance(value, str):
@@ -93,6 +109,7 @@ _READERS = {
     "DASF_GARBAGE_COLLECT_AFTER": lambda: _number("DASF_GARBAGE_COLLECT_AFTER", 600),
     "DASF_CONSUMER_QUEUE_SIZE": lambda: int(_number("DASF_CONSUMER_QUEUE_SIZE", 1000, minimum=1)),
     "DASF_MAX_MESSAGE_SIZE": lambda: int(_number("DASF_MAX_MESSAGE_SIZE", 1024 * 1024, minimum=1024)),
+    "DASF_MQTT_PREFIX": _mqtt_prefix,
 }
 
 __all__ = ["StoreMessageOptions", "check", *_READERS]

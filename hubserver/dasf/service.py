@@ -67,6 +67,7 @@ class DasfService:
         self.connections = {}  # slug -> set of consumer connections in this process
         self.layer = None
         self.remote = False
+        self.mqtt = None  # the DasfNamespace, while attached to the hub's MQTT broker
         self.running = False
         self.version = 0  # bumped on every change the topics page shows
         self.counts = Counter()
@@ -114,6 +115,7 @@ class DasfService:
         if not self.running:
             return
         self.running = False
+        self.detach_mqtt()
         _unwatch_changes(self)
         for task in self._tasks:
             task.cancel()
@@ -307,7 +309,7 @@ class DasfService:
         payload = orjson.dumps(content).decode()
         self.counts["received"] += 1
         if topic.store == DISABLED:
-            self.deliver(topic, message_id, payload, created)
+            self._deliver_everywhere(topic, message_id, payload, created)
             if self.remote:
                 await self._send_remote({topic.slug: [(message_id, payload)]})
             ack["result"] = "ok"
@@ -405,7 +407,7 @@ class DasfService:
             if type(item) is not store.StoreItem:
                 continue
             if item.result == store.STORED:
-                self.deliver(item.topic, item.message_id, item.payload, item.created)
+                self._deliver_everywhere(item.topic, item.message_id, item.payload, item.created)
                 if remote is not None:
                     remote.setdefault(item.topic.slug, []).append((item.message_id, item.payload))
             ack = item.ack
@@ -428,6 +430,13 @@ class DasfService:
         if sent:
             self._pings[topic.id] = when or timezone.now()
             self.counts["delivered"] += sent
+        return sent
+
+    def _deliver_everywhere(self, topic, message_id, payload, when=None):
+        """To the topic's consumers here, and to the MQTT clients subscribed to it."""
+        sent = self.deliver(topic, message_id, payload, when)
+        if self.mqtt is not None:
+            self.mqtt.outbound(topic.slug, payload)
         return sent
 
     async def _send_remote(self, by_slug):
@@ -531,6 +540,26 @@ class DasfService:
         if removed:
             self._mutated()
             logger.info("DASF: deleted %d expired response topic(s)", len(removed))
+
+    # MQTT -------------------------------------------------------------------------------------------------
+
+    def attach_mqtt(self, publishers):
+        """Carry DASF topics on the hub's MQTT broker as ``<DASF_MQTT_PREFIX>/<slug>`` (``mqtt.py``):
+        ``publishers`` are the engines' ``publish_nowait``."""
+        from ..access import namespaces
+        from .mqtt import DasfNamespace
+
+        self.detach_mqtt()
+        self.mqtt = DasfNamespace(self)
+        self.mqtt.publishers = list(publishers)
+        namespaces.register(self.mqtt)
+
+    def detach_mqtt(self):
+        from ..access import namespaces
+
+        if self.mqtt is not None:
+            namespaces.unregister(self.mqtt)
+            self.mqtt = None
 
     def stats(self):
         writer = self.writer
@@ -653,7 +682,11 @@ def send_to_topic(slug, content):
     """Send a message (a dict) to a topic's consumers from sync code, in this process or over the layer."""
     message_id = str(content.get("messageId") or uuid.uuid4())
     payload = orjson.dumps(content).decode()
-    _from_sync(slug, lambda service, topic: service.deliver(topic, message_id, payload), [(message_id, payload)])
+    _from_sync(
+        slug,
+        lambda service, topic: service._deliver_everywhere(topic, message_id, payload),
+        [(message_id, payload)],
+    )
 
 
 def ping_topic(slug):

@@ -20,8 +20,6 @@ from ...brokers.embedded import PortInUse
 from ...cli import program_name
 from ...conf import EMBEDDED_ENGINE, EVENT_LOOPS, hub_settings
 from ...dasf import app_settings as dasf_settings
-from ...dasf.service import start_service as start_dasf_service
-from ...dasf.service import stop_service as stop_dasf_service
 from ...hub import Hub
 from ..database import BINARY_SETTINGS, migrate_quietly
 from ..gc_tuning import tune_for_serving
@@ -87,7 +85,6 @@ class Command(BaseCommand):
             raise CommandError(f"{exc}. Is another hub or MQTT broker running? Use --mqtt-port.") from exc
         except BrokerError as exc:
             raise CommandError(str(exc)) from exc
-        loop.run_until_complete(start_dasf_service())
         # Only once the broker listens: an account whose password was printed by a start that then failed
         # would be lost.
         self.ensure_admin(host, http_port)
@@ -96,14 +93,10 @@ class Command(BaseCommand):
             running.this_hub(host, http_port, mqtt_port if embedded else 0, tls_port, hub_settings.MQTT_WEBSOCKET_PATH)
         )
 
-        async def stop():
-            await hub.stop()
-            await stop_dasf_service()
-
         def stop_hub():
             self.stdout.write("Stopping: no new connections; committing what is queued...")
             running.forget()
-            return defer.Deferred.fromFuture(asyncio.ensure_future(stop()))
+            return defer.Deferred.fromFuture(asyncio.ensure_future(hub.stop()))
 
         reactor.addSystemEventTrigger("before", "shutdown", stop_hub)
         server = BoundedServer(
