@@ -39,6 +39,7 @@ Names (all prefixed ``hubserver_``):
 | ``dasf_connections``, ``dasf_topics``, ``dasf_writer_queue_depth`` | gauge | DASF topic broker |
 | ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
 | ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
+| ``dasf_mqtt_messages_total{outcome}`` | counter | DASF over MQTT: ``received``, ``dropped``, ``published`` |
 
 Router counters restart with the hub; Prometheus' ``rate()`` handles such resets. The ``storage_*`` gauges
 (each type's messages, readings and rollups tables) are taken in the background at most every five minutes
@@ -165,6 +166,14 @@ class HubCollector(Collector):
         )
         yield _counter(
             "dasf_slow_consumers", "DASF connections closed for falling behind (4429).", stats.get("too_slow", 0)
+        )
+        mqtt = stats.get("mqtt", {})
+        yield _counter(
+            "dasf_mqtt_messages",
+            "DASF messages over MQTT (dasf/<topic>): received from publishers, dropped (not a DASF message, or "
+            "refused), published to subscribers.",
+            labels=["outcome"],
+            samples=[([outcome], mqtt.get(outcome, 0)) for outcome in ("received", "dropped", "published")],
         )
 
     def _engine_metrics(self, hub):

@@ -7,6 +7,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 
+from hubserver.metrics import render
 from tests.conftest import device_client, make_service_user
 from tests.dasf import (
     eventually,
@@ -149,6 +150,7 @@ async def test_a_payload_that_is_not_a_dasf_message_is_dropped(hub, dasf, client
     await writer.publish("dasf/calc", b"not json", qos=1)
     await until(lambda: dasf.mqtt.counts["dropped"] == 1, message="the drop to be counted")
     assert "not a DASF message" in caplog.text
+    assert b'hubserver_dasf_mqtt_messages_total{outcome="dropped"} 1.0' in render()
     assert await stored("calc") == []
 
 

@@ -568,6 +568,7 @@ class DasfService:
             "connections": sum(len(c) for c in self.connections.values()),
             "topics": len(self.grants.topics),
             "queued": writer.queued if writer is not None else 0,
+            "mqtt": dict(self.mqtt.counts) if self.mqtt is not None else {},
         }
 
 
