@@ -15,7 +15,11 @@ from hubserver.access.acl import can_publish, device_publish_kind
 from hubserver.access.principals import DevicePrincipal
 from hubserver.routing.throttle import ThrottledLog, clip
 
+from .mqtt5 import reasons
 from .session import principal_of
+
+# What an application's refusal of a PUBLISH (access/namespaces.py) is as an MQTT 5 reason code.
+_REFUSALS = {"payload": reasons.PAYLOAD_FORMAT_INVALID, "not_authorized": reasons.NOT_AUTHORIZED}
 
 logger = logging.getLogger("hubserver.mqtt.bridge")
 
@@ -84,7 +88,9 @@ class RouterBridge:
         if not isinstance(principal, DevicePrincipal):
             application = namespaces.owner(topic)
             if application is not None:  # an application's topic (DASF): it takes the message, or raises
-                await application.inbound(principal, topic, bytes(message.data))
+                refusal = await application.inbound(principal, topic, bytes(message.data))
+                if refusal is not None and hasattr(message, "refusal"):  # MQTT 5: the PUBACK says why
+                    message.refusal = _REFUSALS.get(refusal, reasons.IMPLEMENTATION_SPECIFIC_ERROR)
                 return Outcome.DROP  # acknowledged; the application delivers it (to MQTT subscribers too)
             return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace
         future = await self.router.submit(

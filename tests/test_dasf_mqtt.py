@@ -178,3 +178,22 @@ def test_the_mqtt_prefix_may_not_overlap_the_device_namespace():
         with pytest.raises(ConfigurationError, match="overlaps the device namespace"):
             DasfNamespace(service=None, prefix=prefix)
     assert DasfNamespace(service=None, prefix="apps/dasf").owns("apps/dasf/calc")
+
+
+async def test_mqtt5_publishers_learn_why_a_dasf_publish_was_dropped(hub, dasf):
+    from tests.mqtt import Client5
+
+    backend = await make_user("backend")
+    topic = await make_topic("calc", consumers=[backend])
+    user = await make_service_user("writer5")
+    await _grant(user, topic, {"produce": True})
+    client = Client5(hub.engine.port, "writer5", "writer5", "s3cret-pass")
+    await client.connect()
+    try:
+        code, _ = await client.publish("dasf/calc", b"not json", qos=1)
+        assert code == 0x99  # payload format invalid
+        code, _ = await client.publish("dasf/calc", json.dumps(request("fine")), qos=1)
+        assert code == 0
+        assert len(await stored("calc")) == 1
+    finally:
+        client.stop()

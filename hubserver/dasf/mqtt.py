@@ -120,9 +120,10 @@ class DasfNamespace:
     # MQTT -> DASF -----------------------------------------------------------------------------------------
 
     async def inbound(self, principal, topic, payload):
-        """Produce an MQTT PUBLISH to its DASF topic; returns once it is committed (or refused: then it is
-        dropped, logged and counted). Raises when it could not be taken (the hub is stopping, the batch
-        failed): the PUBLISH is not acknowledged and the client sends it again."""
+        """Produce an MQTT PUBLISH to its DASF topic; returns None once it is committed, or why it was
+        refused (``"payload"``, ``"not_authorized"``: dropped, logged and counted). Raises when it could not
+        be taken (the hub is stopping, the batch failed): the PUBLISH is not acknowledged and the client
+        sends it again."""
         slug = self.slug_of(topic)
         try:
             content = orjson.loads(payload)
@@ -130,18 +131,19 @@ class DasfNamespace:
             content = None
         if slug is None or not isinstance(content, dict):
             self._drop(principal, topic, "the payload is not a DASF message (a JSON object)")
-            return
+            return "payload"
         producer = MqttProducer(_Principal.of(principal, self._user_id(principal)), slug, None)
         producer.future = asyncio.get_running_loop().create_future()
         await self.service.produce(producer, content)
         ack = await producer.future
-        result = ack.get("result")
+        result = str(ack.get("result"))
         if result == "ok":
             self.counts["received"] += 1
-            return
-        if "send the message again" in str(result) or "send it again" in str(result):
+            return None
+        if "send the message again" in result or "send it again" in result:
             raise ConnectionAbortedError(result)
         self._drop(principal, topic, result)
+        return "not_authorized" if " may not " in result else "payload"
 
     def _drop(self, principal, topic, reason):
         self.counts["dropped"] += 1
