@@ -605,22 +605,22 @@ async def test_a_consumer_that_falls_behind_is_closed_and_gets_stored_messages_a
     )
     caplog.set_level(logging.WARNING, logger="hubserver.dasf")
     StalledConsumer.gate = asyncio.Event()
+    healthy = await open_ws("/ws/calc/healthy/", bob)  # the default queue
+    producer = await open_ws("/ws/calc/", alice)
     with override_settings(DASF_CONSUMER_QUEUE_SIZE=3):
-        try:
-            slow = await open_ws("/ws/calc/slow/", bob, app=app)
-            healthy = await open_ws("/ws/calc/healthy/", bob)
-            producer = await open_ws("/ws/calc/", alice)
-            ids = [(await produce(producer, request(context=i)))["messageId"] for i in range(10)]
-            assert all(ids)
-            assert [(await next_message(healthy))["messageId"] for _ in ids] == ids  # the healthy one got all
-            assert "fell" in caplog.text
-            assert b"hubserver_dasf_slow_consumers_total 1.0" in render()
-            StalledConsumer.gate.set()
-            frames, code = await received_results(slow)
-            assert code == 4429 and frames[-1]["result"].startswith("error: too slow")
-        finally:
-            StalledConsumer.gate.set()
-            StalledConsumer.gate = None
+        slow = await open_ws("/ws/calc/slow/", bob, app=app)
+    try:
+        ids = [(await produce(producer, request(context=i)))["messageId"] for i in range(10)]
+        assert [(await next_message(healthy))["messageId"] for _ in ids] == ids  # the healthy one got all
+        await until(lambda: dasf.counts["too_slow"] == 1, message="the stalled consumer to fall behind")
+        assert "fell" in caplog.text
+        assert b"hubserver_dasf_slow_consumers_total 1.0" in render()
+        StalledConsumer.gate.set()
+        frames, code = await received_results(slow)
+        assert code == 4429 and frames[-1]["result"].startswith("error: too slow")
+    finally:
+        StalledConsumer.gate.set()
+        StalledConsumer.gate = None
     again = await open_ws("/ws/calc/slow-again/", bob)
     assert [(await next_message(again))["messageId"] for _ in ids] == ids  # stored: nothing is lost
     for ws in (again, healthy, producer):

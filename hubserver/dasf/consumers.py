@@ -230,7 +230,7 @@ class TopicConsumer(DasfConnection):
         if layer is not None and not isinstance(layer, InMemoryChannelLayer):
             self.channel_layer_alias = hub_settings.CHANNEL_LAYER  # other hub processes' messages
         self.topic = None
-        self._checked = None  # (snapshot, topic id) the permission was last checked against
+        self._checked = None  # (service.epoch, topic id) the permission was last checked at
         self._held = None  # live messages that arrive while the stored ones are being sent
         self._registered = False
 
@@ -256,7 +256,7 @@ class TopicConsumer(DasfConnection):
             await self.channel_layer.group_add(group_name(self.slug), self.channel_name)
         sent = 0
         if topic is not None:
-            self._checked = (service.grants, topic.id)
+            self._checked = (service.epoch, topic.id)
             await service.consumer_connected(topic)
             sent_ids = set()
             for message_id, payload in await service.outstanding(topic, self.principal.user_id):
@@ -297,13 +297,16 @@ class TopicConsumer(DasfConnection):
         if self._closing:
             return 0
         service = self.service
-        if self._checked is None or self._checked[0] is not service.grants or self._checked[1] != topic.id:
+        if self._checked is None or self._checked[0] != service.epoch or self._checked[1] != topic.id:
             if not service.grants.allows(self.principal.user_id, CAN_CONSUME, topic):
                 self.refuse_and_close(self._not_allowed(), CLOSE_FORBIDDEN)
                 return 0
-            self._checked = (service.grants, topic.id)
+            self._checked = (service.epoch, topic.id)
             self.topic = topic
-        if self._held is not None:
+        if self._held is not None:  # stored messages are being sent first: these wait, counted like the queue
+            if len(self._held) >= self._limit:
+                self._too_slow()
+                return 0
             self._held.append((message_id, payload))
             return 1
         return 1 if self.enqueue(payload) else 0

@@ -148,6 +148,8 @@ def load():
 
     user_model = get_user_model()
     snapshot = Snapshot()
+    # First: a change made while the tables are read then shows as a different fingerprint next time.
+    snapshot.fingerprint = fingerprint()
     for row in BrokerTopic.objects.values_list(*TOPIC_FIELDS):
         snapshot.add_topic(topic_info_from_row(row))
 
@@ -188,7 +190,6 @@ def load():
         user_model.objects.filter(is_superuser=True, is_active=True).values_list("pk", flat=True)
     )
     snapshot.anonymous_id = anonymous_user().pk
-    snapshot.fingerprint = fingerprint()
     return snapshot
 
 

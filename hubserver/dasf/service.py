@@ -78,6 +78,7 @@ class DasfService:
         self._reload = None
         self._last_recheck = 0.0
         self._mutations = 0
+        self.epoch = 0  # changes whenever a permission decision may have changed (connections re-check)
         self._reader = None
         self._log = ThrottledLog(logger)
 
@@ -167,6 +168,45 @@ class DasfService:
                 self._log.warning("reload", "", "DASF: reading the permissions failed: %s", exc)
                 return
 
+    def object_permission_changed(self, granted, kind, holder_id, codename, object_pk):
+        """(any thread) An object permission on a topic was committed in this process: into the snapshot
+        ahead of the full reload already scheduled, on the loop (so it cannot fall between a reload's read
+        and its install). The MQTT ACL cannot wait for a reload: it must see a grant as soon as the code
+        that made it goes on."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._apply_object_permission, granted, kind, holder_id, codename, object_pk)
+
+    def topic_changed(self, row, saved):
+        """(any thread) A topic was saved or deleted in this process: into the snapshot on the loop, ahead of
+        the full reload (which brings its permissions along)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_topic, row, saved)
+
+    def _apply_topic(self, row, saved):
+        if saved:
+            self.grants.add_topic(topic_info_from_row(row))
+        else:
+            self.grants.remove_topic(row[0])
+        self._mutations += 1
+        self.epoch += 1
+
+    def _apply_object_permission(self, granted, kind, holder_id, codename, object_pk):
+        try:
+            topic_id = int(object_pk)
+        except (TypeError, ValueError):
+            return
+        snapshot = self.grants
+        table = snapshot.user_obj if kind == "user" else snapshot.group_obj
+        if granted:
+            table.setdefault(topic_id, {}).setdefault(codename, set()).add(holder_id)
+        else:
+            table.get(topic_id, {}).get(codename, set()).discard(holder_id)
+        self._mutations += 1
+        self.epoch += 1
+
     def store_rules_changed(self):
         """The server's default store rules changed (tests): recompute every topic's rule now."""
         self.grants.refresh_store_rules()
@@ -187,11 +227,13 @@ class DasfService:
                 break
         fresh.refresh_store_rules()  # the settings of now, not of when the thread read the topics
         self.grants = fresh
+        self.epoch += 1
         self.version += 1
 
     def _mutated(self):
         """The service changed its snapshot directly (after a write of its own)."""
         self._mutations += 1
+        self.epoch += 1
         self.version += 1
 
     async def _read(self, function, *args):
@@ -723,14 +765,18 @@ def _from_sync(slug, local, messages):
 
 
 def _watch_changes(service):
-    from .signals import connect, connect_settings
+    from .signals import connect, connect_grants, connect_settings, connect_topics
 
     connect(service.mark_stale)
+    connect_grants(service.object_permission_changed)
+    connect_topics(service.topic_changed)
     connect_settings(service.store_rules_changed)
 
 
 def _unwatch_changes(service):
-    from .signals import disconnect, disconnect_settings
+    from .signals import disconnect, disconnect_grants, disconnect_settings, disconnect_topics
 
     disconnect(service.mark_stale)
+    disconnect_grants(service.object_permission_changed)
+    disconnect_topics(service.topic_changed)
     disconnect_settings(service.store_rules_changed)

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 _callbacks = []
+_grant_callbacks = []
+_topic_callbacks = []
 _settings_callbacks = []
 _local = threading.local()
 
@@ -28,6 +30,30 @@ def connect(callback):
 def disconnect(callback):
     if callback in _callbacks:
         _callbacks.remove(callback)
+
+
+def connect_grants(callback):
+    """``callback(granted, "user" | "group", holder id, codename, object pk)`` after an object permission on a
+    topic was committed (granted or taken), in the thread that saved it."""
+    if callback not in _grant_callbacks:
+        _grant_callbacks.append(callback)
+
+
+def disconnect_grants(callback):
+    if callback in _grant_callbacks:
+        _grant_callbacks.remove(callback)
+
+
+def connect_topics(callback):
+    """``callback(row, saved)`` after a topic was committed: saved (``row`` as ``grants.TOPIC_FIELDS``) or
+    deleted (``row`` is ``(pk,)``), in the thread that saved it."""
+    if callback not in _topic_callbacks:
+        _topic_callbacks.append(callback)
+
+
+def disconnect_topics(callback):
+    if callback in _topic_callbacks:
+        _topic_callbacks.remove(callback)
 
 
 def connect_settings(callback):
@@ -69,8 +95,25 @@ def _notify():
         callback()
 
 
-def _topic_changed(sender, **kwargs):
+def _topic_changed(sender, instance, **kwargs):
+    if getattr(_local, "suppressed", 0):
+        return
+    row = (
+        instance.pk,
+        instance.slug,
+        instance.is_public,
+        instance.supports_dasf,
+        instance.store_messages,
+        getattr(instance, "brokertopic_ptr_id", None),
+        getattr(instance, "is_response_for_id", None),
+    )
+    transaction.on_commit(lambda: _notify_topic(row, True))
     _changed()
+
+
+def _notify_topic(row, saved):
+    for callback in tuple(_topic_callbacks):
+        callback(row, saved)
 
 
 def _topic_deleted(sender, instance, **kwargs):
@@ -81,14 +124,33 @@ def _topic_deleted(sender, instance, **kwargs):
     content_type = _content_type()
     for model in (UserObjectPermission, GroupObjectPermission):
         model.objects.filter(content_type=content_type, object_pk=str(instance.pk)).delete()
+    if not getattr(_local, "suppressed", 0):
+        row = (instance.pk,)
+        transaction.on_commit(lambda: _notify_topic(row, False))
     _changed()
 
 
-def _object_permission_changed(sender, instance, **kwargs):
+def _object_permission_changed(sender, instance, signal=None, **kwargs):
+    from guardian.models import UserObjectPermission
+
     from .models import BrokerTopic, ResponseTopic
 
-    if instance.content_type.model_class() in (BrokerTopic, ResponseTopic):
-        _changed()
+    if instance.content_type.model_class() not in (BrokerTopic, ResponseTopic):
+        return
+    if getattr(_local, "suppressed", 0):
+        return
+    granted = signal is post_save
+    holder = ("user", instance.user_id) if isinstance(instance, UserObjectPermission) else ("group", instance.group_id)
+    change = (granted, *holder, instance.permission.codename, instance.object_pk)
+    # Once committed, and before the caller goes on: the grant (or revocation) is in the snapshot at once,
+    # so a client that connects next is decided with it; the full reload follows.
+    transaction.on_commit(lambda: _notify_grant(change))
+    _changed()
+
+
+def _notify_grant(change):
+    for callback in tuple(_grant_callbacks):
+        callback(*change)
 
 
 def _user_saved(sender, instance, update_fields=None, **kwargs):
