@@ -40,6 +40,7 @@ Names (all prefixed ``hubserver_``):
 | ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
 | ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
 | ``dasf_mqtt_messages_total{outcome}`` | counter | DASF over MQTT: ``received``, ``dropped``, ``published`` |
+| ``dasf_mqtt_subscriptions_refused_total`` | counter | MQTT subscriptions to a DASF topic without ``can_consume`` |
 
 Router counters restart with the hub; Prometheus' ``rate()`` handles such resets. The ``storage_*`` gauges
 (each type's messages, readings and rollups tables) are taken in the background at most every five minutes
@@ -174,6 +175,11 @@ class HubCollector(Collector):
             "refused), published to subscribers.",
             labels=["outcome"],
             samples=[([outcome], mqtt.get(outcome, 0)) for outcome in ("received", "dropped", "published")],
+        )
+        yield _counter(
+            "dasf_mqtt_subscriptions_refused",
+            "MQTT subscriptions to a DASF topic (dasf/<topic>) refused: no can_consume on it.",
+            mqtt.get("subscriptions_refused", 0),
         )
 
     def _engine_metrics(self, hub):

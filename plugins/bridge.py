@@ -69,9 +69,33 @@ class RouterBridge:
 
     def _drop(self, session, topic):
         self.refused["acl"] += 1
+        application = namespaces.owner(topic)
+        if application is not None:  # counted as the application's too (DASF: a dropped message)
+            application.refused(principal_of(session), topic)
         self._log.info(
             "acl", session.client_id, "%s may not publish to %s; dropped", clip(session.client_id), clip(topic)
         )
+
+    def application_will(self, session, topic, payload):
+        """A service or anonymous client's Last Will on an application's topic (DASF's ``dasf/<slug>``): the
+        application takes it like a PUBLISH (checked, stored and delivered its way, never passed on as it is).
+        Returns a coroutine, or None when ``topic`` is no application's."""
+        principal = principal_of(session)
+        if principal is None or isinstance(principal, DevicePrincipal):
+            return None
+        application = namespaces.owner(topic)
+        if application is None:
+            return None
+        return self._application_will(session, application, principal, topic, bytes(payload or b""))
+
+    async def _application_will(self, session, application, principal, topic, payload):
+        try:
+            if can_publish(principal, topic):  # again: the permission may have been taken since CONNECT
+                await application.inbound(principal, topic, payload)
+            else:
+                self._drop(session, topic)
+        except Exception as exc:
+            logger.warning("%s: its Last Will on %s was not taken: %s", clip(session.client_id), clip(topic), exc)
 
     def deliver(self, session, topic, payload, qos, properties=None):
         """Pass a stored message on to the subscribers whose filters match it (none: nothing to do)."""
@@ -84,6 +108,8 @@ class RouterBridge:
         principal = principal_of(session)
         topic = message.topic
         if not self._permitted(session, principal, topic):
+            if hasattr(message, "refusal") and namespaces.owner(topic) is not None:
+                message.refusal = reasons.NOT_AUTHORIZED  # MQTT 5: the PUBACK says why
             return Outcome.DROP
         if not isinstance(principal, DevicePrincipal):
             application = namespaces.owner(topic)

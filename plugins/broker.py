@@ -24,6 +24,7 @@ from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
+from hubserver.access import namespaces
 from hubserver.access.principals import DevicePrincipal
 from hubserver.routing.throttle import clip
 
@@ -656,6 +657,11 @@ class HubBroker(Broker):
             else:
                 await self._route_will(session, topic, data, qos, _publish_props.get())
             return
+        if session is not None and _will_of.get() is session and self.bridge is not None:
+            taken = self.bridge.application_will(session, topic, data)
+            if taken is not None:  # a Will on an application's topic (DASF) goes to the application
+                _spawn(taken)
+                return
         qos = force_qos if force_qos is not None else _publish_qos.get()
         await self._broadcast_queue.put(
             {
@@ -709,6 +715,8 @@ class HubBroker(Broker):
             _publish_props.reset(token)
 
     async def retain_message(self, source_session, topic_name, data, qos=None):
+        if source_session is not None and namespaces.owner(topic_name) is not None:
+            return  # an application's topic (DASF) keeps nothing retained: its messages are the application's
         await super().retain_message(source_session, topic_name, data, qos)
         properties = _publish_props.get()
         if properties and topic_name in self._retained_messages:

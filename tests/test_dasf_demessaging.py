@@ -43,6 +43,8 @@ mqtt = User.objects.create_user("mqtt-service", password="mqtt-secret")
 mqtt.user_permissions.add(Permission.objects.get(codename="mqtt_service"))
 for perm in ("can_produce", "can_consume"):
     assign_perm(perm, mqtt, BrokerTopic.objects.get(slug="calc"))
+outsider = User.objects.create_user("mqtt-outsider", password="mqtt-secret")
+outsider.user_permissions.add(Permission.objects.get(codename="mqtt_service"))
 print(json.dumps(tokens))
 """
 
@@ -256,7 +258,7 @@ def test_availability_moves_online_and_offline_with_the_status_and_ping_views(hu
 class MqttClient:
     """A paho client of the hub's MQTT port, as the MQTT service user."""
 
-    def __init__(self, hub):
+    def __init__(self, hub, username="mqtt-service"):
         import queue
 
         import paho.mqtt.client as paho
@@ -264,17 +266,18 @@ class MqttClient:
         self.messages = queue.Queue()
         self.subscribed = queue.Queue()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"dasf-test-{time.monotonic_ns()}")
-        self.client.username_pw_set("mqtt-service", "mqtt-secret")
+        self.client.username_pw_set(username, "mqtt-secret")
         self.client.on_message = lambda client, userdata, message: self.messages.put(
             (message.topic, json.loads(message.payload))
         )
-        self.client.on_subscribe = lambda *args: self.subscribed.put(True)
+        self.client.on_subscribe = lambda client, userdata, mid, codes, properties: self.subscribed.put(codes[0].value)
         self.client.connect("127.0.0.1", hub.hub.mqtt_port)
         self.client.loop_start()
 
     def subscribe(self, topic):
+        """The SUBACK's code (1: granted QoS 1; 0x80: refused)."""
         self.client.subscribe(topic, qos=1)
-        self.subscribed.get(timeout=20)
+        return self.subscribed.get(timeout=20)
 
     def publish(self, topic, message):
         info = self.client.publish(topic, json.dumps(message), qos=1)
@@ -292,11 +295,12 @@ class MqttClient:
 def test_the_mqtt_bridge_both_ways(hub, tmp_path):
     hub.backend("calc", tmp_path / "record")
     mqtt = MqttClient(hub)
+    outsider = MqttClient(hub, "mqtt-outsider")  # a service client without the topic's permissions
     client = Client(hub, "calc")
     try:
         # MQTT -> DASF -> MQTT: a request published on dasf/calc reaches the demessaging backend, whose
         # answer comes back on dasf/<the response topic>.
-        mqtt.subscribe("dasf/calc_over_mqtt")
+        assert mqtt.subscribe("dasf/calc_over_mqtt") == 1
         request = base64.b64encode(json.dumps({"func_name": "add", "a": 20, "b": 22}).encode()).decode()
         mqtt.publish(
             "dasf/calc",
@@ -312,13 +316,22 @@ def test_the_mqtt_bridge_both_ways(hub, tmp_path):
         assert base64.b64decode(answer["payload"]).decode() == "42"
 
         # DASF -> MQTT: a demessaging client's request is seen by the MQTT subscriber of dasf/calc.
-        mqtt.subscribe("dasf/calc")
+        assert mqtt.subscribe("dasf/calc") == 1
         assert client.call({"func_name": "add", "a": 1, "b": 1}) == {"status": "success", "msg": "2"}
         while True:
             topic, seen = mqtt.next()
             if topic == "dasf/calc" and seen["properties"].get("messageType") == "request":
                 break
         assert json.loads(base64.b64decode(seen["payload"])) == {"func_name": "add", "a": 1, "b": 1}
+
+        # Without can_consume / can_produce: the subscription is refused, the publish dropped; both counted.
+        assert outsider.subscribe("dasf/calc") == 0x80
+        outsider.publish("dasf/calc", {"properties": {"requestContext": 1, "messageType": "request"}, "payload": ""})
+        status, body, _ = hub.http("/metrics")  # from localhost
+        assert status == 200
+        assert 'hubserver_dasf_mqtt_messages_total{outcome="dropped"} 1.0' in body
+        assert "hubserver_dasf_mqtt_subscriptions_refused_total 1.0" in body
     finally:
         client.close()
         mqtt.close()
+        outsider.close()

@@ -107,7 +107,7 @@ async def _empty(slug):
     return not await stored(slug)
 
 
-async def test_mqtt_clients_without_the_topics_permissions_are_kept_out(hub, dasf, clients):
+async def test_mqtt_clients_without_the_topics_permissions_are_kept_out(hub, dasf, clients, caplog):
     backend = await make_user("backend")
     await make_topic("calc", consumers=[backend])
     _, stranger = await service_client(hub, clients, "stranger")
@@ -116,12 +116,42 @@ async def test_mqtt_clients_without_the_topics_permissions_are_kept_out(hub, das
     await dasf.writer.join()
     assert await stored("calc") == []
     assert await nothing_but_broker_requests(consumer)
+    assert dasf.mqtt.counts["dropped"] == 1
+    assert await stranger.subscribe("dasf/calc") == 0x80  # no can_consume: refused, counted, logged
+    assert dasf.mqtt.counts["subscriptions_refused"] == 1
+    assert "stranger may not subscribe to 'dasf/calc': it needs the can_consume permission" in caplog.text
+    metrics = render()
+    assert b'hubserver_dasf_mqtt_messages_total{outcome="dropped"} 1.0' in metrics
+    assert b"hubserver_dasf_mqtt_subscriptions_refused_total 1.0" in metrics
 
     device, _ = await device_client(hub, clients)
-    assert await device.subscribe("dasf/calc") == 0x80  # devices never reach DASF topics
+    for topic_filter in ("dasf/calc", "dasf/#", "#"):
+        assert await device.subscribe(topic_filter) == 0x80  # devices never reach DASF topics
     await device.publish("dasf/calc", json.dumps(request("from a device")), qos=1)
     await dasf.writer.join()
     assert await stored("calc") == []
+    assert dasf.mqtt.counts["dropped"] == 2
+    assert await nothing_but_broker_requests(consumer)
+    await consumer.disconnect()
+
+
+async def test_a_service_clients_last_will_on_a_dasf_topic_is_a_dasf_message(hub, dasf, clients):
+    backend = await make_user("backend")
+    topic = await make_topic("calc", consumers=[backend])
+    user = await _token(await make_service_user("dying"))
+    await _grant(user, topic, {"produce": True})
+    will = json.dumps(request("the backend is gone", messageId=new_id()))
+    dying = clients(hub.engine.port, "dying", "dying", "s3cret-pass", will=("dasf/calc", will, 1, True))
+    await dying.connect()
+    _, reader = await service_client(hub, clients, "reader", topic, consume=True)
+    assert await reader.subscribe("dasf/calc") == 1
+    consumer = await open_ws("/ws/calc/backend/", backend)
+    dying.stop()  # no DISCONNECT: the Will goes out
+    got = await next_message(consumer, timeout=15)
+    assert got["payload"] == request("the backend is gone")["payload"] and "publishTime" in got
+    assert await stored("calc") == [got["messageId"]]
+    assert "dasf/calc" not in hub.engine.broker._retained_messages  # the Will asked to be retained: not here
+    await until(lambda: _dasf_messages(reader, "calc"), message="the Will over MQTT")
     await consumer.disconnect()
 
 
@@ -194,6 +224,8 @@ async def test_mqtt5_publishers_learn_why_a_dasf_publish_was_dropped(hub, dasf):
         assert code == 0x99  # payload format invalid
         code, _ = await client.publish("dasf/calc", json.dumps(request("fine")), qos=1)
         assert code == 0
+        code, _ = await client.publish("dasf/other", json.dumps(request("no permission")), qos=1)
+        assert code == 0x87  # not authorized
         assert len(await stored("calc")) == 1
     finally:
         client.stop()

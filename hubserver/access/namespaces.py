@@ -4,7 +4,8 @@ service and anonymous clients, and a PUBLISH is handed to the application instea
 
 An application registers an object with ``prefix`` (a topic without wildcards), ``can_publish(principal,
 topic)``, ``can_subscribe(principal, topic_filter)``, ``can_receive(principal, topic)`` and ``async
-inbound(principal, topic, payload)``. The decisions must be as cheap as the ACL's own: in memory, never a
+inbound(principal, topic, payload)`` and ``refused(principal, topic)`` (the ACL dropped a PUBLISH there: count
+it). The decisions must be as cheap as the ACL's own: in memory, never a
 database query. ``inbound`` returns None once the message is taken, or why it refused it (``"payload"``:
 not a message the application takes; ``"not_authorized"``; anything else), and the broker acknowledges
 it either way (MQTT 5 with the matching reason code); it raises when the message could not be taken yet

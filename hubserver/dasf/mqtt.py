@@ -65,7 +65,7 @@ class DasfNamespace:
                 f"DASF_MQTT_PREFIX {self.prefix!r} overlaps the device namespace {devices!r} (TOPIC_PREFIX)"
             )
         self.publishers = []  # callables (topic, payload bytes) of the engines that carry MQTT subscribers
-        self.counts = {"received": 0, "dropped": 0, "published": 0}
+        self.counts = {"received": 0, "dropped": 0, "published": 0, "subscriptions_refused": 0}
         self._log = ThrottledLog(logger)
 
     def owns(self, topic):
@@ -103,8 +103,32 @@ class DasfNamespace:
         return snapshot.may_produce(user_id, known)
 
     def can_subscribe(self, principal, topic_filter):
-        """Service and anonymous clients may subscribe; what reaches them is decided per message."""
-        return isinstance(principal, (HubPrincipal, ServicePrincipal, AnonymousPrincipal))
+        """A filter naming one existing topic needs ``can_consume`` on it (refused, counted and logged
+        otherwise). A wildcard filter (``dasf/#``), or a topic that does not exist yet (a response topic about
+        to be created), is accepted: what reaches the client is decided per message (``can_receive``)."""
+        if isinstance(principal, HubPrincipal):
+            return True
+        user_id = self._user_id(principal)
+        if user_id is None:
+            return False  # devices
+        if "+" in topic_filter or "#" in topic_filter:
+            return True
+        slug = self.slug_of(topic_filter)
+        if slug is None:
+            return self._refuse_subscription(principal, topic_filter, "it names no DASF topic")
+        snapshot = self.service.grants
+        known = snapshot.topics.get(slug)
+        if known is None or snapshot.allows(user_id, CAN_CONSUME, known):
+            return True
+        return self._refuse_subscription(principal, topic_filter, "it needs the can_consume permission")
+
+    def _refuse_subscription(self, principal, topic_filter, why):
+        self.counts["subscriptions_refused"] += 1
+        who = _name(principal)
+        self._log.warning(
+            "subscribe", (who, topic_filter), "DASF over MQTT: %s may not subscribe to %r: %s", who, topic_filter, why
+        )
+        return False
 
     def can_receive(self, principal, topic):
         if isinstance(principal, HubPrincipal):
@@ -145,9 +169,14 @@ class DasfNamespace:
         self._drop(principal, topic, result)
         return "not_authorized" if " may not " in result else "payload"
 
+    def refused(self, principal, topic):
+        """The ACL refused a PUBLISH to ``topic`` (no ``can_produce``, or a device): dropped, counted here (the
+        broker's bridge logs it)."""
+        self.counts["dropped"] += 1
+
     def _drop(self, principal, topic, reason):
         self.counts["dropped"] += 1
-        who = getattr(principal, "username", None) or getattr(principal, "kind", "?")
+        who = _name(principal)
         self._log.warning("mqtt", (who, topic), "DASF over MQTT: %s on %r dropped: %s", who, topic, reason)
 
     # DASF -> MQTT -----------------------------------------------------------------------------------------
@@ -161,6 +190,10 @@ class DasfNamespace:
         for publish in self.publishers:
             if publish(topic, data):
                 self.counts["published"] += 1
+
+
+def _name(principal):
+    return getattr(principal, "username", None) or getattr(principal, "kind", "?")
 
 
 class _Principal:
