@@ -585,6 +585,26 @@ class StalledConsumer:
     gate = None
 
 
+def _caught_up(service, slug):
+    return sum(1 for connection in service.connections.get(slug, ()) if connection.caught_up)
+
+
+async def test_a_consumer_gets_a_backlog_larger_than_its_queue_at_its_own_pace(dasf, people):
+    alice, bob, _ = people
+    await make_topic("calc", consumers=[bob], producers=[alice], supports_dasf=False)
+    producer = await open_ws("/ws/calc/", alice)
+    ids = [(await produce(producer, request(context=i)))["messageId"] for i in range(12)]
+    with override_settings(DASF_CONSUMER_QUEUE_SIZE=3):
+        consumer = await open_ws("/ws/calc/late/", bob)
+    got = [(await next_message(consumer))["messageId"] for _ in range(6)]
+    live = (await produce(producer, request("live")))["messageId"]  # while the backlog is being sent
+    got += [(await next_message(consumer))["messageId"] for _ in range(7)]
+    assert got == [*ids, live]  # all of them, in order, and not closed as too slow
+    assert dasf.counts["too_slow"] == 0
+    for ws in (consumer, producer):
+        await ws.disconnect()
+
+
 async def test_a_consumer_that_falls_behind_is_closed_and_gets_stored_messages_again(dasf, people, caplog):
     from channels.routing import URLRouter
     from django.urls import re_path
@@ -609,6 +629,9 @@ async def test_a_consumer_that_falls_behind_is_closed_and_gets_stored_messages_a
     producer = await open_ws("/ws/calc/", alice)
     with override_settings(DASF_CONSUMER_QUEUE_SIZE=3):
         slow = await open_ws("/ws/calc/slow/", bob, app=app)
+    # Both consumers connected before anything is produced: what follows reaches them live (a consumer still
+    # being sent its stored messages takes its time instead, however slow, and is not closed for that).
+    await until(lambda: _caught_up(dasf, "calc") == 2, message="both consumers to be connected")
     try:
         ids = [(await produce(producer, request(context=i)))["messageId"] for i in range(10)]
         assert [(await next_message(healthy))["messageId"] for _ in ids] == ids  # the healthy one got all

@@ -11,7 +11,8 @@ clients treat a result containing "error" as a failed request). A consumer that 
 names a reserved topic or brings an invalid token gets ``{"result": "error: ..."}`` and is closed (4403,
 or 4401 for the token). A consumer that falls ``DASF_CONSUMER_QUEUE_SIZE`` messages behind is sent
 ``{"result": "error: too slow ..."}`` and closed with 4429; messages its topic stores reach it again when it
-reconnects.
+reconnects. Those stored messages go out at the pace the client reads them, however many there are: a
+backlog larger than the queue is no reason to close a consumer that reads.
 
 Costs per message: no ORM hop per frame (``dispatch`` is overridden), no database query for permissions
 (the service's snapshot), JSON parsed once (orjson) and serialized once for every consumer.
@@ -34,7 +35,7 @@ from . import app_settings
 from .auth import principal_of
 from .constants import MessageType, PropertyKeys, slug_problem
 from .grants import CAN_CONSUME
-from .service import ORIGIN, broker_request, ensure_service, group_name
+from .service import DISABLED, ORIGIN, broker_request, ensure_service, group_name
 
 logger = logging.getLogger("hubserver.dasf")
 _log = ThrottledLog(logger)
@@ -61,6 +62,7 @@ class DasfConnection(AsyncWebsocketConsumer):
         self._sender = None
         self._closing = False
         self._watchdog = None
+        self._room = None  # set when a sender waiting for room in the queue may go on
 
     async def __call__(self, scope, receive, send):
         """Without a channel layer to listen to, frames are read in a plain loop: channels' own loop makes a
@@ -96,6 +98,7 @@ class DasfConnection(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self._closing = True
+        self._wake()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._sender is not None and not self._sender.done():
@@ -118,6 +121,22 @@ class DasfConnection(AsyncWebsocketConsumer):
         self._queue.put_nowait(text)
         return True
 
+    async def put(self, text):
+        """Queue a frame, waiting while the queue is half full (stored messages, sent at the client's pace;
+        live ones keep the other half). Returns False when the connection is closing."""
+        queue = self._queue
+        while not self._closing and queue.qsize() >= max(1, self._limit // 2):
+            self._room = asyncio.Event()
+            await self._room.wait()
+        if self._closing:
+            return False
+        queue.put_nowait(text)
+        return True
+
+    def _wake(self):
+        if self._room is not None:
+            self._room.set()
+
     def send_result(self, result, **fields):
         self.enqueue(orjson.dumps({**fields, "result": result}).decode())
 
@@ -127,6 +146,7 @@ class DasfConnection(AsyncWebsocketConsumer):
             return
         self.send_result(result)
         self._closing = True
+        self._wake()
         self._queue.put_nowait((code, result))
         _log.warning("refused", (self.principal, self.slug, code), "DASF: %s refused: %s", self.describe(), result)
 
@@ -139,6 +159,7 @@ class DasfConnection(AsyncWebsocketConsumer):
         queue.put_nowait(orjson.dumps({"result": result}).decode())
         queue.put_nowait((CLOSE_TOO_SLOW, "too slow"))
         self._closing = True
+        self._wake()
         self._watchdog = asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, self._force_close)
         self.service.counts["too_slow"] += 1
         _log.warning(
@@ -160,6 +181,8 @@ class DasfConnection(AsyncWebsocketConsumer):
         queue = self._queue
         while True:
             item = await queue.get()
+            if self._room is not None and queue.qsize() < max(1, self._limit // 2):
+                self._room.set()
             if type(item) is tuple:  # (close code, reason): everything before it went out
                 code, reason = item
                 await self.close(code=code, reason=reason[:120])
@@ -232,6 +255,7 @@ class TopicConsumer(DasfConnection):
         self.topic = None
         self._checked = None  # (service.epoch, topic id) the permission was last checked at
         self._held = None  # live messages that arrive while the stored ones are being sent
+        self._missed = False  # some of those were let go: they are stored, and read again
         self._registered = False
 
     async def connect(self):
@@ -258,13 +282,7 @@ class TopicConsumer(DasfConnection):
         if topic is not None:
             self._checked = (service.epoch, topic.id)
             await service.consumer_connected(topic)
-            sent_ids = set()
-            for message_id, payload in await service.outstanding(topic, self.principal.user_id):
-                sent_ids.add(message_id)
-                sent += self.enqueue(payload)
-            for message_id, payload in self._held:
-                if message_id not in sent_ids:
-                    sent += self.enqueue(payload)
+            sent = await self._catch_up(topic)
         self._held = None
         if topic is not None and not topic.is_response and topic.supports_dasf and not sent:
             # Ask the backend to describe its API (stored on the topic when it answers on status-ping).
@@ -289,6 +307,38 @@ class TopicConsumer(DasfConnection):
             except Exception as exc:
                 _log.warning("left", self.slug, "DASF: after a consumer of %s left: %s", self.slug, exc)
 
+    @property
+    def caught_up(self):
+        """Registered, and its stored messages queued: what it gets from now on is live."""
+        return self._registered and self._held is None
+
+    async def _catch_up(self, topic):
+        """Send the stored messages this consumer still has to get, then the live ones that came meanwhile;
+        returns how many. Live messages wait in ``_held``, bounded like the queue: when more come, on a topic
+        that stores them (each is committed before it is delivered), they are let go and the stored messages
+        read again; on a topic that stores nothing the consumer fell behind."""
+        sent_ids = set()
+        sent = 0
+        while True:
+            self._missed = False
+            for message_id, payload in await self.service.outstanding(topic, self.principal.user_id):
+                if message_id not in sent_ids:
+                    sent_ids.add(message_id)
+                    if not await self.put(payload):
+                        return sent
+                    sent += 1
+            while self._held and not self._missed:
+                held, self._held = self._held, []
+                for message_id, payload in held:
+                    if message_id not in sent_ids:
+                        sent_ids.add(message_id)
+                        if not await self.put(payload):
+                            return sent
+                        sent += 1
+            if not self._missed:
+                return sent
+            self._held = []
+
     def _not_allowed(self):
         return f"error: {self.principal} may not consume topic {self.slug!r} (it needs the can_consume permission)"
 
@@ -305,7 +355,11 @@ class TopicConsumer(DasfConnection):
             self.topic = topic
         if self._held is not None:  # stored messages are being sent first: these wait, counted like the queue
             if len(self._held) >= self._limit:
-                self._too_slow()
+                if topic.store == DISABLED:
+                    self._too_slow()
+                    return 0
+                self._missed = True  # stored: _catch_up reads them again
+                self._held.clear()
                 return 0
             self._held.append((message_id, payload))
             return 1
