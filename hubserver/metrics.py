@@ -24,6 +24,8 @@ Names (all prefixed ``hubserver_``):
 | ``mqtt_closed_total{reason}`` | counter | connections the broker closed for a limit or a protocol violation |
 | ``mqtt_throttled_total{reason}``, ``mqtt_throttled_seconds_total`` | counter | pauses of reading a client, |
 | | | and their seconds (quotas, back-pressure) |
+| ``mqtt5_disconnects_total{reason}`` | counter | DISCONNECTs sent to MQTT 5 clients (``packet_too_large``, |
+| | | ``session_taken_over``, ``keep_alive_timeout``, ``protocol_error``...) |
 | ``auth_failures_total{source}`` | counter | ``mqtt`` (broker CONNECTs refused), ``http`` (``/iot/broker/auth/``) |
 | ``auth_throttled_total{source,reason}`` | counter | attempts refused unchecked (``username``, ``address``) |
 | ``auth_throttle_keys{table}`` | gauge | usernames and addresses whose failures the throttle remembers |
@@ -129,6 +131,13 @@ def _limit_metrics(broker_stats):
         "mqtt_throttled_seconds",
         "Seconds MQTT clients' reading was paused by their quotas and back-pressure, in total.",
         broker_stats.get("throttled_seconds", 0.0),
+    )
+    disconnects = broker_stats.get("mqtt5_disconnects", {})
+    yield _counter(
+        "mqtt5_disconnects",
+        "DISCONNECTs the hub sent to MQTT 5 clients before closing their connection, by reason code name.",
+        labels=["reason"],
+        samples=[([reason], count) for reason, count in sorted(disconnects.items())],
     )
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from hubserver.access import namespaces
 from hubserver.access.acl import can_publish, device_publish_kind
 from hubserver.access.principals import DevicePrincipal
+from hubserver.routing.properties import MessageProperties
 from hubserver.routing.throttle import ThrottledLog, clip
 
 from .mqtt5 import reasons
@@ -46,7 +47,8 @@ class RouterBridge:
     async def submit(self, session, topic, payload, qos, properties=None):
         """The reader's short path for a device's PUBLISH: the router's future, or None when the ACL refuses
         it (acknowledge it, store and deliver nothing). Raises when it cannot be queued (do not acknowledge).
-        ``properties``: the message's MQTT 5 properties (``plugins/mqtt5/session.message_properties``)."""
+        ``properties``: the message's MQTT 5 properties (``plugins/mqtt5/session.message_properties``), of
+        which the router stores content type, correlation data and user properties with it."""
         if self.closing:
             raise ConnectionAbortedError("the hub is stopping")
         principal = principal_of(session)
@@ -55,7 +57,13 @@ class RouterBridge:
             self._drop(session, topic)
             return None
         return await self.router.submit(
-            kind, principal.type_name, principal.device_id, payload, qos=qos, client_id=session.client_id
+            kind,
+            principal.type_name,
+            principal.device_id,
+            payload,
+            qos=qos,
+            client_id=session.client_id,
+            properties=MessageProperties.from_mqtt(properties) if properties else None,
         )
 
     def _permitted(self, session, principal, topic):
@@ -108,8 +116,7 @@ class RouterBridge:
         principal = principal_of(session)
         topic = message.topic
         if not self._permitted(session, principal, topic):
-            if hasattr(message, "refusal") and namespaces.owner(topic) is not None:
-                message.refusal = reasons.NOT_AUTHORIZED  # MQTT 5: the PUBACK says why
+            _refused(message, "acl", "")
             return Outcome.DROP
         if not isinstance(principal, DevicePrincipal):
             application = namespaces.owner(topic)
@@ -119,6 +126,7 @@ class RouterBridge:
                     message.refusal = _REFUSALS.get(refusal, reasons.IMPLEMENTATION_SPECIFIC_ERROR)
                 return Outcome.DROP  # acknowledged; the application delivers it (to MQTT subscribers too)
             return Outcome.DELIVER  # service and anonymous clients publish outside the device namespace
+        properties = getattr(message, "properties", None)  # an MQTT 5 message's own
         future = await self.router.submit(
             device_publish_kind(principal, topic),  # not None: can_publish admitted the device's own topic
             principal.type_name,
@@ -126,12 +134,22 @@ class RouterBridge:
             bytes(message.data),
             qos=message.qos or 0,
             client_id=session.client_id,
+            properties=MessageProperties.from_mqtt(properties) if properties else None,
         )
         if not message.qos:
             future.add_done_callback(_log_failure)
             return Outcome.DELIVER
         result = await future
-        return Outcome.DELIVER if result.stored else Outcome.DROP
+        if result.stored:
+            return Outcome.DELIVER
+        _refused(message, result.reason, result.error)
+        return Outcome.DROP
+
+
+def _refused(message, reason, detail):
+    """Tell an MQTT 5 message (which has room for it) why it was refused: its acknowledgement says so."""
+    if hasattr(message, "refused"):
+        message.refused = (reason, detail)
 
 
 def _log_failure(future):

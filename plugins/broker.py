@@ -91,7 +91,8 @@ class HubBroker(Broker):
         self._share_groups = {}
         self._share_turn = Counter()
         self._retained_props = {}  # topic -> MQTT 5 properties of its retained message
-        self.disconnects = Counter()  # MQTT 5 connections the hub closed with a DISCONNECT, by reason
+        # DISCONNECTs the hub sent MQTT 5 clients, by reason (every one the hub sends present from the start).
+        self.disconnects = Counter({reasons.label(code): 0 for code in reasons.SERVER_DISCONNECTS})
         self._live = {}  # principal -> number of open connections (a take-over briefly makes it 2)
         self._sockets = 0  # accepted connections, whether or not they completed their CONNECT
         self.limits = Limits.from_settings()
@@ -499,16 +500,26 @@ class HubBroker(Broker):
             return False
         return topic is None or self.subscribed(client_id, topic)
 
-    async def publish_to(self, client_id, topic, data, qos, properties=None):
+    async def publish_to(
+        self, client_id, topic, data, qos, *, correlation_id="", response_topic="", user_properties=None
+    ):
         """Send to one client's live session; returns once it acknowledged (QoS >= 1) or it was written.
-        ``properties`` (MQTT 5) go to an MQTT 5 session; a 3.1.1 one has no way to carry them."""
+        An MQTT 5 client gets ``correlation_id`` as Correlation Data, ``response_topic`` and
+        ``user_properties`` as properties, and a JSON content type; MQTT 3.1.1 has no room for them."""
         handler = self._live_handler(client_id)
         if handler is None:
             raise ConnectionError(f"{client_id} is not connected")
-        if properties and getattr(handler.session, "v5", None) is not None:
-            await handler.mqtt_publish(topic, data, qos, retain=False, properties=properties)
-        else:
+        if not isinstance(handler, MQTT5Handler):
             await handler.mqtt_publish(topic, data, qos, retain=False)
+            return
+        properties = {"content_type": "application/json"}
+        if correlation_id:
+            properties["correlation_data"] = correlation_id.encode()
+        if response_topic:
+            properties["response_topic"] = response_topic
+        if user_properties:
+            properties["user_property"] = [(str(name), str(value)) for name, value in user_properties.items()]
+        await handler.mqtt_publish(topic, data, qos, retain=False, properties=properties)
 
     async def kick_username(self, username):
         """Close and forget every session authenticated as ``username``; returns their client ids."""

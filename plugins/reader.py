@@ -86,7 +86,7 @@ class FastReaderHandler(BrokerProtocolHandler):
 
     async def _reader_loop(self):
         loop = asyncio.get_running_loop()
-        self._acks = None  # deque of (packet id or None, router future, topic, payload, qos), made on first use
+        self._acks = None  # deque of (packet id, router future, topic, payload, qos, properties, refusal): lazily
         self._tasks = None  # amqtt handler tasks still running, made on first use (idle devices have none)
         self._client = self.session  # outlives a detach: messages committed after a disconnect are still its own
         self._fast = self._short_path_allowed()
@@ -94,6 +94,8 @@ class FastReaderHandler(BrokerProtocolHandler):
         self._watchdog = None
         self._behind = False  # the client is not reading what it is sent
         self._flush = False  # closing for a violation: acknowledge what was stored before it
+        self._closing = False  # the connection is being closed: no more acknowledgements
+        self._unacked = 0  # QoS 1 PUBLISHes of the short path not acknowledged yet
         self._transport = transport_of(self.writer)
         limits = self.limits or Limits.from_settings()
         if self.counters is None:
@@ -170,6 +172,7 @@ class FastReaderHandler(BrokerProtocolHandler):
                 self._watchdog.cancel()
         if self._flush:
             await self._acknowledge_what_was_stored()
+            await self._closed_for()
         for task in list(self._tasks or ()):
             task.cancel()
         if self._behind and self._transport is not None:
@@ -189,7 +192,8 @@ class FastReaderHandler(BrokerProtocolHandler):
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
 
     def _close_for(self, reason, detail):
-        """Count and log (once a minute per reason) a connection the hub closes because of what it sent."""
+        """Count and log (once a minute per reason) a connection the hub closes because of what it sent.
+        (The protocol's hook: MQTT 5 also tells the client why, see ``_closed_for``.)"""
         self._flush = True
         self.counters.close(
             self._client.client_id if self._client is not None else None,
@@ -198,6 +202,10 @@ class FastReaderHandler(BrokerProtocolHandler):
             self._who(),
             detail,
         )
+
+    async def _closed_for(self):
+        """Called once what was stored before the violation is acknowledged, before the connection closes:
+        MQTT 3.1.1 has nothing to say; MQTT 5 sends its DISCONNECT here."""
 
     # --- quotas and back-pressure: the reader stops reading this client's socket for a while -------------
 
@@ -369,7 +377,8 @@ class FastReaderHandler(BrokerProtocolHandler):
         return self._fast and not flags & 0x01 and (qos == 1 or (qos == 0 and not flags & 0x08))
 
     async def _publish(self, flags, body):
-        """Submit one device PUBLISH; False when the connection must close without acknowledging it."""
+        """Parse one device PUBLISH (MQTT 3.1.1) and submit it; False when the connection must close without
+        acknowledging it. (The protocol's hook: MQTT 5's handler parses its own, then calls ``_submit``.)"""
         qos = (flags >> 1) & 0x03
         size = len(body)
         try:
@@ -389,26 +398,38 @@ class FastReaderHandler(BrokerProtocolHandler):
         if size - end > self._max_payload:
             self._close_for("payload_too_large", f"a payload of {size - end} bytes (MAX_PAYLOAD_SIZE)")
             return False
-        payload = body[end:]
-        try:
-            future = await self.bridge.submit(self.session, topic, payload, qos)
-        except Exception as exc:
-            self.counters._log.warning(
-                "not_stored",
-                type(exc).__name__,
-                "%s: message on %s not stored (%s); closing the connection unacknowledged",
-                self._who(),
-                clip(topic),
-                exc,
-            )
-            return False
+        return await self._submit(topic, packet_id, body[end:], qos)
+
+    async def _submit(self, topic, packet_id, payload, qos, properties=None, refusal=None):
+        """Hand a parsed device PUBLISH to the bridge and queue its acknowledgement in arrival order; False
+        when it cannot be queued (the connection closes without acknowledging it). ``refusal``: the reason
+        code (MQTT 5) it is refused with before it reaches the bridge; ``properties``: its MQTT 5 message
+        properties, stored with it and passed on to subscribers."""
+        future = None
+        if refusal is None:
+            try:
+                future = await self.bridge.submit(self.session, topic, payload, qos, properties)
+            except Exception as exc:
+                self.counters._log.warning(
+                    "not_stored",
+                    type(exc).__name__,
+                    "%s: message on %s not stored (%s); closing the connection unacknowledged",
+                    self._who(),
+                    clip(topic),
+                    exc,
+                )
+                return False
+            if future is None:  # refused by the ACL: acknowledged (MQTT 5: as not authorized), not stored
+                refusal = self.acl_refusal
         acks = self._acks
         if acks is None:
             acks = self._acks = collections.deque()
-        acks.append((packet_id, future, topic, payload, qos))
-        if future is None:  # refused by the ACL: acknowledged, neither stored nor delivered...
+        acks.append((packet_id, future, topic, payload, qos, properties, refusal))
+        if packet_id is not None:
+            self._unacked += 1
+        if future is None:
             if not topic or "+" in topic or "#" in topic or "\0" in topic:
-                check_topic(topic or "+")  # ...unless no broker may accept it: ACL-permitted topics are valid
+                check_topic(topic or "+")  # no broker may accept it: ACL-permitted topics are valid
             self._release()
         else:
             future.add_done_callback(self._release)
@@ -420,22 +441,21 @@ class FastReaderHandler(BrokerProtocolHandler):
         session = self._client
         out = []
         while acks:
-            packet_id, future, topic, payload, qos = acks[0]
+            packet_id, future, topic, payload, qos, properties, refusal = acks[0]
+            reason = ""
             if future is not None:
                 if not future.done():
                     break
                 error = "cancelled" if future.cancelled() else future.exception()
-                if error is None and future.result().stored:
-                    self.bridge.deliver(session, topic, payload, qos)
-                elif error is not None and qos:
-                    self.counters.close(
-                        session.client_id,
-                        "not_stored",
-                        "%s: message on %s not stored (%s); closing the connection unacknowledged",
-                        self._who(),
-                        clip(topic),
-                        error,
-                    )
+                if error is None:
+                    result = future.result()
+                    if result.stored:
+                        self.bridge.deliver(session, topic, payload, qos, properties)
+                    elif self.refusal_codes is not None:
+                        refusal = self.refusal_codes.get(result.reason, self.unspecified_refusal)
+                        reason = result.error
+                elif qos:
+                    self._close_for("not_stored", f"a message on {clip(topic)} was not stored: {error}")
                     for item in acks:  # nobody waits for the rest: their errors must not go unretrieved
                         if item[1] is not None:
                             item[1].add_done_callback(_retrieved)
@@ -443,15 +463,28 @@ class FastReaderHandler(BrokerProtocolHandler):
                     if self._reader_task is not None:
                         self._reader_task.cancel()
                     break
-                elif error is not None:
+                else:
                     self.counters._log.warning(
                         "qos0_lost", type(error).__name__, "%s: a QoS 0 message was lost: %s", self._who(), error
                     )
             acks.popleft()
             if packet_id is not None:
-                out.append(_PUBACK + packet_id.to_bytes(2, "big"))
-        if out and self.writer is not None:
+                self._unacked -= 1
+                if refusal is None:
+                    out.append(_PUBACK + packet_id.to_bytes(2, "big"))
+                else:
+                    out.append(self._refused_ack(packet_id, refusal, reason))
+        if out and self.writer is not None and not self._closing:
             self._write_now(b"".join(out))
+
+    # MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged like a stored one.
+    acl_refusal = None  # what a PUBLISH the ACL refuses is acknowledged with (None: a plain PUBACK)
+    refusal_codes = None  # router refusal reason -> reason code (None: a plain PUBACK)
+    unspecified_refusal = None
+
+    def _refused_ack(self, packet_id, refusal, reason):
+        """The PUBACK of a refused message (MQTT 5 carries the reason code and a reason string)."""
+        return _PUBACK + packet_id.to_bytes(2, "big")
 
     def _write_now(self, data):
         """Write without awaiting: a TCP stream sends at once; a buffering writer (MQTT over WebSocket) sends

@@ -6,7 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from tests.mqtt import Client, free_port
+from tests.mqtt import Client, Client5, RawClient5, free_port
 
 pytest_plugins = ["tests.service_fixtures", "tests.brokers"]
 
@@ -50,19 +50,36 @@ async def hub(transactional_db, hub_settings_override):
             await hub.stop()
 
 
-@pytest.fixture
-def clients():
-    """Make paho clients that are stopped at the end of the test, whatever happens."""
+def _factory(cls, finish):
+    """A fixture's body: yields ``make(*args)`` for ``cls`` clients, then ends each one with ``finish``."""
     made = []
 
-    def make(port, *args, **kwargs):
-        client = Client(port, *args, **kwargs)
+    def make(*args, **kwargs):
+        client = cls(*args, **kwargs)
         made.append(client)
         return client
 
     yield make
     for client in made:
-        client.stop()
+        getattr(client, finish)()
+
+
+@pytest.fixture
+def clients():
+    """Make paho clients that are stopped at the end of the test, whatever happens."""
+    yield from _factory(Client, "stop")
+
+
+@pytest.fixture
+def v5():
+    """Make paho MQTT 5 clients (``tests.mqtt.Client5``) that are stopped at the end of the test."""
+    yield from _factory(Client5, "stop")
+
+
+@pytest.fixture
+def raw():
+    """Make raw MQTT 5 clients (``tests.mqtt.RawClient5``) that are closed at the end of the test."""
+    yield from _factory(RawClient5, "close")
 
 
 @database_sync_to_async

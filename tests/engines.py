@@ -24,7 +24,9 @@ class RecordingBroker(BaseBroker):
         self.online.clear()
         self.calls.append("stop")
 
-    async def publish_to_device(self, client_id, topic, payload, *, qos=1, correlation_id="", user_properties=None):
+    async def publish_to_device(
+        self, client_id, topic, payload, *, qos=1, correlation_id="", response_topic="", user_properties=None
+    ):
         if client_id not in self.online:
             raise ConnectionError(f"{client_id} is not connected")
         self.published.append((client_id, topic, payload, qos, correlation_id))

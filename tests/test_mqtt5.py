@@ -9,47 +9,10 @@ import pytest
 from channels.db import database_sync_to_async
 from hubserver.plugins.mqtt5 import codec, reasons
 
-from tests.conftest import make_service_user, provision_device
-from tests.mqtt import Client5, RawClient, RawClient5, until
+from tests.conftest import provision_device
+from tests.mqtt import RawClient, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-SERVICE = ("svc", "svc-pass")
-
-
-@pytest.fixture
-async def service(transactional_db):
-    await make_service_user(*SERVICE)
-    return SERVICE
-
-
-@pytest.fixture
-def v5(clients):
-    """Make paho MQTT 5 clients that are stopped at the end of the test."""
-    made = []
-
-    def make(port, *args, **kwargs):
-        client = Client5(port, *args, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.stop()
-
-
-@pytest.fixture
-def raw():
-    made = []
-
-    def make(port):
-        client = RawClient5(port)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 async def device5(hub, v5, device_id="t-1", **kwargs):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import make_service_user, provision_device
+from tests.conftest import provision_device
 from tests.mqtt import Client5, until
 
 pytestmark = [
@@ -20,12 +20,6 @@ SERVICE = ("svc", "svc-pass")
 # mosquitto_sub's output: topic, QoS, retain, content type, correlation data, user properties, response
 # topic, subscription identifier, payload
 FORMAT = "%t|%q|%r|%C|%D|%P|%R|%S|%p"
-
-
-@pytest.fixture
-async def service(transactional_db):
-    await make_service_user(*SERVICE)
-    return SERVICE
 
 
 class Process:

@@ -60,13 +60,16 @@ class BaseBroker(abc.ABC):
         *,
         qos: int = 1,
         correlation_id: str = "",
+        response_topic: str = "",
         user_properties: Mapping[str, str] | None = None,
     ) -> None:
         """Send one message to a device (``client_id`` is its MQTT client id, which is its
         ``mqtt_username``) on ``topic``. Returns once the device acknowledged it (QoS 1/2) or it was
         written (QoS 0); raises ``ConnectionError`` if the device is not connected or the connection drops
-        first. An engine speaking MQTT 5 sends ``correlation_id`` and ``user_properties`` as properties;
-        over MQTT 3.1.1 they cannot travel (the hub's command envelope carries the correlation id)."""
+        first. Over MQTT 5 an engine sends ``correlation_id`` as Correlation Data (its UTF-8 bytes),
+        ``response_topic`` (where the device's reply goes) and ``user_properties`` as properties; over
+        MQTT 3.1.1 they cannot travel (the hub's command envelope carries the correlation id). The reply
+        is matched by either: ``router.submit(..., properties=MessageProperties(correlation_id=...))``."""
 
     @abc.abstractmethod
     def is_connected(self, client_id: str, topic: str | None = None) -> bool:

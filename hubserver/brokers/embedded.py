@@ -124,15 +124,20 @@ class EmbeddedBroker(BaseBroker):
         *,
         qos: int = 1,
         correlation_id: str = "",
+        response_topic: str = "",
         user_properties: Mapping[str, str] | None = None,
     ) -> None:
-        # An MQTT 5 device also gets them as properties; over MQTT 3.1.1 only the envelope carries the id.
-        properties: dict[str, Any] = {}
-        if correlation_id:
-            properties["correlation_data"] = correlation_id.encode()
-        if user_properties:
-            properties["user_property"] = list(user_properties.items())
-        await self.broker.publish_to(client_id, topic, payload, qos, properties or None)
+        # Decided per connection at publish time: an MQTT 5 device gets them as properties; over MQTT 3.1.1
+        # the correlation id travels in the command envelope only.
+        await self.broker.publish_to(
+            client_id,
+            topic,
+            payload,
+            qos,
+            correlation_id=correlation_id,
+            response_topic=response_topic,
+            user_properties=user_properties,
+        )
 
     def is_connected(self, client_id: str, topic: str | None = None) -> bool:
         return self.broker is not None and self.broker.is_connected(client_id, topic)
@@ -166,6 +171,7 @@ class EmbeddedBroker(BaseBroker):
             "throttled": dict(broker.limit_counters.throttled),
             "throttled_seconds": broker.limit_counters.throttled_seconds,
             "dropped_deliveries": dict(broker.limit_counters.dropped),
+            "mqtt5_disconnects": dict(broker.disconnects),
         }
 
     def client_limits(self, client_id: str) -> dict[str, int]:

@@ -24,9 +24,10 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from ..conf import hub_settings
 from ..registry import registry
 from ..signals import device_command_sent
-from ..vocabulary import CommandState, Direction
+from ..vocabulary import CommandState, Direction, Kind, device_topic
 from .events import CommandChange, command_queued
 
 logger = logging.getLogger("hubserver.commands")
@@ -190,7 +191,13 @@ class CommandDispatcher:
             self._emit(change.moved(CommandState.SENT))
             try:
                 await broker.publish_to_device(
-                    client_id, topic, orjson.dumps(envelope), qos=qos, correlation_id=change.correlation_id
+                    client_id,
+                    topic,
+                    orjson.dumps(envelope),
+                    qos=qos,
+                    correlation_id=change.correlation_id,
+                    response_topic=_reply_topic(change),
+                    user_properties={"command": change.command},
                 )
             except (Exception, asyncio.CancelledError):
                 # The connection went before the acknowledgement: send it again on the next connection
@@ -221,6 +228,11 @@ class CommandDispatcher:
                 # reply proves delivery, so viewers see every state, in order.
                 self._emit(change.moved(CommandState.DELIVERED, at=change.at))
             self._emit(change)
+
+
+def _reply_topic(change):
+    """Where the device answers a command: its ``reply`` topic (MQTT 5 sends it as the Response Topic)."""
+    return device_topic(hub_settings.TOPIC_PREFIX, change.type_name, change.device_id, Kind.REPLY)
 
 
 def _change(type_name, row, state=None, **moved):

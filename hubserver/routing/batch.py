@@ -46,6 +46,9 @@ MESSAGE_COLUMNS = (
     "received_at",
     "processed_at",
 )
+# ... and those of a message that carries its own (MQTT 5 properties): a statement of their own, so the many
+# messages without any pay nothing for them.
+PROPERTY_COLUMNS = (*MESSAGE_COLUMNS, "content_type", "user_properties")
 _inserters = {}  # (model, columns) -> RowInserter
 _updaters = {}  # Device model -> RowUpdater
 # pg_advisory_xact_lock(namespace, table key): the hub's writers take one per table they write.
@@ -111,6 +114,17 @@ class Rows:
         self.cursors = {}  # Message model -> (newest pk before this batch, newest pk of this batch)
 
     def add(self, row):
+        columns = row.columns
+        if columns is MESSAGE_COLUMNS and (row.model, PROPERTY_COLUMNS) in self.inserts:
+            _widen(row)
+        elif columns is PROPERTY_COLUMNS:
+            # Messages with and without properties in one batch: all of them in one statement, so that their
+            # ids follow their arrival order.
+            narrow = self.inserts.pop((row.model, MESSAGE_COLUMNS), None)
+            if narrow:
+                for earlier in narrow:
+                    _widen(earlier)
+                self.inserts.setdefault((row.model, PROPERTY_COLUMNS), []).extend(narrow)
         self.inserts.setdefault((row.model, row.columns), []).append(row)
         return row
 
@@ -230,7 +244,8 @@ def _handle_status(work, rows, now):
 
 def _handle_reply(work, rows, now):
     obj, error = _decode(work.payload)
-    reply = payloads.parse_reply(obj) if obj is not None else None
+    by_property = work.properties.correlation_id if work.properties is not None else ""
+    reply = payloads.parse_reply(obj, by_property) if obj is not None else None
     errors = reply.errors if reply is not None else [error]
     state, state_errors = payloads.parse_state(work.device_type, obj) if obj is not None else ({}, [])
     errors = [*errors, *state_errors]
@@ -286,6 +301,9 @@ def _decode(payload):
 
 
 def _message(work, rows, obj, errors, now, correlation_id=""):
+    properties = work.properties
+    if properties is not None and not correlation_id:
+        correlation_id = properties.correlation_id
     values = (
         work.device.pk,
         device_topic(rows.prefix, work.key[0], work.key[1], work.kind),
@@ -298,7 +316,19 @@ def _message(work, rows, obj, errors, now, correlation_id=""):
         work.received_at,
         now,
     )
-    return StoredRow(work.models[2], MESSAGE_COLUMNS, values, device=work.device)
+    if properties is None:
+        return StoredRow(work.models[2], MESSAGE_COLUMNS, values, device=work.device)
+    extra = (properties.content_type or _DEFAULT_CONTENT_TYPE, properties.user_properties or {})
+    return StoredRow(work.models[2], PROPERTY_COLUMNS, values + extra, device=work.device)
+
+
+_DEFAULT_CONTENT_TYPE = BaseMessage._meta.get_field("content_type").default
+
+
+def _widen(row):
+    """A Message row without properties as one with the defaults of theirs."""
+    row.columns = PROPERTY_COLUMNS
+    row.values = (*row.values, _DEFAULT_CONTENT_TYPE, {})
 
 
 def _reading(work, parsed):

@@ -235,7 +235,11 @@ class ParsedReply:
     errors: list = field(default_factory=list)
 
 
-def parse_reply(obj):
+def parse_reply(obj, by_property=""):
+    """``by_property``: the correlation id the reply carried as a property (MQTT 5 Correlation Data); it
+    answers the command it names whatever the JSON says, and the JSON then need not name one."""
+    if by_property:
+        return ParsedReply(by_property, obj.get("status"), obj.get("result"), [])
     correlation_id = obj.get("correlation_id")
     errors = []
     if not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= MAX_CORRELATION_ID_LENGTH:

@@ -28,6 +28,7 @@ from .batch import write_batch
 from .devices import DeviceCache, device_key
 from .dispatch import Dispatcher
 from .heartbeat import HeartbeatMonitor
+from .properties import MessageProperties
 from .results import Refusal, RouteResult, RouterNotRunning, refused
 from .throttle import ThrottledLog
 from .work import Work
@@ -169,6 +170,7 @@ class MessageRouter:
         received_at: datetime | None = None,
         client_id: str | None = None,
         verified: bool = False,
+        properties: MessageProperties | None = None,
     ) -> asyncio.Future[RouteResult]:
         """Queue one device message; returns a future resolved with its RouteResult once it is committed.
 
@@ -177,6 +179,8 @@ class MessageRouter:
         ``client_id`` names the sender in logs. ``verified=True`` says the caller has just read the device's
         row and found it active (the HTTP ingest view): a cached "unknown"/"inactive" answer is then stale
         and is dropped rather than returned.
+        ``properties`` (``MessageProperties``): the message's content type, correlation id and user
+        properties (MQTT 5), stored on its row; a reply's correlation id may come from here.
 
         Awaits only when the writer's queue is full. A refusal resolves the future at once (``stored``
         False, ``reason`` a Refusal code). A failed commit sets ``BatchCommitError`` on the future: do not
@@ -208,6 +212,7 @@ class MessageRouter:
             qos=qos,
             client_id=client_id,
             received_at=_aware(received_at),
+            properties=properties,
             **target,
         )
         await self._writer.put(work)
@@ -224,6 +229,7 @@ class MessageRouter:
         received_at: datetime | None = None,
         client_id: str | None = None,
         verified: bool = False,
+        properties: MessageProperties | None = None,
     ) -> RouteResult:
         """``submit()`` and wait for the RouteResult."""
         future = await self.submit(
@@ -235,6 +241,7 @@ class MessageRouter:
             received_at=received_at,
             client_id=client_id,
             verified=verified,
+            properties=properties,
         )
         return await future
 

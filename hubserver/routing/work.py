@@ -28,6 +28,7 @@ class Work:
     qos: int = 0
     client_id: str | None = None
     reason: str = ""  # why a device disconnected
+    properties: object = None  # properties.MessageProperties (MQTT 5 content type, correlation, user properties)
     # Set in the ORM thread.
     device: object = None
     message: object = None  # inserts.StoredRow of the Message (instance() for a model instance)

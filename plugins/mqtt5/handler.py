@@ -9,15 +9,20 @@ it was refused).
 """
 
 import asyncio
-import collections
 import logging
 
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import Subscription, UnSubscription
 from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
 
+from hubserver.access.principals import DevicePrincipal
+from hubserver.conf import hub_settings
+from hubserver.routing.results import Refusal
+from hubserver.vocabulary import Kind, device_topic
+
 from ..bridge import Outcome
 from ..handler import HubProtocolHandler
+from ..session import principal_of
 from . import codec, reasons
 from .properties import read_properties, read_utf8
 from .reasons import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, ProtocolError
@@ -34,14 +39,28 @@ logger = logging.getLogger("hubserver.mqtt")
 _EMPTY = {}
 _PINGRESP = codec.encode(codec.Pingresp())
 
-# Router refusals (``RouteResult.reason``) as PUBACK reason codes.
+# Router refusals (``RouteResult.reason``) as PUBACK reason codes; "acl" is the bridge's own.
 REFUSAL_CODES = {
+    Refusal.PAYLOAD_TOO_LARGE: reasons.QUOTA_EXCEEDED,
+    Refusal.UNKNOWN_DEVICE: reasons.NOT_AUTHORIZED,
+    Refusal.INACTIVE_DEVICE: reasons.NOT_AUTHORIZED,
+    Refusal.UNKNOWN_TYPE: reasons.TOPIC_NAME_INVALID,
+    Refusal.BAD_TOPIC: reasons.TOPIC_NAME_INVALID,
+    "acl": reasons.NOT_AUTHORIZED,
+}
+# The reason string of a refusal that has none of its own.
+REFUSAL_REASONS = {
+    reasons.NOT_AUTHORIZED: "not authorized to publish to this topic",
+    reasons.PAYLOAD_FORMAT_INVALID: "the payload is not UTF-8, as its Payload Format Indicator says",
+    reasons.QUOTA_EXCEEDED: "over a limit of the hub",
+}
+# Why the reader closed a connection (``plugins/limits.CLOSE_REASONS``) as the DISCONNECT's reason code.
+CLOSE_CODES = {
+    "packet_too_large": reasons.PACKET_TOO_LARGE,
+    "protocol_violation": reasons.MALFORMED_PACKET,
     "payload_too_large": reasons.QUOTA_EXCEEDED,
-    "unknown_device": reasons.NOT_AUTHORIZED,
-    "inactive_device": reasons.NOT_AUTHORIZED,
-    "unknown_type": reasons.TOPIC_NAME_INVALID,
-    "bad_topic": reasons.TOPIC_NAME_INVALID,
-    "not_a_device_topic": reasons.TOPIC_NAME_INVALID,
+    "awaiting_rel": reasons.QUOTA_EXCEEDED,
+    "not_stored": reasons.UNSPECIFIED_ERROR,
 }
 
 
@@ -76,12 +95,13 @@ class Received:
 class IncomingMessage(IncomingApplicationMessage):
     """An application message from an MQTT 5 client, with its own properties (None: none)."""
 
-    __slots__ = ("properties", "refusal")
+    __slots__ = ("properties", "refusal", "refused")
 
     def __init__(self, packet_id, topic, qos, data, retain, properties):
         super().__init__(packet_id, topic, qos, data, retain)
         self.properties = properties
         self.refusal = None  # the reason code to acknowledge with, when the hub refuses it
+        self.refused = None  # (reason, detail) the bridge refused it for ("acl", or a router Refusal)
 
 
 class OutgoingMessage(OutgoingApplicationMessage):
@@ -102,16 +122,17 @@ class MQTT5Handler(HubProtocolHandler):
     """One MQTT 5 connection. ``session.v5`` holds the session's MQTT 5 state (``session.V5State``)."""
 
     protocol_level = 5
-    max_packet_size = 0  # the hub's Maximum Packet Size for this connection (set by the broker; 0: none)
     assigned_client_id = None  # the client id the hub chose for a CONNECT without one
+    server_keep_alive = None  # the keepalive the hub holds the client to, when not the one it asked for
 
     def _init_session(self, session):
         super()._init_session(session)
         self._aliases_in = {}  # alias -> topic the client defined on this connection [MQTT-3.3.2-7]
         self._aliases_out = {}  # topic -> alias the hub defined on this connection
-        self._inflight_in = 0  # the client's unacknowledged QoS 1/2 PUBLISHes (at most RECEIVE_MAXIMUM)
+        self._inflight_in = 0  # QoS 1/2 PUBLISHes on amqtt's path not acknowledged yet
         self._send_slots = None  # the client's Receive Maximum, as a semaphore on QoS 1/2 deliveries
         self._closing = False  # a DISCONNECT was sent or received: send nothing more
+        self._goodbye = None  # (reason code, reason string) of the DISCONNECT the reader closes with
 
     # --- sending ------------------------------------------------------------------------------------
 
@@ -129,49 +150,79 @@ class MQTT5Handler(HubProtocolHandler):
         if self._closing or self.writer is None:
             return
         self._closing = True
-        properties = {"reason_string": reason[:200]} if reason else _EMPTY
         try:
-            self._write(codec.encode(codec.Disconnect(code, properties)))
+            self._write(self._disconnect_packet(code, reason))
             await self.writer.close()
         except (ConnectionError, RuntimeError, OSError) as exc:
-            logger.debug("%s: DISCONNECT not sent: %s", self.session.client_id if self.session else "?", exc)
+            logger.debug("%s: DISCONNECT not sent: %s", self._who(), exc)
 
-    async def violation(self, exc):
-        """A protocol violation by the client: counted, logged, answered with DISCONNECT and closed."""
-        client_id = self.session.client_id if self.session else "?"
+    def _disconnect_packet(self, code, reason=""):
+        """A DISCONNECT with ``code`` (and a reason string when the client wants them), counted by reason."""
         counter = getattr(self, "violations", None)
         if counter is not None:
-            counter[reasons.name(exc.code)] += 1
-        logger.info("%s: closing the connection: %s", client_id, exc)
-        await self.send_disconnect(exc.code, str(exc).split(" (")[0])
+            counter[reasons.label(code)] += 1
+        properties = {"reason_string": reason[:200]} if reason and self._problem_info() else _EMPTY
+        return codec.encode(codec.Disconnect(code, properties))
+
+    def _close_for(self, reason, detail):
+        """The reader closes the connection (counted and logged there); the client is told why in a
+        DISCONNECT once what was stored before is acknowledged (``_closed_for``)."""
+        super()._close_for(reason, detail)
+        if self._goodbye is None:
+            code = CLOSE_CODES.get(reason, reasons.UNSPECIFIED_ERROR)
+            if isinstance(detail, ProtocolError):
+                code = detail.code
+            self._goodbye = (code, str(detail).split(" (")[0])
+
+    async def _closed_for(self):
+        if self._goodbye is not None:
+            await self.send_disconnect(*self._goodbye)
 
     def handle_read_timeout(self):
         if self.writer is not None and not self._closing:
             self._closing = True
-            self._write(codec.encode(codec.Disconnect(reasons.KEEP_ALIVE_TIMEOUT)))
+            self._write(self._disconnect_packet(reasons.KEEP_ALIVE_TIMEOUT))
         super().handle_read_timeout()
 
     async def mqtt_connack_authorize(self, authorize):
+        """CONNACK, with every limit the hub holds this client to that MQTT 5 can advertise [MQTT-3.2.2-?]:
+        what it may send at once (Receive Maximum), how large a packet may be (Maximum Packet Size, the
+        hub's MAX_PACKET_SIZE), how many topic aliases it may define, and (explicitly, although their
+        absence means the same) that retained messages, wildcard, shared subscriptions and subscription
+        identifiers are available; QoS 2 is, so Maximum QoS is not sent."""
         session = self.session
         v5 = session.v5
-        properties = {
-            "receive_maximum": RECEIVE_MAXIMUM,
-            "topic_alias_maximum": TOPIC_ALIAS_MAXIMUM,
-        }
-        if self.max_packet_size:
-            properties["maximum_packet_size"] = self.max_packet_size
-        if self.assigned_client_id:
-            properties["assigned_client_identifier"] = self.assigned_client_id
-        server_keep_alive = getattr(self, "server_keep_alive", None)
-        if server_keep_alive is not None:
-            properties["server_keep_alive"] = server_keep_alive
-        if v5.request_response_information and getattr(self, "response_information", None):
-            properties["response_information"] = self.response_information
         code = reasons.SUCCESS if authorize else reasons.NOT_AUTHORIZED
-        connack = codec.Connack(code, bool(session.parent) and authorize, properties if authorize else _EMPTY)
+        properties = self._connack_properties(v5) if authorize else _EMPTY
+        connack = codec.Connack(code, bool(session.parent) and authorize, properties)
         await self._send_packet(RawPacket(codec.encode(connack)))
         if authorize and v5.receive_maximum < 65535:
             self._send_slots = asyncio.Semaphore(v5.receive_maximum)
+
+    def _connack_properties(self, v5):
+        properties = {
+            "receive_maximum": RECEIVE_MAXIMUM,
+            "topic_alias_maximum": TOPIC_ALIAS_MAXIMUM,
+            "retain_available": 1,
+            "wildcard_subscription_available": 1,
+            "subscription_identifier_available": 1,
+            "shared_subscription_available": 1,
+        }
+        limits = self.limits
+        if limits is not None and limits.max_packet_size:
+            properties["maximum_packet_size"] = limits.max_packet_size
+        if self.assigned_client_id:
+            properties["assigned_client_identifier"] = self.assigned_client_id  # [MQTT-3.2.2-16]
+        if self.server_keep_alive is not None:
+            properties["server_keep_alive"] = self.server_keep_alive  # [MQTT-3.2.2-21]
+        if v5.request_response_information:
+            principal = principal_of(self.session)
+            if isinstance(principal, DevicePrincipal):
+                # A device's responses go to its reply topic: the one topic the hub reads them on.
+                properties["response_information"] = device_topic(
+                    hub_settings.TOPIC_PREFIX, principal.type_name, principal.device_id, Kind.REPLY
+                )
+        return properties
 
     async def mqtt_acknowledge_subscription(self, packet_id, return_codes):
         await self._send_packet(RawPacket(codec.encode(codec.Suback(packet_id, list(return_codes)))))
@@ -280,7 +331,7 @@ class MQTT5Handler(HubProtocolHandler):
                 await self.session.delivered_message_queue.put(app_message)
             code = app_message.refusal if outcome is not Outcome.DELIVER and app_message.refusal else 0
             self._inflight_in -= 1
-            await self._send_packet(RawPacket(codec.encode_ack(PUBACK, app_message.packet_id, code)))
+            await self._send_packet(self._ack_of(PUBACK, app_message, code))
             app_message.puback_packet = True
             return None
         return await super()._handle_qos1_message_flow(app_message)
@@ -300,7 +351,7 @@ class MQTT5Handler(HubProtocolHandler):
         code = app_message.refusal if outcome is not Outcome.DELIVER and app_message.refusal else 0
         if code >= 0x80:
             self._inflight_in -= 1  # a failure PUBREC ends the exchange
-            await self._send_packet(RawPacket(codec.encode_ack(PUBREC, packet_id, code)))
+            await self._send_packet(self._ack_of(PUBREC, app_message, code))
             return None
         session.inflight_in[packet_id] = app_message
         waiter = self._pubrel_waiters[packet_id] = loop.create_future()
@@ -325,8 +376,8 @@ class MQTT5Handler(HubProtocolHandler):
             packet = codec.decode(packet_type << 4 | flags, body)
             return await self._handle(packet)
         except ProtocolError as exc:
-            await self.violation(exc)
-            return None
+            self._close_for("protocol_violation", exc)
+            return False
 
     async def _handle(self, packet):
         kind = packet.packet_type
@@ -388,7 +439,7 @@ class MQTT5Handler(HubProtocolHandler):
         if "subscription_identifier" in properties:
             raise reasons.protocol_error("a client PUBLISH with a subscription identifier")  # [MQTT-3.3.4-6]
         if qos:
-            if self._inflight_in >= RECEIVE_MAXIMUM:
+            if self._unacked + self._inflight_in >= RECEIVE_MAXIMUM:
                 raise ProtocolError(reasons.RECEIVE_MAXIMUM_EXCEEDED, "more unacknowledged PUBLISHes than allowed")
             self._inflight_in += 1
 
@@ -410,12 +461,23 @@ class MQTT5Handler(HubProtocolHandler):
         message.publish_packet = Received(packet)
         if packet.properties.get("payload_format_indicator") == 1 and not _is_utf8(packet.payload):
             message.refusal = reasons.PAYLOAD_FORMAT_INVALID
+        elif (
+            packet.qos == 2
+            and packet.packet_id not in self._pubrel_waiters
+            and len(self._pubrel_waiters) >= self._max_awaiting_rel
+        ):
+            # MAX_AWAITING_REL: MQTT 3.1.1 can only close the connection; MQTT 5 refuses this one message.
+            message.refusal = reasons.QUOTA_EXCEEDED
         return asyncio.create_task(self._handle_message_flow(message))
 
     async def _accept_inbound(self, app_message):
+        """The bridge's Outcome; a message it does not deliver gets the reason code of its refusal."""
         if app_message.refusal:
             return Outcome.DROP
-        return await super()._accept_inbound(app_message)
+        outcome = await super()._accept_inbound(app_message)
+        if outcome is not Outcome.DELIVER and app_message.refused is not None:
+            app_message.refusal = REFUSAL_CODES.get(app_message.refused[0], reasons.UNSPECIFIED_ERROR)
+        return outcome
 
     async def _received_subscribe(self, packet):
         ids = packet.properties.get("subscription_identifier")
@@ -450,6 +512,8 @@ class MQTT5Handler(HubProtocolHandler):
     # --- the reader's short path: a device's QoS 0/1 PUBLISH ----------------------------------------
 
     async def _publish(self, flags, body):
+        """Parse a device's QoS 0/1 PUBLISH (topic alias, properties) and hand it to the reader's
+        ``_submit``; a violation closes the connection with its reason code."""
         qos = (flags >> 1) & 0x03
         end = len(body)
         try:
@@ -465,88 +529,45 @@ class MQTT5Handler(HubProtocolHandler):
                     raise reasons.protocol_error("packet identifier 0")
                 pos += 2
             if pos < end and body[pos] == 0:
-                properties = _EMPTY
+                properties = None
                 pos += 1
+                if not topic:
+                    raise reasons.protocol_error("a PUBLISH with neither topic nor topic alias")
             else:
-                properties, pos = read_properties(body, pos, end, PUBLISH)
-                topic = self._resolve_topic(topic, properties)
-            if not topic:
-                raise reasons.protocol_error("a PUBLISH with neither topic nor topic alias")
-            self._check_publish(qos, properties)
+                raw, pos = read_properties(body, pos, end, PUBLISH)
+                topic = self._resolve_topic(topic, raw)
+                properties = message_properties(raw) if raw else None
+                if "subscription_identifier" in raw:
+                    raise reasons.protocol_error("a client PUBLISH with a subscription identifier")  # [MQTT-3.3.4-6]
+            if qos and self._unacked + self._inflight_in >= RECEIVE_MAXIMUM:
+                raise ProtocolError(reasons.RECEIVE_MAXIMUM_EXCEEDED, "more unacknowledged PUBLISHes than allowed")
         except ProtocolError as exc:
-            await self.violation(exc)
+            self._close_for("protocol_violation", exc)
             return False
         payload = body[pos:]
-        props = message_properties(properties) if properties else None
         refusal = None
-        if properties and properties.get("payload_format_indicator") == 1 and not _is_utf8(payload):
-            refusal = reasons.PAYLOAD_FORMAT_INVALID
-            future = None
-        else:
-            try:
-                future = await self.bridge.submit(self.session, topic, payload, qos, properties=props)
-            except Exception as exc:
-                logger.warning(
-                    "%s: message on %r not stored (%s); closing the connection unacknowledged",
-                    self.session.client_id,
-                    topic,
-                    exc,
-                )
-                return False
-            if future is None:
-                refusal = reasons.NOT_AUTHORIZED
-        if self._acks is None:
-            self._acks = collections.deque()
-        self._acks.append((packet_id, future, topic, payload, qos, props, refusal))
-        if future is None:
-            self._release()
-        else:
-            future.add_done_callback(self._release)
-        return True
+        if properties is not None and properties.get("payload_format_indicator") == 1 and not _is_utf8(payload):
+            refusal = reasons.PAYLOAD_FORMAT_INVALID  # [MQTT-3.3.2-?]: refused, and the client is told why
+        return await self._submit(topic, packet_id, payload, qos, properties, refusal)
 
-    def _release(self, _=None):
-        """PUBACKs in arrival order, one write: 0x00 once stored, or the reason the hub refused it."""
-        acks = self._acks
-        session = self._client
-        out = []
-        problem_info = self._problem_info()
-        while acks:
-            packet_id, future, topic, payload, qos, props, refusal = acks[0]
-            reason = ""
-            if future is not None:
-                if not future.done():
-                    break
-                error = "cancelled" if future.cancelled() else future.exception()
-                if error is None:
-                    result = future.result()
-                    if result.stored:
-                        self.bridge.deliver(session, topic, payload, qos, properties=props)
-                    else:
-                        refusal = REFUSAL_CODES.get(result.reason, reasons.UNSPECIFIED_ERROR)
-                        reason = result.error
-                elif qos:
-                    logger.warning(
-                        "%s: message on %r not stored (%s); closing the connection unacknowledged",
-                        session.client_id,
-                        topic,
-                        error,
-                    )
-                    acks.clear()
-                    if self._reader_task is not None:
-                        self._reader_task.cancel()
-                    break
-                else:
-                    logger.warning("%s: a QoS 0 message on %r was lost: %s", session.client_id, topic, error)
-            acks.popleft()
-            if packet_id is not None:
-                self._inflight_in -= 1
-                if refusal:
-                    properties = {"reason_string": reason[:200]} if reason and problem_info else None
-                    out.append(codec.encode_ack(PUBACK, packet_id, refusal, properties))
-                else:
-                    out.append(codec.encode_ack(PUBACK, packet_id))
-        if out and self.writer is not None and not self._closing:
-            self._write_now(b"".join(out))
+    # Refusals as PUBACK reason codes (the reader's hooks; MQTT 3.1.1 acknowledges them as stored).
+    acl_refusal = reasons.NOT_AUTHORIZED
+    refusal_codes = REFUSAL_CODES
+    unspecified_refusal = reasons.UNSPECIFIED_ERROR
+
+    def _refused_ack(self, packet_id, refusal, reason, packet_type=PUBACK):
+        """A PUBACK (or PUBREC) with the reason code of a refusal and, if the client wants them, a reason
+        string saying what was wrong [MQTT-3.1.2-29]."""
+        reason = reason or REFUSAL_REASONS.get(refusal, "")
+        properties = {"reason_string": reason[:200]} if reason and self._problem_info() else None
+        return codec.encode_ack(packet_type, packet_id, refusal, properties)
+
+    def _ack_of(self, packet_type, app_message, code):
+        """The acknowledgement of a message on amqtt's path: plain, or with its refusal's reason."""
+        if not code:
+            return RawPacket(codec.encode_ack(packet_type, app_message.packet_id))
+        reason = app_message.refused[1] if app_message.refused is not None else ""
+        return RawPacket(self._refused_ack(app_message.packet_id, code, reason, packet_type))
 
 
 INCOMING_DIRECTION = IncomingApplicationMessage(None, "", 0, b"", False).direction

@@ -58,6 +58,22 @@ NAMES = {
 NAMES[GRANTED_QOS_1] = "granted qos 1"
 NAMES[GRANTED_QOS_2] = "granted qos 2"
 
+# The reasons the hub gives when it ends an MQTT 5 connection (a DISCONNECT it sends), as metric labels.
+SERVER_DISCONNECTS = (
+    UNSPECIFIED_ERROR,
+    MALFORMED_PACKET,
+    PROTOCOL_ERROR,
+    NOT_AUTHORIZED,
+    SERVER_SHUTTING_DOWN,
+    KEEP_ALIVE_TIMEOUT,
+    SESSION_TAKEN_OVER,
+    TOPIC_NAME_INVALID,
+    RECEIVE_MAXIMUM_EXCEEDED,
+    TOPIC_ALIAS_INVALID,
+    PACKET_TOO_LARGE,
+    QUOTA_EXCEEDED,
+)
+
 # Packet type numbers (the high nibble of the first byte).
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
@@ -174,6 +190,11 @@ ALLOWED = {
 def name(code):
     """A reason code's name as the specification spells it (lower case), or its hex value."""
     return NAMES.get(code, f"0x{code:02X}")
+
+
+def label(code):
+    """A reason code's name as a metric label: ``packet_too_large``."""
+    return name(code).replace(" ", "_")
 
 
 class ProtocolError(Exception):
