@@ -129,6 +129,8 @@ class FastReaderHandler(BrokerProtocolHandler):
                         byte = (await read(1))[0]
                         length |= (byte & 0x7F) << shift
                         shift += 7
+                    if shift > 7 and not byte:
+                        raise ProtocolViolation("MQTT-1.5.5-1", "a remaining length not in its fewest bytes")
                     if length > max_packet:
                         self._close_for("packet_too_large", f"a packet of {length} bytes (limit {max_packet})")
                         break
@@ -301,7 +303,9 @@ class FastReaderHandler(BrokerProtocolHandler):
         tasks.add(task)
         task.add_done_callback(self._task_done)
         while len(tasks) - len(self._pubrel_waiters) >= self._max_inflight:
-            await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
+            # A flow that parks (sends PUBREC, waits for PUBREL) does not end: look again shortly, or a
+            # burst of QoS 2 PUBLISHes would wait here for PUBRELs this very reader has to read.
+            await asyncio.wait(list(tasks), timeout=0.01, return_when=asyncio.FIRST_COMPLETED)
 
     async def _decode(self, packet_type, flags, length, body):
         fixed = MQTTFixedHeader(packet_type, flags, length)

@@ -133,3 +133,22 @@ async def test_retained_and_qos2_publishes_still_take_the_full_path(hub):
     assert (packet_type, struct.unpack("!H", data)[0]) == (7, 5)  # PUBCOMP
     assert [r.uptime for r in await stored(ThermometerReading)] == [9]
     client.close()
+
+
+async def test_a_burst_of_qos2_publishes_beyond_max_inflight_is_answered(hub):
+    """More QoS 2 PUBLISHes in one write than MAX_INFLIGHT_MESSAGES (32): each flow parks after its PUBREC
+    until the PUBREL the reader has yet to read, so parked flows must not count as busy ones."""
+    client = await device(hub, "r-8")
+    topic = "things/thermometer/r-8/data"
+    client.writer.write(
+        b"".join(publish_packet(topic, b'{"uptime": %d}' % n, qos=2, packet_id=n) for n in range(1, 41))
+    )
+    for _ in range(40):
+        packet_type, _ = await client.read_packet()
+        assert packet_type == 5  # PUBREC
+    client.writer.write(b"".join(bytes([0x62, 2]) + struct.pack("!H", n) for n in range(1, 41)))
+    for _ in range(40):
+        packet_type, _ = await client.read_packet()
+        assert packet_type == 7  # PUBCOMP
+    assert len(await stored(ThermometerReading)) == 40
+    client.close()

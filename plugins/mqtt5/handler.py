@@ -54,6 +54,15 @@ REFUSAL_REASONS = {
     reasons.PAYLOAD_FORMAT_INVALID: "the payload is not UTF-8, as its Payload Format Indicator says",
     reasons.QUOTA_EXCEEDED: "over a limit of the hub",
 }
+# CONNACK properties left out when the client's Maximum Packet Size is too small for them: their
+# absence means the same ("available"), or the client did not need them.
+OPTIONAL_CONNACK = (
+    "retain_available",
+    "wildcard_subscription_available",
+    "subscription_identifier_available",
+    "shared_subscription_available",
+    "response_information",
+)
 # Why the reader closed a connection (``plugins/limits.CLOSE_REASONS``) as the DISCONNECT's reason code.
 CLOSE_CODES = {
     "packet_too_large": reasons.PACKET_TOO_LARGE,
@@ -161,8 +170,11 @@ class MQTT5Handler(HubProtocolHandler):
         counter = getattr(self, "violations", None)
         if counter is not None:
             counter[reasons.label(code)] += 1
-        properties = {"reason_string": reason[:200]} if reason and self._problem_info() else _EMPTY
-        return codec.encode(codec.Disconnect(code, properties))
+        if reason and self._problem_info():
+            packet = codec.encode(codec.Disconnect(code, {"reason_string": reason[:200]}))
+            if self._fits(packet):
+                return packet
+        return codec.encode(codec.Disconnect(code))
 
     def _close_for(self, reason, detail):
         """The reader closes the connection (counted and logged there); the client is told why in a
@@ -194,8 +206,12 @@ class MQTT5Handler(HubProtocolHandler):
         v5 = session.v5
         code = reasons.SUCCESS if authorize else reasons.NOT_AUTHORIZED
         properties = self._connack_properties(v5) if authorize else _EMPTY
-        connack = codec.Connack(code, bool(session.parent) and authorize, properties)
-        await self._send_packet(RawPacket(codec.encode(connack)))
+        connack = codec.encode(codec.Connack(code, bool(session.parent) and authorize, properties))
+        if not self._fits(connack):  # what is only informative gives way [MQTT-3.2.2-19] [MQTT-3.2.2-20]
+            for name in OPTIONAL_CONNACK:
+                properties.pop(name, None)
+            connack = codec.encode(codec.Connack(code, bool(session.parent) and authorize, properties))
+        await self._send_packet(RawPacket(connack))
         if authorize and v5.receive_maximum < 65535:
             self._send_slots = asyncio.Semaphore(v5.receive_maximum)
 
@@ -559,8 +575,17 @@ class MQTT5Handler(HubProtocolHandler):
         """A PUBACK (or PUBREC) with the reason code of a refusal and, if the client wants them, a reason
         string saying what was wrong [MQTT-3.1.2-29]."""
         reason = reason or REFUSAL_REASONS.get(refusal, "")
-        properties = {"reason_string": reason[:200]} if reason and self._problem_info() else None
-        return codec.encode_ack(packet_type, packet_id, refusal, properties)
+        if reason and self._problem_info():
+            packet = codec.encode_ack(packet_type, packet_id, refusal, {"reason_string": reason[:200]})
+            if self._fits(packet):
+                return packet
+        return codec.encode_ack(packet_type, packet_id, refusal)
+
+    def _fits(self, packet):
+        """Whether ``packet`` is within the client's Maximum Packet Size: a Reason String (or optional
+        property) that would not fit is left out [MQTT-3.1.2-24] [MQTT-3.4.2-2]."""
+        limit = self.session.v5.maximum_packet_size if self.session is not None else 0
+        return not limit or len(packet) <= limit
 
     def _ack_of(self, packet_type, app_message, code):
         """The acknowledgement of a message on amqtt's path: plain, or with its refusal's reason."""

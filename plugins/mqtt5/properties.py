@@ -221,6 +221,9 @@ def read_properties(data, pos, end, packet):
         raise malformed("a property runs past the end of the properties")
     if "authentication_data" in props and "authentication_method" not in props:
         raise protocol_error("authentication_data without authentication_method")
+    topic = props.get("response_topic")
+    if topic is not None and ("+" in topic or "#" in topic or not topic):
+        raise protocol_error("a Response Topic must be a topic name: no wildcards")  # [MQTT-3.3.2-14]
     return props, pos
 
 
