@@ -211,10 +211,15 @@ class MQTTBroker(BaseBroker):
         await self.client.disconnect(end_session=True)
         logger.info("%s: drained; session %r ended", self.address, self.address.client_id)
 
-    async def publish_to_device(self, client_id, topic, payload, *, qos=1, correlation_id="", user_properties=None):
+    async def publish_to_device(
+        self, client_id, topic, payload, *, qos=1, correlation_id="", response_topic="", user_properties=None
+    ):
         if self.client is None or not self.client.connected:
             raise ConnectionError(f"{self.address} is not connected")
-        code = await self.client.publish(topic, payload, qos=qos, **_properties(correlation_id, user_properties))
+        properties = _properties(correlation_id, user_properties)
+        if response_topic:
+            properties["response_topic"] = response_topic
+        code = await self.client.publish(topic, payload, qos=qos, **properties)
         if code == NO_MATCHING_SUBSCRIBERS:
             raise ConnectionError(f"{client_id} does not subscribe to {topic} on {self.address} (offline?)")
         if code >= 0x80:
