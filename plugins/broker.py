@@ -693,7 +693,7 @@ class HubBroker(Broker):
         delivered even if it could not be stored)."""
         payload = bytes(data or b"")
         try:
-            future = await self.bridge.submit(session, topic, payload, qos or 0)
+            future = await self.bridge.submit(session, topic, payload, qos or 0, properties)
             if future is None:  # the ACL refused it (its topic was checked at CONNECT): nobody gets it
                 return
             stored = (await future).stored
