@@ -45,13 +45,13 @@ class HubProtocolHandler(FastReaderHandler):
     # every message sent to it. Here at most MAX_INFLIGHT_MESSAGES are unacknowledged (EMQX's max_inflight,
     # Mosquitto's max_inflight_messages); the next MAX_QUEUED_MESSAGES wait their turn; beyond, a delivery
     # is dropped, counted and logged once a minute.
-    async def mqtt_publish(self, topic, data, qos, retain, ack_timeout=None):
+    async def mqtt_publish(self, topic, data, qos, retain, ack_timeout=None, properties=None):
         if not qos:
-            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+            return await self._send_publish(topic, data, qos, retain, ack_timeout, properties)
         limits = self.limits
         window = self._window
         if window is None:
-            window = self._window = asyncio.Semaphore(limits.max_inflight if limits else 32)
+            window = self._window = asyncio.Semaphore(self._window_size())
         if limits is not None and window.locked() and self._queued_out >= limits.max_queued:
             self.counters.drop(
                 self.session.client_id if self.session else None,
@@ -67,12 +67,20 @@ class HubProtocolHandler(FastReaderHandler):
         finally:
             self._queued_out -= 1
         try:
-            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+            return await self._send_publish(topic, data, qos, retain, ack_timeout, properties)
         finally:
             window.release()
 
     _window = None  # made on the first QoS 1/2 delivery
     _queued_out = 0
+
+    def _window_size(self):
+        """Unacknowledged QoS 1/2 deliveries at a time (MQTT 5 also honours the client's Receive Maximum)."""
+        return self.limits.max_inflight if self.limits else 32
+
+    async def _send_publish(self, topic, data, qos, retain, ack_timeout, properties):
+        """Send one delivery (amqtt's flows; ``properties`` are MQTT 5's, which 3.1.1 cannot carry)."""
+        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
     async def _accept_inbound(self, app_message):
         """Store via the bridge; on an error close the connection without acknowledging (the client resends)."""

@@ -139,7 +139,6 @@ class MQTT5Handler(HubProtocolHandler):
         self._aliases_in = {}  # alias -> topic the client defined on this connection [MQTT-3.3.2-7]
         self._aliases_out = {}  # topic -> alias the hub defined on this connection
         self._inflight_in = 0  # QoS 1/2 PUBLISHes on amqtt's path not acknowledged yet
-        self._send_slots = None  # the client's Receive Maximum, as a semaphore on QoS 1/2 deliveries
         self._closing = False  # a DISCONNECT was sent or received: send nothing more
         self._goodbye = None  # (reason code, reason string) of the DISCONNECT the reader closes with
 
@@ -212,8 +211,6 @@ class MQTT5Handler(HubProtocolHandler):
                 properties.pop(name, None)
             connack = codec.encode(codec.Connack(code, bool(session.parent) and authorize, properties))
         await self._send_packet(RawPacket(connack))
-        if authorize and v5.receive_maximum < 65535:
-            self._send_slots = asyncio.Semaphore(v5.receive_maximum)
 
     def _connack_properties(self, v5):
         properties = {
@@ -248,8 +245,9 @@ class MQTT5Handler(HubProtocolHandler):
         await self._send_packet(RawPacket(codec.encode(codec.Unsuback(packet_id, codes))))
 
     async def mqtt_publish(self, topic, data, qos, retain, ack_timeout=None, properties=None):
-        """Deliver a message: its properties travel with it, an expired one is dropped [MQTT-3.3.2-5],
-        and at most the client's Receive Maximum of QoS 1/2 deliveries are unacknowledged [MQTT-3.3.4-9]."""
+        """Deliver a message: its properties travel with it, an expired one is dropped [MQTT-3.3.2-5], one
+        larger than the client's Maximum Packet Size too [MQTT-3.1.2-25]; then the hub's outgoing window
+        (``HubProtocolHandler.mqtt_publish``), here at most the client's Receive Maximum [MQTT-3.3.4-9]."""
         session = self.session
         if session is None:
             return None
@@ -260,10 +258,14 @@ class MQTT5Handler(HubProtocolHandler):
         if limit and len(codec.encode_publish(topic, data, qos, retain, False, 1, out)) > limit:
             logger.info("%s: a message on %r exceeds its Maximum Packet Size; dropped", session.client_id, topic)
             return None  # [MQTT-3.1.2-25]
-        if not qos or self._send_slots is None:
-            return await self._publish_now(topic, data, qos, retain, out)
-        async with self._send_slots:
-            return await self._publish_now(topic, data, qos, retain, out)
+        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout, out)
+
+    def _window_size(self):
+        receive_maximum = self.session.v5.receive_maximum if self.session is not None else 65535
+        return min(super()._window_size(), receive_maximum)
+
+    async def _send_publish(self, topic, data, qos, retain, ack_timeout, properties):
+        return await self._publish_now(topic, data, qos, retain, properties)
 
     async def _publish_now(self, topic, data, qos, retain, properties):
         session = self.session
