@@ -604,7 +604,7 @@ class HubBroker(Broker):
 
     # Upstream (_handle_subscription): return codes are 3.1.1's, and retained messages go to every new
     # subscription. MQTT 5 adds the subscription's options and identifier, reason codes per filter, and
-    # Retain Handling [MQTT-3.3.1-9..11]; no shared subscription gets retained messages [MQTT-4.8.2-?].
+    # Retain Handling [MQTT-3.3.1-9..11]; no shared subscription gets retained messages (section 4.8.2).
     async def _handle_subscription(self, client_session, handler, subscribe_waiter):
         subscriptions = subscribe_waiter.result()
         v5 = client_session.v5

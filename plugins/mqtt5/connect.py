@@ -26,7 +26,7 @@ async def accept(first_byte, body, writer, plugins_manager):
         await refuse(writer, exc.code, str(exc))
         raise MQTTError(f"CONNECT refused: {exc}") from None
     if "authentication_method" in connect.properties:
-        # No enhanced authentication method is supported [MQTT-4.12.0-?]: say so rather than guess.
+        # No enhanced authentication method is supported [MQTT-4.12.0-1]: say so rather than guess.
         await refuse(writer, reasons.BAD_AUTHENTICATION_METHOD, "no authentication method is supported")
         raise MQTTError(f"CONNECT refused: authentication method {connect.properties['authentication_method']!r}")
     session = HubSession()

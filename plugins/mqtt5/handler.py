@@ -196,7 +196,7 @@ class MQTT5Handler(HubProtocolHandler):
         super().handle_read_timeout()
 
     async def mqtt_connack_authorize(self, authorize):
-        """CONNACK, with every limit the hub holds this client to that MQTT 5 can advertise [MQTT-3.2.2-?]:
+        """CONNACK, with every limit the hub holds this client to that MQTT 5 can advertise:
         what it may send at once (Receive Maximum), how large a packet may be (Maximum Packet Size, the
         hub's MAX_PACKET_SIZE), how many topic aliases it may define, and (explicitly, although their
         absence means the same) that retained messages, wildcard, shared subscriptions and subscription
@@ -356,7 +356,7 @@ class MQTT5Handler(HubProtocolHandler):
 
     async def _receive_qos2(self, app_message):
         """PUBREC after the message is stored (with a reason code when refused), PUBCOMP on PUBREL; the
-        message goes to subscribers once, on PUBREL [MQTT-4.3.3-?] (method B of the specification)."""
+        message goes to subscribers once, on PUBREL [MQTT-4.3.3-10] (method B of the specification)."""
         session = self.session
         loop = asyncio.get_running_loop()
         packet_id = app_message.packet_id
@@ -407,7 +407,7 @@ class MQTT5Handler(HubProtocolHandler):
             return self._resolve(self._pubrec_waiters, packet)
         if kind == PUBREL:
             waiter = self._pubrel_waiters.get(packet.packet_id)
-            if waiter is None:  # [MQTT-4.3.3-?]: answer a PUBREL we hold nothing for
+            if waiter is None:  # [MQTT-4.3.3-11] [MQTT-3.7.2-1]: answer a PUBREL we hold nothing for (0x92)
                 self._write(codec.encode_ack(PUBCOMP, packet.packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND))
             elif not waiter.done():
                 waiter.set_result(packet)
@@ -558,7 +558,7 @@ class MQTT5Handler(HubProtocolHandler):
         payload = body[pos:]
         refusal = None
         if properties is not None and properties.get("payload_format_indicator") == 1 and not _is_utf8(payload):
-            refusal = reasons.PAYLOAD_FORMAT_INVALID  # [MQTT-3.3.2-?]: refused, and the client is told why
+            refusal = reasons.PAYLOAD_FORMAT_INVALID  # refused (section 3.3.2.3.2), and the client is told why
         return await self._submit(topic, packet_id, payload, qos, properties, refusal)
 
     def _parse_publish(self, qos, body):
