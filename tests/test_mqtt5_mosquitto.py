@@ -3,12 +3,16 @@
 shared subscriptions and request/response, as a user would type them."""
 
 import asyncio
+import json
 import shutil
 
 import pytest
+from channels.db import database_sync_to_async
 
 from tests.conftest import provision_device
 from tests.mqtt import Client5, until
+from tests.testapp.devices import Thermometer
+from tests.testapp.models import ThermometerMessage
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -258,3 +262,96 @@ async def test_request_response_with_mosquitto_rr(hub, service, processes):
     finally:
         task.cancel()
         responder.stop()
+
+
+# --- what the hub does with a device's MQTT 5 messages, from Debian's clients --------------------------
+
+
+def device_args(port, credentials):
+    username = credentials["mqtt_username"]
+    return ("-V", "mqttv5", "-h", "127.0.0.1", "-p", str(port), "-i", username, "-u", username, "-P",
+            credentials["mqtt_password"])  # fmt: skip
+
+
+@database_sync_to_async
+def inbound(device_id):
+    return list(ThermometerMessage.objects.filter(device__device_id=device_id, direction="inbound").order_by("pk"))
+
+
+async def test_a_devices_properties_from_mosquitto_pub_are_stored_on_its_message_row(hub, processes):
+    _, credentials = await provision_device("thermometer", "mp-1")
+    sender = await processes(
+        "mosquitto_pub",
+        *device_args(hub.engine.port, credentials),
+        "-q", "1", "-t", "things/thermometer/mp-1/data", "-m", '{"temperature": 19.5}',
+        "-D", "publish", "content-type", "application/vnd.example+json",
+        "-D", "publish", "correlation-data", "batch-3",
+        "-D", "publish", "user-property", "site", "roof",
+        "-D", "publish", "user-property", "tag", "a",
+        "-D", "publish", "user-property", "tag", "b",
+    )  # fmt: skip
+    assert await sender.wait() == 0, await sender.stderr()
+    (row,) = await inbound("mp-1")  # stored before mosquitto_pub got its PUBACK and exited
+    assert row.payload_json == {"temperature": 19.5}
+    assert row.content_type == "application/vnd.example+json"
+    assert row.correlation_id == "batch-3"
+    assert row.user_properties == {"site": "roof", "tag": ["a", "b"]}
+    assert row.processing_status == "completed"
+
+
+async def test_a_command_reaches_mosquitto_sub_with_correlation_data_and_its_reply_is_matched_by_it(hub, processes):
+    device, credentials = await provision_device("thermometer", "mc-1")
+    args = device_args(hub.engine.port, credentials)
+    listener = await processes(
+        "mosquitto_sub", *args, "-q", "1", "-t", "things/thermometer/mc-1/cmd", "-C", "1", "-W", "15",
+        "-F", "%R|%D|%C|%P|%p",
+    )  # fmt: skip
+    await subscribed(hub, credentials["mqtt_username"])
+    message = await Thermometer.asend_command(device, "set_mode", {"mode": "manual"})
+    assert await listener.wait() == 0, await listener.stderr()
+    response_topic, correlation, content_type, user, payload = listener.lines[0].split("|", 4)
+    assert response_topic == "things/thermometer/mc-1/reply"
+    assert correlation == message.correlation_id
+    assert content_type == "application/json"
+    assert user == "command:set_mode"
+    assert json.loads(payload)["payload"] == {"mode": "manual"}  # the JSON envelope is there too
+    # The reply names its command by Correlation Data alone, as mosquitto_pub sends it.
+    reply = await processes(
+        "mosquitto_pub", *args, "-q", "1", "-t", response_topic, "-m", '{"status": "ok", "result": "manual"}',
+        "-D", "publish", "correlation-data", correlation,
+    )  # fmt: skip
+    assert await reply.wait() == 0, await reply.stderr()
+    for _ in range(200):
+        row = await database_sync_to_async(ThermometerMessage.objects.get)(pk=message.pk)
+        if row.command_status == "replied":
+            break
+        await asyncio.sleep(0.05)
+    assert (row.command_status, row.command_result) == ("replied", "manual")
+
+
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_PAYLOAD_SIZE": 64}], indirect=True)
+async def test_refusals_reach_mosquitto_pub_as_reason_codes(hub, processes, tmp_path):
+    _, credentials = await provision_device("thermometer", "mr-1")
+    args = (*device_args(hub.engine.port, credentials), "-q", "1", "-t", "things/thermometer/mr-1/data")
+    not_utf8 = tmp_path / "not-utf8"
+    not_utf8.write_bytes(b'{"temperature": "\xff\xfe"}')
+    bad_format = await processes(
+        "mosquitto_pub", *args, "-f", str(not_utf8), "-D", "publish", "payload-format-indicator", "1"
+    )
+    await bad_format.wait()
+    assert "payload format invalid" in (await bad_format.stderr()).lower()  # PUBACK 0x99
+    too_big = await processes("mosquitto_pub", *args, "-m", '{"temperature": 1, "note": "' + "x" * 80 + '"}')
+    await too_big.wait()
+    assert "quota exceeded" in (await too_big.stderr()).lower()  # PUBACK 0x97
+    ok = await processes("mosquitto_pub", *args, "-m", '{"temperature": 1}')
+    assert await ok.wait() == 0, await ok.stderr()
+    assert [row.payload_json for row in await inbound("mr-1")] == [{"temperature": 1}]  # nothing refused stored
+
+
+async def test_mosquitto_pub_speaking_mqtt_3_1_is_refused_with_connack_0x01(hub, service, processes):
+    old = await processes(
+        "mosquitto_pub", "-V", "mqttv31", "-h", "127.0.0.1", "-p", str(hub.engine.port), "-i", "old-client",
+        *_auth(), "-t", "lab/old", "-m", "x",
+    )  # fmt: skip
+    assert await old.wait() != 0
+    assert "unacceptable protocol version" in (await old.stderr()).lower()
