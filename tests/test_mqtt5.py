@@ -85,6 +85,23 @@ async def test_connack_advertises_the_hubs_limits_and_assigns_a_client_id(hub, s
     assert assigned
 
 
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_PACKET_SIZE": 8192, "MAX_CONNECT_SIZE": 1024}], indirect=True)
+async def test_paho_sees_the_hubs_limits_in_connack(hub, v5):
+    device, _ = await device5(hub, v5, "lim-paho", connect_properties={"RequestResponseInformation": 1})
+    connack = device.connack_properties
+    assert connack.MaximumPacketSize == 8192  # MAX_PACKET_SIZE
+    assert connack.ReceiveMaximum >= 1
+    assert connack.TopicAliasMaximum >= 1
+    assert (connack.SharedSubscriptionAvailable, connack.SubscriptionIdentifierAvailable) == (1, 1)
+    assert connack.ResponseInformation == "things/thermometer/lim-paho/reply"
+    # What it advertises it enforces: a PUBLISH over the maximum is refused with DISCONNECT 0x95.
+    await device.publish(
+        "things/thermometer/lim-paho/data", b'{"temperature": 1, "n": "' + b"x" * 9000 + b'"}', wait=False
+    )
+    await until(lambda: not device.connected, message="the disconnect")
+    assert device.disconnect_reason == reasons.PACKET_TOO_LARGE
+
+
 async def test_wrong_credentials_get_connack_0x86(hub, service, v5):
     client = v5(hub.engine.port, "intruder", "svc", "wrong")
     assert await client.connect(expect_success=False) == reasons.BAD_USER_NAME_OR_PASSWORD
