@@ -31,6 +31,8 @@ def properties(packet):
         value = _VALUES[kind]
         if name == "maximum_packet_size":
             value = st.integers(1, 2**32 - 1)  # 0 is a Protocol Error
+        elif name == "response_topic":
+            value = topic.filter(bool)  # a topic name: not empty, no wildcards [MQTT-3.3.2-14]
         elif name == "user_property":
             value = st.lists(value, min_size=1, max_size=3)
         elif name == "subscription_identifier":
