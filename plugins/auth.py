@@ -9,7 +9,7 @@ from hubserver.access.acl import can_publish
 from hubserver.access.authenticate import authenticate_mqtt
 from hubserver.routing.throttle import ThrottledLog, clip
 
-from .session import BAD_CREDENTIALS, set_principal
+from .session import BAD_CLIENT_ID, BAD_CREDENTIALS, set_principal
 
 logger = logging.getLogger("hubserver.mqtt.auth")
 # Refused CONNECTs are logged once a minute per source address (a password guesser makes hundreds a second);
@@ -23,9 +23,20 @@ class HubAuthPlugin(BaseAuthPlugin):
 
     async def authenticate(self, *, session):
         try:
+            refusal = {}
             principal = await authenticate_mqtt(
-                session.username, session.password, client_id=session.client_id, address=session.remote_address
+                session.username,
+                session.password,
+                client_id=session.client_id,
+                address=session.remote_address,
+                refusal=refusal,
             )
+            if principal is None and refusal:
+                # Good credentials, a client id they may not use: the CONNACK says so (MQTT 5: 0x85, 3.1.1:
+                # 0x02 identifier rejected), so the device's own log shows what to fix.
+                _refusals.warning("client_id", session.username, "%s", refusal["client_id"])
+                session.attributes[BAD_CLIENT_ID] = True
+                return False
             if principal is None:
                 _refusals.info(
                     "bad_credentials",

@@ -18,7 +18,7 @@ from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -36,7 +36,7 @@ from .mqtt5 import connect as mqtt5_connect
 from .mqtt5 import reasons
 from .mqtt5.handler import MQTT5Handler
 from .mqtt5.session import NEVER, outgoing_properties
-from .session import BAD_CREDENTIALS, HubSession, LeanQueue, principal_of
+from .session import BAD_CLIENT_ID, BAD_CREDENTIALS, HubSession, LeanQueue, principal_of
 from .topic_index import FilterIndex
 
 logger = logging.getLogger("hubserver.mqtt")
@@ -213,11 +213,18 @@ class HubBroker(Broker):
             session.client_id = ""
         if not await super()._authenticate(session, None):
             self.refused["not_authorized"] += 1
+            bad_client_id = session.attributes.get(BAD_CLIENT_ID)
             if session.v5 is not None:
-                bad = session.attributes.get(BAD_CREDENTIALS)
-                await mqtt5_connect.refuse(writer, reasons.BAD_USER_NAME_OR_PASSWORD if bad else reasons.NOT_AUTHORIZED)
+                if bad_client_id:
+                    reason = reasons.CLIENT_IDENTIFIER_NOT_VALID
+                elif session.attributes.get(BAD_CREDENTIALS):
+                    reason = reasons.BAD_USER_NAME_OR_PASSWORD
+                else:
+                    reason = reasons.NOT_AUTHORIZED
+                await mqtt5_connect.refuse(writer, reason)
             else:
-                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+                code = IDENTIFIER_REJECTED if bad_client_id else NOT_AUTHORIZED
+                await ConnackPacket.build(0, code).to_stream(writer)
             raise AMQTTError(f"{clip(session.client_id)}: not authorized")
         if not session.client_id:
             principal = principal_of(session)

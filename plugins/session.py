@@ -17,6 +17,7 @@ from transitions import MachineError
 
 PRINCIPAL = "hubserver.principal"
 BAD_CREDENTIALS = "hubserver.bad_credentials"  # set by the auth plugin when it refused the credentials
+BAD_CLIENT_ID = "hubserver.bad_client_id"  # ... or the client id those credentials may not use
 
 
 def principal_of(session):

@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 
 from hubserver import signals
 from tests.conftest import device_client, make_service_user, provision_device
-from tests.mqtt import until
+from tests.mqtt import Client5, until
 from tests.testapp import hooks
 from tests.testapp.devices import Hygrometer
 from tests.testapp.models import HygrometerDevice, HygrometerMessage, HygrometerReading, ThermometerMessage
@@ -185,22 +185,36 @@ class TestAccessControl:
         anonymous = clients(hub.engine.port, "anon")
         assert await anonymous.connect(expect_success=False) == 135
 
-    async def test_a_wrong_client_id_is_refused_with_the_rule_in_the_log(self, hub, clients, caplog):
+    async def test_a_wrong_client_id_is_refused_with_the_rule_in_the_log_and_the_connack(self, hub, clients, caplog):
+        """Good credentials with a client id they may not use: the CONNACK says the identifier is the problem
+        (3.1.1: 0x02, which paho reports as 133; MQTT 5: 0x85), and the log says the rule, once a minute."""
         _, credentials = await provision_device("thermometer", "t-13")
         username, password = credentials["mqtt_username"], credentials["mqtt_password"]
-        device = clients(hub.engine.port, "foo", username, password)
-        assert await device.connect(expect_success=False) == 135
-        assert (
+        rule = (
             f"refused MQTT connection of '{username}': a device's client id must equal its username "
-            f"('{username}'), got 'foo'" in caplog.text
+            f"('{username}'), got 'foo'"
         )
+        device = clients(hub.engine.port, "foo", username, password)
+        assert await device.connect(expect_success=False) == 133  # "Client identifier not valid"
+        assert rule in caplog.text
+        assert "bad credentials" not in caplog.text  # the credentials were good
+        again = Client5(hub.engine.port, "foo", username, password)
+        try:
+            assert await again.connect(expect_success=False) == 0x85
+        finally:
+            again.stop()
+        assert caplog.text.count(rule) == 1, "a device retrying with its wrong id is logged once a minute"
         await make_service_user()
         service = clients(hub.engine.port, username, "dashboard", "s3cret-pass")
-        assert await service.connect(expect_success=False) == 135
+        assert await service.connect(expect_success=False) == 133
         assert (
             f"refused MQTT connection of 'dashboard': client id '{username}' is the username of a device, which "
             "only that device may use; connect with another client id" in caplog.text
         )
+        right = clients(hub.engine.port, username, username, password)
+        assert await right.connect() == 0
+        wrong_password = clients(hub.engine.port, username, username, "nope")
+        assert await wrong_password.connect(expect_success=False) == 135  # credentials: still "not authorized"
 
     async def test_a_wrong_password_cannot_knock_a_device_off(self, hub, clients):
         victim, credentials = await device_client(hub, clients, "thermometer", "t-11")

@@ -241,23 +241,31 @@ def client_id_allowed(principal, client_id):
     return parse_device_username(client_id) is None
 
 
-def _checked(principal, client_id, username):
+def client_id_refusal(principal, client_id, username):
+    """Why ``principal`` (who logged in as ``username``) may not use ``client_id``, or None when it may."""
     if principal is None or client_id is None or client_id_allowed(principal, client_id):
-        return principal
+        return None
     if isinstance(principal, DevicePrincipal):
-        logger.warning(
-            "refused MQTT connection of %s: a device's client id must equal its username (%s), got %s",
-            clip(username),
-            clip(principal.mqtt_username),
-            clip(client_id),
+        return (
+            f"refused MQTT connection of {clip(username)}: a device's client id must equal its username "
+            f"({clip(principal.mqtt_username)}), got {clip(client_id)}"
         )
+    return (
+        f"refused MQTT connection of {clip(username)}: client id {clip(client_id)} is the username of a device, "
+        "which only that device may use; connect with another client id"
+    )
+
+
+def _checked(principal, client_id, username, refusal):
+    """``principal``, or None when its client id is refused: the reason goes into ``refusal["client_id"]``
+    when the caller passed a dict (it logs and answers it), else into the log."""
+    reason = client_id_refusal(principal, client_id, username)
+    if reason is None:
+        return principal
+    if refusal is not None:
+        refusal["client_id"] = reason
     else:
-        logger.warning(
-            "refused MQTT connection of %s: client id %s is the username of a device, which only that device "
-            "may use; connect with another client id",
-            clip(username),
-            clip(client_id),
-        )
+        logger.warning("%s", reason)
     return None
 
 
@@ -271,18 +279,19 @@ def _counted(throttle, throttled, principal, username, address, source):
     return principal
 
 
-async def authenticate_mqtt(username, password, client_id=None, address=None, source="mqtt"):
+async def authenticate_mqtt(username, password, client_id=None, address=None, source="mqtt", refusal=None):
     """The principal for a CONNECT with ``username``/``password``, or None to refuse. Never raises.
 
     With ``client_id`` (the CONNECT's), the client-id rule above is enforced too; ``address`` (the client's
-    IP) is what failures are throttled by, with the username."""
+    IP) is what failures are throttled by, with the username. A caller that passes a dict as ``refusal``
+    learns there why a client id was refused (``refusal["client_id"]``), to answer and log it itself."""
     try:
         username = _as_text(username)
         throttle = auth_throttle()
         throttled = throttle.throttled(username, address)
         principal = await _authenticate(username, _as_text(password), throttled=throttled is not None)
         _counted(throttle, throttled, principal, username, address, source)
-        return _checked(principal, _as_text(client_id), username)
+        return _checked(principal, _as_text(client_id), username, refusal)
     except Exception:
         logger.exception("MQTT authentication of %r failed with an internal error; refusing", str(username)[:64])
         return None
@@ -330,7 +339,7 @@ def authenticate_mqtt_sync(username, password, client_id=None, address=None, sou
         throttled = throttle.throttled(username, address)
         principal = _authenticate_sync(username, _as_text(password), throttled=throttled is not None)
         _counted(throttle, throttled, principal, username, address, source)
-        return _checked(principal, _as_text(client_id), username)
+        return _checked(principal, _as_text(client_id), username, None)
     except Exception:
         logger.exception("MQTT authentication of %r failed with an internal error; refusing", str(username)[:64])
         return None
