@@ -6,7 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HUBSERVER_DATA_DIR=/data
 
-COPY . /src
+# Only what the package is built from: a clone also holds what its user made there (device.py, the
+# provisioned plugs.csv with device passwords, a venv), and a copied file stays in the image's layers even
+# after it is removed.
+COPY pyproject.toml README.md /src/
+COPY hubserver /src/hubserver
+COPY plugins /src/plugins
+COPY devicetypes /src/devicetypes
+COPY settings /src/settings
 RUN pip install --no-cache-dir /src && rm -rf /src
 
 # Never root: a user of its own, owning only the data volume (and a home for the running-hub note that

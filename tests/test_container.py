@@ -3,6 +3,7 @@ ports, volume and documented variables; the image runs the hub unprivileged with
 check itself runs against a real hub in tests/test_run.py.)"""
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -43,3 +44,20 @@ def test_compose_runs_the_image_with_ports_volume_and_documented_settings():
     for name in hub["environment"]:
         assert f"| `{name}` |" in documented, f"{name} is not in docs/configuration.md"
     assert "HUBSERVER_PUBLIC_HOST" in hub["environment"] and "HUBSERVER_ALLOWED_HOSTS" in hub["environment"]
+
+
+def test_the_image_is_built_from_the_package_sources_alone():
+    """A clone holds what its user made there (device.py, plugs.csv with device passwords, a venv): the image
+    copies only what the package is built from, and all of that, so nothing else lands in its layers."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_dirs = set(project["tool"]["setuptools"]["package-dir"].values())
+    copied = set()
+    for name, args in dockerfile():
+        if name == "COPY":
+            *sources, target = args.split()
+            assert target.startswith("/src"), args
+            copied.update(sources)
+    assert "." not in copied, "COPY . would put the whole build context into the image"
+    assert copied == package_dirs | {"pyproject.toml", project["project"]["readme"]}
+    for ignored in ("*.csv", "**/*.sqlite3*", ".venv"):
+        assert ignored in (ROOT / ".dockerignore").read_text().split()
