@@ -152,6 +152,36 @@ def test_a_busy_port_stops_start_up_before_anything_is_created(tmp_path):
             assert not (hub.data_dir / "hubserver.sqlite3").exists(), "no database (and no admin) before the ports"
 
 
+def test_a_second_start_names_every_busy_port_and_the_hub_that_holds_them(tmp_path):
+    runtime = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    hub = RunningHub(tmp_path / "data", env=runtime).start()
+    pid = hub.process.pid
+    try:
+        # `hubserver run` again in another terminal: the hub already running there is named, with both ports.
+        again = RunningHub(hub.data_dir, http_port=hub.http_port, mqtt_port=hub.mqtt_port, env=runtime)
+        again.start(wait=False)
+        assert again.process.wait(60) != 0
+        time.sleep(0.1)
+        for kind, port in (("HTTP", hub.http_port), ("MQTT", hub.mqtt_port)):
+            assert (
+                f"cannot listen for {kind} on 127.0.0.1:{port}: hubserver (pid {pid}) is already running on this "
+                f"database and listens there; stop it first (Ctrl+C in its terminal, or kill {pid})."
+            ) in again.text()
+        # Another data directory on the same MQTT port: the holder and its data are named, nothing is created.
+        other = RunningHub(tmp_path / "other", mqtt_port=hub.mqtt_port, env=runtime)
+        other.start(wait=False)
+        assert other.process.wait(60) != 0
+        time.sleep(0.1)
+        assert (
+            f"cannot listen for MQTT on 127.0.0.1:{hub.mqtt_port}: hubserver (pid {pid}) on another database "
+            f"({hub.data_dir}) listens there; stop it, or use --mqtt-port."
+        ) in other.text()
+        assert "cannot listen for HTTP" not in other.text()
+        assert not (tmp_path / "other" / "hubserver.sqlite3").exists()
+    finally:
+        assert hub.stop() == 0
+
+
 def test_the_admin_password_is_printed_once_with_the_way_to_reset_it(running, tmp_path):
     hub = running()
     printed = next(line for line in hub.output if "Log in at" in line)

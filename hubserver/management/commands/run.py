@@ -63,11 +63,14 @@ class Command(BaseCommand):
         mqtt_port = hub_settings.MQTT_PORT if mqtt_port is None else mqtt_port
         tls_port = hub_settings.MQTT_TLS_PORT if embedded else 0
         # Every port before anything is created: a start that fails leaves no database and no admin account.
-        self.check_port(host, http_port, "HTTP", "--http-port")
+        ports = [(http_port, "HTTP", "--http-port")]
         if embedded:
-            self.check_port(host, mqtt_port, "MQTT", "--mqtt-port")
+            ports.append((mqtt_port, "MQTT", "--mqtt-port"))
         if tls_port:
-            self.check_port(host, tls_port, "MQTT over TLS", "HUBSERVER_MQTT_TLS_PORT")
+            ports.append((tls_port, "MQTT over TLS", "HUBSERVER_MQTT_TLS_PORT"))
+        problems = [problem for port, what, option in ports if (problem := port_problem(host, port, what, option))]
+        if problems:
+            raise CommandError(" ".join(problems))
         self.prepare_database()
 
         from twisted.internet import defer, reactor
@@ -169,18 +172,6 @@ class Command(BaseCommand):
             )
         )
 
-    def check_port(self, host, port, what, option):
-        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            hint = " Is another hub or MQTT broker running?" if what.startswith("MQTT") else ""
-            raise CommandError(f"cannot listen for {what} on {host}:{port}: {reason}.{hint} Use {option}.") from exc
-        finally:
-            probe.close()
-
     def print_ready(self, host, http_port, mqtt_port, hub=None):
         shown = _shown(host)
         if mqtt_port is not None:
@@ -271,3 +262,32 @@ def reset_command():
 
 def _twisted_interface(host):
     return host.replace(":", r"\:")
+
+
+def port_problem(host, port, what, option):
+    """Why ``port`` cannot be listened on (one sentence naming it, and the hub holding it if one does), or None."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+        return None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            return f"cannot listen for {what} on {host}:{port}: {exc.strerror}."
+    finally:
+        probe.close()
+    holder = next(
+        (hub for hub in running.running_hubs() if port in (hub.http_port, hub.mqtt_port, hub.mqtt_tls_port)), None
+    )
+    if holder is None:
+        hint = " Is another hub or MQTT broker running?" if what.startswith("MQTT") else ""
+        return f"cannot listen for {what} on {host}:{port}: already in use.{hint} Use {option}."
+    if holder.database == running.database_key():
+        return (
+            f"cannot listen for {what} on {host}:{port}: hubserver (pid {holder.pid}) is already running on this "
+            f"database and listens there; stop it first (Ctrl+C in its terminal, or kill {holder.pid})."
+        )
+    return (
+        f"cannot listen for {what} on {host}:{port}: hubserver (pid {holder.pid}) on another database "
+        f"({holder.data_dir or holder.database}) listens there; stop it, or use {option}."
+    )
