@@ -1,6 +1,7 @@
 """The generated REST API: URLs, permissions, device CRUD, the readings,
 provision and commands actions, the readings endpoint's filters, ordering, pagination and CSV export."""
 
+import base64
 import csv
 import io
 from datetime import UTC, datetime, timedelta
@@ -116,6 +117,24 @@ def test_anonymous_is_asked_for_credentials(client, device):
         assert response["WWW-Authenticate"] == "Token", url
     assert client.post(devices_url("t-1", "provision")).status_code == 401
     assert client.get(devices_url(), HTTP_AUTHORIZATION="Token not-a-key").status_code == 401
+
+
+def test_basic_credentials_are_told_which_schemes_the_api_takes(client, device, django_user_model):
+    """``curl -u admin:<password>``: Basic is not taken, and the answer says so (not "credentials were not
+    provided"), naming the token and the command that makes one; sessions and tokens still work."""
+    user = django_user_model.objects.create_superuser("boss", "boss@example.com", "s3cret-pass")
+    basic = "Basic " + base64.b64encode(b"boss:s3cret-pass").decode()
+    for url in (devices_url(), "/api/"):
+        response = client.get(url, HTTP_AUTHORIZATION=basic)
+        assert response.status_code == 401, url
+        assert response["WWW-Authenticate"] == "Token", url
+        detail = response.json()["detail"]
+        assert detail.startswith("Basic authentication is not accepted: send 'Authorization: Token <key>'"), detail
+        assert "hubserver drf_create_token <username>" in detail
+    token = Token.objects.create(user=user)
+    assert client.get(devices_url(), HTTP_AUTHORIZATION=f"Token {token.key}").status_code == 200
+    client.force_login(user)
+    assert client.get(devices_url()).status_code == 200, "a session is not disturbed by the header check"
 
 
 def test_authenticated_without_permissions_is_refused(as_user, device):
