@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from hubserver import Reading, registry
 from hubserver.simulator import Simulator, Target, simulated_device_ids
 from hubserver.simulator.display import Display, format_values
-from hubserver.simulator.profiles import profile_for
+from hubserver.simulator.profiles import mains_powered, profile_for
 from hubserver.simulator.state import apply_command, initial_state
 from hubserver.simulator.values import ReadingValues, ValueSource
 from tests.mqtt import until
@@ -148,6 +148,13 @@ def test_a_meter_sums_its_phases_and_counts_imported_energy():
     assert imported == sorted(imported) and imported[-1] > imported[0]
 
 
+def test_only_battery_powered_types_report_a_battery():
+    powered = {name: mains_powered(registry.get(name)._readings) for name in ("smartplug", "energymeter")}
+    assert powered == {"smartplug": True, "energymeter": True}
+    for name in ("weatherstation", "gpstracker", "thermometer"):
+        assert not mains_powered(registry.get(name)._readings), name
+
+
 def test_state_changes_from_commands():
     plug = registry.get("smartplug")
     state = initial_state(plug)
@@ -179,6 +186,8 @@ async def test_simulated_plugs_announce_their_relay_and_switch_it(hub):
             return {d["device_id"]: d["relay"] for d in await rows(device_model, device_id__startswith="sim-")}
 
         await until_async(lambda: stored(), relays)
+        batteries = {d["battery_level"] for d in await rows(device_model, device_id__startswith="sim-")}
+        assert batteries == {None}, "a mains-powered plug reports no battery level"
         off = next(device_id for device_id, relay in relays.items() if relay == "off")
         command = {"command": "switch", "payload": {"state": "on"}, "correlation_id": "c-1"}
         await hub.engine.publish(f"things/smartplug/{off}/cmd", json.dumps(command).encode(), qos=1)
@@ -234,6 +243,7 @@ async def test_simulated_devices_publish_realistic_readings_and_answer_commands(
         devices = await rows(device_model, device_id__startswith="sim-")
         assert sorted(d["device_id"] for d in devices) == ["sim-0001", "sim-0002"]
         assert all(d["status"] == "online" for d in devices)
+        assert all(60 <= d["battery_level"] <= 100 for d in devices), "a battery-powered sensor reports its level"
 
         # A command on the device's cmd topic is answered on its reply topic, correlated.
         command = {"command": "set_mode", "payload": {"mode": "manual"}, "correlation_id": "corr-42"}

@@ -17,6 +17,7 @@ import paho.mqtt.client as paho
 
 from .. import __version__
 from ..exceptions import ValidationError
+from .profiles import mains_powered
 from .state import apply_command, initial_state
 from .transport import LoopTransport
 from .values import ReadingValues
@@ -41,7 +42,9 @@ class SimulatedDevice:
         self.rng = rng or random.Random()
         self.values = ReadingValues(device_type, realistic, self.rng, interval=interval)
         self.state = initial_state(device_type, self.rng)
-        self.battery = round(self.rng.uniform(60, 100), 1)
+        # A realistic mains-powered device (a plug, a meter) reports no battery level.
+        mains = realistic and mains_powered(device_type._readings)
+        self.battery = None if mains else round(self.rng.uniform(60, 100), 1)
         # What the display shows.
         self.connected = False
         self.ever_connected = False
@@ -100,7 +103,7 @@ class SimulatedDevice:
             self.topics["status"],
             {
                 **ONLINE,
-                "battery_level": self.battery,
+                **({} if self.battery is None else {"battery_level": self.battery}),
                 "firmware_version": f"sim-{__version__}",
                 **self._reported_state(),
             },

@@ -229,6 +229,15 @@ def _unit(reading):
     return (reading.unit or "").strip()
 
 
+def mains_powered(readings):
+    """Does a type with these readings (name -> Reading) run on the mains? It meters the grid: a voltage in
+    V, a frequency in Hz or an energy counter in kWh. Such a device (a plug, a meter) has no battery."""
+    return any(
+        (_unit(reading), name.lower()) in {("V", "voltage"), ("Hz", "frequency")} or _unit(reading) == "kWh"
+        for name, reading in readings.items()
+    )
+
+
 def profile_for(name, reading: Reading, readings, rng):
     """The realistic profile of ``reading`` (named ``name``, among the type's ``readings``), or None."""
     unit, lowered = _unit(reading), name.lower()
