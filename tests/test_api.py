@@ -581,6 +581,14 @@ def test_timestamps_read_the_same_in_json_and_csv(admin_client, device):
     assert from_json["received_at"] == rows[0]["received_at"] and rows[0]["received_at"].endswith("Z")
 
 
+def test_a_format_an_endpoint_does_not_render_is_named_with_those_it_does(admin_client, device):
+    response = admin_client.get(devices_url() + "?format=csv")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "No format 'csv' here: this endpoint renders json, api (?format=...)."
+    assert admin_client.get(devices_url() + "?format=json").status_code == 200
+    assert admin_client.get(readings_url() + "?format=csv").status_code == 200
+
+
 # --- The API root and what is not there ----------------------------------------------------------------------
 
 
