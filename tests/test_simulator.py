@@ -94,6 +94,12 @@ def test_weather_is_plausible():
     assert sum(1 for value in rain if value == 0) > len(rain) / 2, "mostly dry"
     fast = [row["rain"] for row in reports("weatherstation", 1000, interval=2)]
     assert sum(fast) < 5, "reported every 2 s, rain accumulates slowly"
+    # Reported every 2 s for an hour, the weather changes as much as in an hour, not as in 1,800 reports.
+    hour = reports("weatherstation", 1800, interval=2)
+    for name, step, span in (("temperature", 0.5, 8), ("wind_speed", 3, 15), ("pressure", 0.5, 10)):
+        values = [row[name] for row in hour]
+        assert max(abs(b - a) for a, b in itertools.pairwise(values)) < step, name
+        assert max(values) - min(values) < span, name
     wind = [row["wind_speed"] for row in reports("weatherstation", 20_000, interval=60)]
     assert sum(1 for value in wind if value > 24.5) < len(wind) / 500, "storm force is rare"
     assert 2 < statistics.median(wind) < 8

@@ -22,21 +22,28 @@ STORM_FORCE = 24.5  # m/s, Beaufort 10
 
 class Walk:
     """A mean-reverting random walk (Ornstein-Uhlenbeck): starts anywhere in its typical spread, moves a
-    little each report, and is pulled back to ``center`` (in log space with ``log``, for skewed quantities)."""
+    little each report, and is pulled back to ``center`` (in log space with ``log``, for skewed quantities).
+
+    ``reversion`` is the pull over ``per`` seconds (a weather station's five-minute report): reported every
+    2 s, a temperature moves as far in five minutes as it does in one report every five minutes, not 150
+    times as far. The stationary spread is ``spread`` whatever the interval."""
 
     phase = 0
+    PER = 300.0
 
-    def __init__(self, center, spread, low=None, high=None, reversion=0.05, log=False, decimals=None):
+    def __init__(self, center, spread, low=None, high=None, reversion=0.05, log=False, decimals=None, per=PER):
         self.center, self.spread = (math.log(center), spread) if log else (center, spread)
         self.low, self.high, self.reversion, self.log, self.decimals = low, high, reversion, log, decimals
-        self.step = spread * math.sqrt(reversion * (2 - reversion))  # keeps the stationary spread
+        self.per = per
         self.x = None
 
     def next(self, rng, context):
         if self.x is None:
             self.x = rng.gauss(self.center, self.spread)
         else:
-            self.x += self.reversion * (self.center - self.x) + rng.gauss(0, self.step)
+            # The exact step of the process over the interval: pull a, noise that keeps the spread.
+            pull = 1 - (1 - self.reversion) ** (max(context["interval"], 0.001) / self.per)
+            self.x += pull * (self.center - self.x) + rng.gauss(0, self.spread * math.sqrt(pull * (2 - pull)))
         value = math.exp(self.x) if self.log else self.x
         if self.low is not None:
             value = max(value, self.low)
@@ -247,7 +254,7 @@ def profile_for(name, reading: Reading, readings, rng):
     if not numeric:
         return None
     if unit == "°C" and "temp" in lowered:
-        return Walk(rng.uniform(8, 20), 5, reversion=0.004)  # about 0.5 °C a report at most
+        return Walk(rng.uniform(8, 20), 5, reversion=0.004)  # about 0.5 °C in five minutes at most
     if unit == "%" and "humid" in lowered:
         return Walk(65, 12, low=15, high=100, reversion=0.005)
     if unit == "hPa":
