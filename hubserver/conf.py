@@ -74,6 +74,9 @@ DEFAULTS = {
     "MAX_PACKET_SIZE": (int, 1024 * 1024),
     "MAX_CONNECT_SIZE": (int, 16 * 1024),
     "CONNECT_TIMEOUT": (NUMBER, 10.0),
+    # The longest keepalive (seconds) an MQTT 5 client may use; one asking for more, or for none (0), is
+    # told this one in CONNACK (Server Keep Alive) and held to it. 0: each client keeps its own.
+    "MAX_KEEPALIVE": (int, 0),
     # Per MQTT connection: QoS 1/2 messages sent and not yet acknowledged, and incoming packets being
     # handled at once (beyond: the hub stops reading); incoming QoS 2 messages waiting for their PUBREL.
     "MAX_INFLIGHT_MESSAGES": (int, 32),
@@ -280,6 +283,8 @@ def validate(user):
     ):
         if resolved[key] <= 0:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be positive, got {resolved[key]}")
+    if not 0 <= resolved["MAX_KEEPALIVE"] <= 65535:
+        raise ConfigurationError(f"{SETTINGS_NAME}['MAX_KEEPALIVE'] must be 0 (no cap) to 65535 seconds")
     for key in ("CLIENT_MESSAGE_RATE", "CLIENT_MESSAGE_BURST", "CLIENT_BYTE_RATE", "CLIENT_BYTE_BURST"):
         if resolved[key] < 0:
             raise ConfigurationError(f"{SETTINGS_NAME}[{key!r}] must be 0 (no quota) or positive, got {resolved[key]}")

@@ -283,6 +283,11 @@ class HubBroker(Broker):
             # MQTT 5: Clean Start only decided what happened to an old session; from now on the session
             # lives on after the connection unless its Session Expiry Interval is 0.
             session.clean_session = session.v5.session_expiry == 0
+        cap = self.limits.max_keepalive
+        if cap and session.v5 is not None and not 0 < session.keep_alive <= cap:
+            # MAX_KEEPALIVE: an MQTT 5 client asking for none (0) or more is told the hub's in CONNACK
+            # (Server Keep Alive) and must use it [MQTT-3.2.2-21]; 3.1.1 has no way to say so.
+            session.keep_alive = handler.server_keep_alive = cap
         # Upstream: keepalive is never enforced. MQTT 3.1.1 §3.1.2.10: disconnect after 1.5x keepalive.
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)

@@ -71,6 +71,7 @@ class Limits:
     max_packet_size: int
     max_connect_size: int
     connect_timeout: float
+    max_keepalive: int
     max_payload_size: int
     max_inflight: int
     max_queued: int
@@ -83,6 +84,7 @@ class Limits:
             max_packet_size=hub_settings.MAX_PACKET_SIZE,
             max_connect_size=hub_settings.MAX_CONNECT_SIZE,
             connect_timeout=hub_settings.CONNECT_TIMEOUT,
+            max_keepalive=hub_settings.MAX_KEEPALIVE,
             max_payload_size=hub_settings.MAX_PAYLOAD_SIZE,
             max_inflight=hub_settings.MAX_INFLIGHT_MESSAGES,
             max_queued=hub_settings.MAX_QUEUED_MESSAGES,

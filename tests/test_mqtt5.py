@@ -291,6 +291,24 @@ async def test_a_silent_client_is_told_keep_alive_timeout(hub, service, raw):
     assert disconnect.reason_code == reasons.KEEP_ALIVE_TIMEOUT
 
 
+@pytest.mark.slow  # waits out a keepalive
+@pytest.mark.parametrize("hub_settings_override", [{"MAX_KEEPALIVE": 3}], indirect=True)
+async def test_max_keepalive_is_told_as_server_keep_alive_and_held_to(hub, service, raw, v5):
+    follower = v5(hub.engine.port, "paho-keepalive", *service, keepalive=60)
+    await follower.connect()
+    assert follower.connack_properties.ServerKeepAlive == 3  # asked for more: told MAX_KEEPALIVE
+    silent = raw(hub.engine.port)
+    connack = await silent.connect("no-keepalive", *service, keepalive=0)
+    assert connack.properties["server_keep_alive"] == 3  # asked for none: told MAX_KEEPALIVE [MQTT-3.2.2-21]
+    modest = raw(hub.engine.port)
+    assert "server_keep_alive" not in (await modest.connect("modest", *service, keepalive=2)).properties
+    modest.close()
+    disconnect = await silent.read_type(codec.Disconnect, timeout=15)  # silent for 1.5 x 3 s
+    assert disconnect.reason_code == reasons.KEEP_ALIVE_TIMEOUT
+    # paho connected first and uses the 3 s it was told rather than its 60 s: its PINGREQs kept it.
+    assert follower.connected and follower.disconnects == 0
+
+
 async def test_revoked_credentials_are_told_not_authorized(hub, v5):
     from hubserver.access.provisioning import provision
 
