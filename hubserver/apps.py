@@ -21,11 +21,19 @@ class HubserverConfig(AppConfig):
         from .web import connections
 
         connections.connect()
+        from django.db import connections
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_migrate
 
-        from .lifecycle.backfill import after_migrate
+        from . import fields
+        from .lifecycle import backfill, timestamps
 
-        post_migrate.connect(after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.backfill")
+        connection_created.connect(fields.install, dispatch_uid="hubserver.fields.install")
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None:  # opened before this receiver was connected
+                fields.install(None, connection)
+        post_migrate.connect(timestamps.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.timestamps")
+        post_migrate.connect(backfill.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.backfill")
 
 
 def discover(site=None):

@@ -22,6 +22,8 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import BigIntegerField, DateTimeField, FloatField, IntegerField, JSONField
 
+from ..fields import CompactDateTimeField, to_microseconds
+
 
 class RowInserter:
     """Insert tuples of ``columns`` (attnames, in order) into ``model``'s table; returns their primary keys."""
@@ -80,27 +82,31 @@ class RowInserter:
     def insert(self, rows, converted=None):
         """Insert ``rows`` (sequences of values in ``columns`` order); returns the new primary keys in order.
 
-        ``converted`` (a dict, optional) remembers database values of hashable values across calls, so a
-        datetime shared by many rows of a batch is converted once."""
+        ``converted`` (a dict, optional) remembers database values of hashable values across calls (per
+        converter), so a datetime shared by many rows of a batch is converted once."""
         if not rows:
             return []
         connection = connections[self.using]
         if self._prepared != connection.alias:
             self._prepare(connection)
         defaults = [f.get_db_prep_save(f.get_default(), connection) for f in self._defaulted]
-        converters = self._converters
         memo = {} if converted is None else converted
+        # One cache per converter: the same datetime is text in one column and an integer in another.
+        converters = [
+            (index, converter, memo.setdefault(converter, {}) if cacheable else None)
+            for index, converter, cacheable in self._converters
+        ]
         prepared = []
         for row in rows:
             values = list(row)
-            for index, converter, cacheable in converters:
+            for index, converter, cache in converters:
                 value = values[index]
                 if value is None:
                     continue
-                if cacheable:
-                    db_value = memo.get(value)
+                if cache is not None:
+                    db_value = cache.get(value)
                     if db_value is None:
-                        db_value = memo[value] = converter(value)
+                        db_value = cache[value] = converter(value)
                     values[index] = db_value
                 else:
                     values[index] = converter(value)
@@ -220,6 +226,8 @@ def _converter(field, connection):
     """
     if field.is_relation or field.get_internal_type() in _AS_IS:
         return None
+    if isinstance(field, CompactDateTimeField) and connection.vendor == "sqlite":
+        return to_microseconds
     if isinstance(field, DateTimeField):
         if connection.vendor == "sqlite" and settings.USE_TZ and connection.timezone is UTC:
             return _sqlite_utc_datetime
