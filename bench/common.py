@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 MESSAGE_TABLE = "devicetypes_weatherstationmessage"
@@ -86,6 +87,12 @@ class Main(contextlib.ExitStack):
 
         self.callback(remove)
         return path
+
+
+def stored_time(moment):
+    """What the hub stores on SQLite for a message or reading time (``hubserver.fields``): integer
+    microseconds since 1970 UTC. For benchmarks that write rows into the tables directly."""
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def check_positive(parser, args, *names, message):

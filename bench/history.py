@@ -69,13 +69,13 @@ def write_readings(db_path, device_id, days, interval):
             rows = []
             for n in range(first, min(total, first + chunk)):
                 when = start + timedelta(seconds=n * interval)
-                text = str(when.replace(tzinfo=None))
+                stored = common.stored_time(when)
                 day = 2 * math.pi * (n * interval % 86400) / 86400
                 rows.append(
                     (
                         device,
-                        text,
-                        text,
+                        stored,
+                        stored,
                         round(12 + 8 * math.sin(day) + rng.gauss(0, 0.3), 2),
                         round(60 - 20 * math.sin(day) + rng.gauss(0, 1), 1),
                         round(1013 + 5 * math.sin(day / 7) + rng.gauss(0, 0.2), 1),

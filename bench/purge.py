@@ -49,7 +49,7 @@ def write_backlog(db_path, device_ids, count):
             db.execute("BEGIN")
             messages, readings = [], []
             for n in range(first, min(count, first + 50_000)):
-                when = str((start + timedelta(milliseconds=n)).replace(tzinfo=None))
+                when = common.stored_time(start + timedelta(milliseconds=n))
                 device = pks[n % len(pks)]
                 messages.append(
                     (
@@ -86,7 +86,7 @@ def write_backlog(db_path, device_ids, count):
 
 
 def backlog_left(db_path):
-    cutoff = str((datetime.now(UTC) - timedelta(days=30)).replace(tzinfo=None))
+    cutoff = common.stored_time(datetime.now(UTC) - timedelta(days=30))
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         return sum(
