@@ -1,8 +1,10 @@
 """Timestamps an older hub stored as text, converted to the integers ``CompactDateTimeField`` stores.
 
-Runs after every ``migrate`` (SQLite only). Whether a table has any text left is one look at the end of
-its time index (text sorts after every integer in SQLite); a table with some gets all its compact columns
-converted in one UPDATE, in one transaction.
+Runs after every ``migrate`` (SQLite only), on the columns a migration has already declared ``integer`` (a
+devices file's tables change when the hub writes and applies their migration: ``hubserver run`` or any
+command but ``migrate``). Whether a table has any text left is one look at the end of its time index (text
+sorts after every integer in SQLite); a table with some gets all its compact columns converted in one
+UPDATE, in one transaction.
 """
 
 import logging
@@ -32,8 +34,15 @@ def convert_text_timestamps(using=DEFAULT_DB_ALIAS):
             continue
         quote = connection.ops.quote_name
         table = quote(meta.db_table)
-        indexed = [f for f in fields if f.db_index] or fields
         with connection.cursor() as cursor:
+            # Only columns the migrations have declared "integer": Python's sqlite3 module hands a value of a
+            # column still declared "datetime" to Django's text parser, which reads an integer as nothing.
+            cursor.execute(f"PRAGMA table_info({table})")
+            integer = {row[1] for row in cursor.fetchall() if row[2].lower() == "integer"}
+            fields = [f for f in fields if f.column in integer]
+            if not fields:
+                continue
+            indexed = [f for f in fields if f.db_index] or fields
             if not any(_has_text(cursor, table, quote(f.column)) for f in indexed):
                 continue
             columns = [quote(f.column) for f in fields]
