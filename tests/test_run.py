@@ -463,3 +463,47 @@ def test_the_container_health_check_follows_the_hub(tmp_path):
         assert unhealthy.stderr.startswith(f"unhealthy: no HTTP answer on 127.0.0.1:{hub.http_port}")
     finally:
         assert hub.stop() == 0
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["serving", "after-sigstop-sigcont"])
+def test_sigterm_while_http_requests_are_being_served_stops_the_hub(running, paused):
+    """A request in flight at SIGTERM has a thread waiting for a task on the loop: the hub used to print
+    "Stopped." and never exit (Python joins that thread at exit). A hub that was stopped and continued
+    (SIGSTOP, SIGCONT: a container paused, a laptop) serves the requests that queued meanwhile all at once."""
+    hub = running()
+    finished = threading.Event()
+    answered = []
+
+    def ask_again_and_again():
+        while not finished.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", hub.http_port), timeout=30) as sock:
+                    while not finished.is_set():
+                        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        if not sock.recv(4096):
+                            break
+                        answered.append(1)
+            except OSError:
+                time.sleep(0.01)
+
+    clients = [threading.Thread(target=ask_again_and_again, daemon=True) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(answered) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if paused:
+            hub.process.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # the clients' next requests queue up
+            hub.process.send_signal(signal.SIGCONT)
+        served_before = len(answered)
+        while len(answered) < served_before + 10 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(answered) >= served_before + 10, "the hub did not serve HTTP"
+        code = hub.stop(timeout=60)  # SIGTERM, the clients still asking
+    finally:
+        finished.set()
+    assert code == 0, hub.text()
+    assert "Stopped." in hub.text()
+    assert "Traceback" not in hub.text()

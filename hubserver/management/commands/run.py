@@ -115,6 +115,7 @@ class Command(BaseCommand):
         server.listen_error = lambda failure: (failed.append(failure.getErrorMessage()), original_listen_error(failure))
         try:
             server.run()
+            finish_pending_tasks(loop)
         finally:
             running.forget()
         if failed:
@@ -199,12 +200,14 @@ class Command(BaseCommand):
 
 def _bounded_server_class():
     from daphne.server import Server
+    from twisted.internet import defer
 
     from ...web.bodies import bounded_http_factory
 
     class BoundedServer(Server):
         """daphne's Server, whose HTTP requests have their bodies limited before they are read
-        (``hubserver.web.bodies``). daphne builds its HTTP factory inside ``run()``; this takes its place."""
+        (``hubserver.web.bodies``; daphne builds its HTTP factory inside ``run()``, this takes its place),
+        and which cancels every application when it stops."""
 
         @property
         def http_factory(self):
@@ -214,7 +217,49 @@ def _bounded_server_class():
         def http_factory(self, factory):
             self._bounded_http_factory = bounded_http_factory(self)
 
+        # Upstream (Server.kill_all_applications): a connection whose request is not complete yet has no
+        # application, and the KeyError it raised ended the loop: the applications after it were never
+        # cancelled, and a traceback was logged on every such stop.
+        def kill_all_applications(self):
+            running = [details.get("application_instance") for details in self.connections.values()]
+            running = [instance for instance in running if instance is not None and not instance.done()]
+            for instance in running:
+                instance.cancel()
+            logger.debug("cancelled %d pending application instances", len(running))
+            if not running:
+                return None
+            # Wait for all of them, for a while (asyncio.gather gave up at the first one that ended cancelled).
+            waiting = asyncio.ensure_future(asyncio.wait(running, timeout=PENDING_TASKS_TIMEOUT))
+            return defer.Deferred.fromFuture(waiting)
+
     return BoundedServer
+
+
+# Seconds the tasks left on the loop when the server has stopped get to end once cancelled.
+PENDING_TASKS_TIMEOUT = 10.0
+
+
+def finish_pending_tasks(loop, timeout=PENDING_TASKS_TIMEOUT):
+    """Cancel the tasks still on the loop after the server stopped, and run it until they have ended.
+
+    daphne cancels each connection's application at shutdown, but not the tasks that application started,
+    and the reactor stops the loop as soon as its shutdown triggers are done. An HTTP request being served
+    at that moment is split between its thread and the loop (Django runs a sync middleware in the thread,
+    which hands the rest of the request to a task on the loop and waits for it): with the loop stopped,
+    that thread waited for ever, and since Python joins every executor thread at exit, a hub sent SIGTERM
+    while serving HTTP printed "Stopped." and never exited. Cancelled here, each such task ends and wakes
+    its thread."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    done, left = loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("a task ended with %r while the hub stopped", task.exception())
+    if left:
+        logger.warning("%d tasks did not end within %.0f s of the hub stopping: %s", len(left), timeout, left)
 
 
 def install_reactor(event_loop):
