@@ -115,6 +115,10 @@ class RouterBridge:
         """amqtt's path (QoS 2, RETAIN, service clients): the Outcome, once the message is committed."""
         principal = principal_of(session)
         topic = message.topic
+        if principal is not None and not isinstance(principal, DevicePrincipal) and not can_publish(principal, topic):
+            application = namespaces.owner(topic)
+            if application is not None:  # before refusing: a grant made elsewhere a moment ago counts
+                await application.recheck()
         if not self._permitted(session, principal, topic):
             _refused(message, "acl", "")
             return Outcome.DROP

@@ -567,7 +567,15 @@ class HubBroker(Broker):
         if inner is None or not _valid_filter(inner):
             return reasons.TOPIC_FILTER_INVALID
         if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
-            return reasons.NOT_AUTHORIZED
+            application = namespaces.owner(inner)
+            # An application's topic (DASF): before refusing, a grant made elsewhere a moment ago counts.
+            if application is None:
+                return reasons.NOT_AUTHORIZED
+            if not (
+                await application.recheck() and await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE)
+            ):
+                application.subscription_refused(principal_of(session), inner)
+                return reasons.NOT_AUTHORIZED
         existing = self._subscriptions.get(topic_filter)
         if existing and any(s.client_id == session.client_id for s, _ in existing):
             existing[:] = [(s, qos if s.client_id == session.client_id else q) for s, q in existing]

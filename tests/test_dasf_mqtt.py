@@ -7,6 +7,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 
+from hubserver.dasf import signals
 from hubserver.metrics import render
 from tests.conftest import device_client, make_service_user
 from tests.dasf import (
@@ -81,6 +82,7 @@ async def test_a_websocket_producers_message_reaches_mqtt_subscribers_with_can_c
     await until(lambda: _dasf_messages(reader, "calc"), message="the message on dasf/calc")
     (got,) = _dasf_messages(reader, "calc")
     assert got["messageId"] == message_id and got["payload"] == request("2+3")["payload"]
+    assert [m.qos for m in reader.messages] == [1]  # stored and committed: delivered at QoS 1
     await dasf.writer.join()
     assert _dasf_messages(outsider, "calc") == []  # no can_consume: nothing
     assert await stored("calc") == [message_id]  # MQTT subscribers do not acknowledge in DASF's sense
@@ -198,6 +200,35 @@ async def test_anonymous_mqtt_clients_get_what_the_anonymous_user_may_consume(hu
         await producer.disconnect()
     await until(lambda: _dasf_messages(anonymous, "open"), message="the open topic's message")
     assert _dasf_messages(anonymous, "private") == []
+
+
+async def test_grants_made_by_another_process_count_at_once_over_mqtt(hub, dasf, clients):
+    backend = await make_user("backend")
+    topic = await make_topic("calc", consumers=[backend])
+    user, client = await service_client(hub, clients, "late")
+
+    @database_sync_to_async
+    def grant_without_signals(codename):  # what another process's writes look like to this one
+        from django.contrib.auth.models import Permission
+        from django.contrib.contenttypes.models import ContentType
+        from guardian.models import UserObjectPermission
+
+        content_type = ContentType.objects.get_for_model(topic)
+        permission = Permission.objects.get(content_type=content_type, codename=codename)
+        with signals.suppressed():
+            UserObjectPermission.objects.create(
+                user=user, permission=permission, content_type=content_type, object_pk=str(topic.pk)
+            )
+
+    await dasf.recheck()  # nothing left to read: only a check before refusing can see what comes next
+    await grant_without_signals("can_consume")
+    await grant_without_signals("can_produce")
+    dasf._last_recheck = 0
+    assert await client.subscribe("dasf/calc") == 1
+    dasf._last_recheck = 0
+    await client.publish("dasf/calc", json.dumps(request("just granted")), qos=1)
+    assert len(await stored("calc")) == 1
+    assert dasf.mqtt.counts["dropped"] == 0 and dasf.mqtt.counts["subscriptions_refused"] == 0
 
 
 def test_the_mqtt_prefix_may_not_overlap_the_device_namespace():

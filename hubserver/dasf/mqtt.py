@@ -7,7 +7,8 @@ is the DASF topic ``<slug>``, both ways.
   MQTT 3.1.1 has no refusal), counted and logged.
 - Every message producers send to the topic (over WebSocket or MQTT) is also published on ``dasf/<slug>``
   to the MQTT clients subscribed to it, when it is delivered to the topic's DASF consumers (after its
-  commit). The broker's own pings and API-info requests stay on the WebSocket side.
+  commit), at QoS 1 (or the subscription's lower QoS). The broker's own pings and API-info requests stay
+  on the WebSocket side.
 
 Who may do that is the topic's permissions, decided in memory from the service's snapshot: publishing needs
 ``can_produce`` (or a public topic; a topic that does not exist yet is created for a user with
@@ -106,29 +107,33 @@ class DasfNamespace:
         """A filter naming one existing topic needs ``can_consume`` on it (refused, counted and logged
         otherwise). A wildcard filter (``dasf/#``), or a topic that does not exist yet (a response topic about
         to be created), is accepted: what reaches the client is decided per message (``can_receive``)."""
+        return self._subscribe_problem(principal, topic_filter) is None
+
+    def _subscribe_problem(self, principal, topic_filter):
         if isinstance(principal, HubPrincipal):
-            return True
+            return None
         user_id = self._user_id(principal)
         if user_id is None:
-            return False  # devices
+            return "devices never reach DASF topics"
         if "+" in topic_filter or "#" in topic_filter:
-            return True
+            return None
         slug = self.slug_of(topic_filter)
         if slug is None:
-            return self._refuse_subscription(principal, topic_filter, "it names no DASF topic")
+            return "it names no DASF topic"
         snapshot = self.service.grants
         known = snapshot.topics.get(slug)
         if known is None or snapshot.allows(user_id, CAN_CONSUME, known):
-            return True
-        return self._refuse_subscription(principal, topic_filter, "it needs the can_consume permission")
+            return None
+        return "it needs the can_consume permission"
 
-    def _refuse_subscription(self, principal, topic_filter, why):
+    def subscription_refused(self, principal, topic_filter):
+        """The broker refused a SUBSCRIBE here (after ``recheck``): counted and logged."""
         self.counts["subscriptions_refused"] += 1
         who = _name(principal)
+        why = self._subscribe_problem(principal, topic_filter) or "refused"
         self._log.warning(
             "subscribe", (who, topic_filter), "DASF over MQTT: %s may not subscribe to %r: %s", who, topic_filter, why
         )
-        return False
 
     def can_receive(self, principal, topic):
         if isinstance(principal, HubPrincipal):
@@ -140,6 +145,11 @@ class DasfNamespace:
         snapshot = self.service.grants
         known = snapshot.topics.get(slug)
         return known is not None and snapshot.allows(user_id, CAN_CONSUME, known)
+
+    async def recheck(self):
+        """Before a refusal: make sure the permissions are fresh (a grant another process made a moment ago,
+        with ``hubserver dasf_topic`` or a shell). True when the decisions may have changed."""
+        return await self.service.recheck()
 
     # MQTT -> DASF -----------------------------------------------------------------------------------------
 
@@ -188,7 +198,7 @@ class DasfNamespace:
         topic = self._base + slug
         data = payload.encode()
         for publish in self.publishers:
-            if publish(topic, data):
+            if publish(topic, data, 1):  # stored and committed: QoS 1 (or the subscription's lower QoS)
                 self.counts["published"] += 1
 
 
