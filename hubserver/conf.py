@@ -109,6 +109,9 @@ DEFAULTS = {
     "METRICS_ALLOWED_NETWORKS": (STR_LIST, []),
     # Seconds without any message after which a connected device is marked offline (0: never).
     "HEARTBEAT_TIMEOUT": (NUMBER, 300),
+    # Bytes a WebSocket (MQTT, live view, DASF) may hold for a client that has not read them; beyond, sending to
+    # it waits for the client, and the sender's own queue limit applies (hubserver.web.send_buffer).
+    "WEBSOCKET_SEND_BUFFER": (int, 64 * 1024),
     # Live views: events buffered per WebSocket before a viewer is dropped as too slow, the seconds it then
     # gets to take its error, and subscriptions per WebSocket; SSE keep-alive seconds, reconnect delay (ms)
     # and rows per replay page; polling's default and largest ?limit=; the channel layer alias for fan-out.
@@ -271,6 +274,7 @@ def validate(user):
         "TIMESTAMP_MAX_FUTURE",
         "WRITER_BATCH_SIZE",
         "WRITER_QUEUE_SIZE",
+        "WEBSOCKET_SEND_BUFFER",
         "REALTIME_QUEUE_SIZE",
         "REALTIME_SLOW_CLOSE_TIMEOUT",
         "REALTIME_MAX_SUBSCRIPTIONS",

@@ -38,6 +38,10 @@ Names (all prefixed ``hubserver_``):
 | ``pruned_rows_total{device_type,kind}``, ``prune_passes_total``, ``prune_errors_total`` | counter | pruning |
 | ``prune_last_pass_seconds`` | gauge | how long its last pass took |
 | ``http_bodies_refused_total{route}`` | counter | HTTP bodies over their route's limit, refused unread (413) |
+| ``websocket_send_paused_total{endpoint}`` | counter | sends that waited for a WebSocket client to read |
+| | | (``mqtt``, ``live``, ``dasf``; ``WEBSOCKET_SEND_BUFFER``) |
+| ``websocket_send_waiting{endpoint}`` | gauge | sends waiting now for their client to read |
+| ``realtime_slow_viewers_total`` | counter | live-view WebSockets closed for falling behind (4429) |
 | ``dasf_connections``, ``dasf_topics``, ``dasf_writer_queue_depth`` | gauge | DASF topic broker |
 | ``dasf_messages_total{outcome}`` | counter | DASF messages ``received``, ``delivered`` (per consumer), ``refused`` |
 | ``dasf_slow_consumers_total`` | counter | DASF connections closed for falling behind (4429) |
@@ -69,6 +73,7 @@ MESSAGE_REFUSALS = (
     "acl",
 )
 CONNECTION_REFUSALS = ("not_authorized", "max_connections", "unsupported_protocol")
+WEBSOCKET_ENDPOINTS = ("mqtt", "live", "dasf")
 
 
 def _name(name):
@@ -158,7 +163,31 @@ class HubCollector(Collector):
         yield from self._verifier_metrics()
         yield from self._throttle_metrics()
         yield from self._http_metrics()
+        yield from self._websocket_metrics()
         yield from self._dasf_metrics()
+
+    def _websocket_metrics(self):
+        from .realtime.consumers import stats as realtime_stats
+        from .web.send_buffer import stats as send_stats
+
+        current = send_stats.snapshot()
+        yield _counter(
+            "websocket_send_paused",
+            "Sends to a WebSocket client that had to wait for it to read (WEBSOCKET_SEND_BUFFER), by endpoint.",
+            labels=["endpoint"],
+            samples=[([endpoint], current["paused"].get(endpoint, 0)) for endpoint in WEBSOCKET_ENDPOINTS],
+        )
+        yield _gauge(
+            "websocket_send_waiting",
+            "Sends waiting now for a WebSocket client to read what it was sent, by endpoint.",
+            labels=["endpoint"],
+            samples=[([endpoint], current["waiting"].get(endpoint, 0)) for endpoint in WEBSOCKET_ENDPOINTS],
+        )
+        yield _counter(
+            "realtime_slow_viewers",
+            "Live-view WebSockets closed for falling REALTIME_QUEUE_SIZE events behind (too_slow, 4429).",
+            realtime_stats["too_slow"],
+        )
 
     def _dasf_metrics(self):
         from .dasf.service import get_service

@@ -53,13 +53,7 @@ class HubProtocolHandler(FastReaderHandler):
         if window is None:
             window = self._window = asyncio.Semaphore(self._window_size())
         if limits is not None and window.locked() and self._queued_out >= limits.max_queued:
-            self.counters.drop(
-                self.session.client_id if self.session else None,
-                "queue_full",
-                "%s has %d messages waiting to be sent: dropping new ones",
-                clip(self.session.client_id if self.session else None),
-                self._queued_out,
-            )
+            self._drop_delivery()
             return None
         self._queued_out += 1
         try:
@@ -72,7 +66,16 @@ class HubProtocolHandler(FastReaderHandler):
             window.release()
 
     _window = None  # made on the first QoS 1/2 delivery
-    _queued_out = 0
+    _queued_out = 0  # deliveries waiting for the window (QoS 1/2) or for the write lock (QoS 0)
+
+    def _drop_delivery(self):
+        self.counters.drop(
+            self.session.client_id if self.session else None,
+            "queue_full",
+            "%s has %d messages waiting to be sent: dropping new ones",
+            clip(self.session.client_id if self.session else None),
+            self._queued_out,
+        )
 
     def _window_size(self):
         """Unacknowledged QoS 1/2 deliveries at a time (MQTT 5 also honours the client's Receive Maximum)."""
@@ -99,8 +102,21 @@ class HubProtocolHandler(FastReaderHandler):
                 self._reader_task.cancel()
             raise
 
-    # Upstream (_handle_qos0_message_flow): every QoS 0 message goes straight to the broker.
+    # Upstream (_handle_qos0_message_flow): every QoS 0 message goes straight to the broker; every QoS 0
+    # delivery waits in a task of its own for the connection's write lock, which a client that does not
+    # read holds for ever (its write waits for room): each message sent to it was held. Here a QoS 0
+    # delivery waits only if fewer than MAX_QUEUED_MESSAGES deliveries already do; beyond, it is dropped.
     async def _handle_qos0_message_flow(self, app_message):
+        if app_message.direction == OUTGOING and self._write_lock.locked():
+            limits = self.limits
+            if limits is not None and self._queued_out >= limits.max_queued:
+                self._drop_delivery()
+                return None
+            self._queued_out += 1
+            try:
+                return await super()._handle_qos0_message_flow(app_message)
+            finally:
+                self._queued_out -= 1
         if app_message.direction == INCOMING and self.bridge is not None:
             if app_message.publish_packet is not None and app_message.publish_packet.dup_flag:
                 return await super()._handle_qos0_message_flow(app_message)  # upstream logs and ignores it

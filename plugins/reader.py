@@ -50,7 +50,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from hubserver.access.principals import DevicePrincipal
 from hubserver.routing.throttle import clip
 
-from .limits import CLOSE_TIMEOUT, WRITE_BUFFER_HIGH, LimitCounters, Limits, transport_of
+from .limits import CLOSE_TIMEOUT, WRITE_BUFFER_HIGH, LimitCounters, Limits, abort, transport_of
 from .session import principal_of
 from .strict import ProtocolViolation, check_header, check_subscription, check_topic, parse_publish
 
@@ -177,8 +177,8 @@ class FastReaderHandler(BrokerProtocolHandler):
             await self._closed_for()
         for task in list(self._tasks or ()):
             task.cancel()
-        if self._behind and self._transport is not None:
-            self._transport.abort()  # it reads nothing: closing would wait for it forever
+        if self._behind:
+            abort(self.writer)  # it reads nothing: closing would wait for it forever
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
@@ -504,10 +504,14 @@ class FastReaderHandler(BrokerProtocolHandler):
         if transport is not None:
             if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
                 self._behind = True  # the reader stops reading until the client has read this
-        elif type(writer) is not StreamWriterAdapter and writer not in _draining:
-            task = asyncio.ensure_future(writer.drain())
-            _draining[writer] = task
-            task.add_done_callback(lambda done: _drained(writer, done))
+        elif type(writer) is not StreamWriterAdapter:
+            if writer not in _draining:
+                task = asyncio.ensure_future(writer.drain())
+                _draining[writer] = task
+                task.add_done_callback(lambda done: _drained(writer, done))
+            buffered = getattr(writer, "get_write_buffer_size", None)
+            if buffered is not None and buffered() > WRITE_BUFFER_HIGH:
+                self._behind = True  # over WebSocket: its sends are waiting for the client to read
 
 
 _draining = {}  # writer -> its drain task (MQTT over WebSocket)

@@ -3,36 +3,55 @@
 every frame, which would cap MQTT over WebSocket at a few hundred packets a second."""
 
 import asyncio
-import functools
 import logging
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
+
+from hubserver.web.send_buffer import daphne_transport
 
 logger = logging.getLogger("hubserver.mqtt.websocket")
 
 
 class ASGIWriter(WriterAdapter):
-    """Buffers what amqtt writes and sends it as one binary WebSocket message per drain."""
+    """Buffers what amqtt writes and sends it as one binary WebSocket message per drain.
+
+    A send waits while the client has not read what it was sent (``hubserver.web.send_buffer``), and one
+    drain sends at a time, in order; meanwhile writes collect here, and the reader stops reading the
+    client once they pass its mark (``get_write_buffer_size``), as for a TCP connection's transport."""
 
     def __init__(self, send, peer):
         self._send = send
         self._peer = peer
         self._buffer = bytearray()
         self._closed = False
+        self._sending = asyncio.Lock()
 
     def write(self, data):
-        self._buffer.extend(data)
+        if not self._closed:
+            self._buffer.extend(data)
+
+    def get_write_buffer_size(self):
+        return len(self._buffer)
 
     async def drain(self):
-        while self._buffer and not self._closed:  # what is written while a send is under way goes next
-            data, self._buffer = bytes(self._buffer), bytearray()
-            await self._send({"type": "websocket.send", "bytes": data})
+        async with self._sending:
+            while self._buffer and not self._closed:  # what is written while a send is under way goes next
+                data, self._buffer = bytes(self._buffer), bytearray()
+                await self._send({"type": "websocket.send", "bytes": data})
 
     def get_peer_info(self):
         return self._peer
 
     def get_ssl_info(self):
         return None
+
+    def abort(self):
+        """Close without sending what is buffered (a client that reads nothing would never take it)."""
+        if not self._closed:
+            self._closed = True
+            self._buffer = bytearray()
+            task = asyncio.ensure_future(self._send({"type": "websocket.close", "code": 1008}))
+            task.add_done_callback(_retrieve)
 
     async def close(self):
         if not self._closed:
@@ -41,6 +60,11 @@ class ASGIWriter(WriterAdapter):
             finally:
                 self._closed = True
                 await self._send({"type": "websocket.close"})
+
+
+def _retrieve(task):
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("closing a WebSocket failed: %r", task.exception())
 
 
 class WebSocketReader(ReaderAdapter):
@@ -103,14 +127,6 @@ class WebSocketReader(ReaderAdapter):
                 future.set_result(None)
 
 
-def _daphne_transport(send):
-    """The Twisted transport under daphne's ``send`` (a partial of its server's handle_reply with the
-    protocol), to stop reading the socket while the MQTT side is behind; None under another server."""
-    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    transport = getattr(protocol, "transport", None)
-    return transport if hasattr(transport, "pauseProducing") else None
-
-
 def mqtt_websocket_app(engine_getter):
     """An ASGI app for the MQTT WebSocket path; ``engine_getter()`` returns the running engine or None."""
 
@@ -128,7 +144,7 @@ def mqtt_websocket_app(engine_getter):
         reader = WebSocketReader(limits.max_connect_size)
         peer = tuple(scope.get("client") or ("websocket", 0))
         writer = ASGIWriter(send, peer)
-        transport = _daphne_transport(send)
+        transport = daphne_transport(send)  # to stop reading the socket while the MQTT side is behind
         session = asyncio.ensure_future(engine.websocket_connected(reader, writer))
         established = False
         try:

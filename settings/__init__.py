@@ -179,7 +179,7 @@ HUBSERVER = {
     "EVENT_LOOP": os.environ.get("HUBSERVER_EVENT_LOOP", "uvloop").strip().lower(),
     **lifecycle_settings(),
 }
-# MQTT limits (docs/limits.md): only those set in the environment, so that the defaults live in one place.
+# Limits (docs/limits.md): only those set in the environment, so that the defaults live in one place.
 for _variable, _key, _read in (
     ("HUBSERVER_MAX_CONNECTIONS", "MAX_CONNECTIONS", env_int),
     ("HUBSERVER_MAX_PAYLOAD_SIZE", "MAX_PAYLOAD_SIZE", env_int),
@@ -197,6 +197,7 @@ for _variable, _key, _read in (
     ("HUBSERVER_CLIENT_QUEUE_SHARE", "CLIENT_QUEUE_SHARE", env_int),
     ("HUBSERVER_TIMESTAMP_MAX_PAST", "TIMESTAMP_MAX_PAST", env_float),
     ("HUBSERVER_TIMESTAMP_MAX_FUTURE", "TIMESTAMP_MAX_FUTURE", env_float),
+    ("HUBSERVER_WEBSOCKET_SEND_BUFFER", "WEBSOCKET_SEND_BUFFER", env_int),
 ):
     if os.environ.get(_variable, "").strip():
         HUBSERVER[_key] = _read(_variable, None)

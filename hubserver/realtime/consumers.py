@@ -18,7 +18,8 @@ Costs: no ORM hop per frame (``dispatch`` is overridden: Channels' hops to the O
 message); database work only in subscribe (one permission check) and command (the check and the insert).
 
 Back-pressure: the channel-layer handler ``hub_events`` only filters and enqueues into a bounded queue
-(``QUEUE_SIZE``) that one sender task drains to the socket, so it never waits for the client. A viewer whose
+(``QUEUE_SIZE``) that one sender task drains to the socket, so it never waits for the client; the sender
+does, while the client has ``WEBSOCKET_SEND_BUFFER`` bytes unread (``hubserver.web.send_buffer``). A viewer whose
 queue overflows loses its pending events, gets ``too_slow``, is closed with 4429 and logged; if it cannot
 even take that within ``SLOW_CLOSE_TIMEOUT`` seconds the sender is cancelled and the socket closed.
 """
@@ -26,7 +27,7 @@ even take that within ``SLOW_CLOSE_TIMEOUT`` seconds the sender is cancelled and
 import asyncio
 import functools
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 import orjson
@@ -64,6 +65,8 @@ MAX_FRAME = 64 * 1024
 MAX_REQUEST_ID = 128
 MAX_WATCHED_COMMANDS = 1000
 FINAL_COMMAND_STATES = CommandState.FINAL
+
+stats = Counter()  # "too_slow": viewers closed for falling behind (hubserver_realtime_slow_viewers_total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,7 @@ class HubConsumer(AsyncWebsocketConsumer):
         while not queue.empty():
             queue.get_nowait()
         self._dropped = True
+        stats["too_slow"] += 1
         queue.put_nowait(error_event(TOO_SLOW, f"fell more than {queue.maxsize} events behind; closing"))
         logger.warning(
             "realtime viewer %s fell %d events behind: dropping its events and closing it (too_slow)",
