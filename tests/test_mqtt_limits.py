@@ -145,7 +145,8 @@ async def test_a_client_that_reads_nothing_is_not_read_either(engine):
     flooder.writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     flooder.writer.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
     flooder.writer.write(PINGREQ * 300_000)
-    await asyncio.sleep(1.0)
+    counters = engine.engine.broker.limit_counters
+    await until(lambda: counters.throttled["write_buffer"] >= 1, timeout=30, message="the reader to pause")
     assert await ping(bystander)
     assert handler._transport.get_write_buffer_size() < 256 * 1024
     assert not handler._tasks, "control packets are handled without a task each"
