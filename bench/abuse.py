@@ -80,6 +80,7 @@ class Context:
     devices: list
     duration: float
     stop_event: object = None
+    admin_password: str = ""  # the hub's admin account: a service user over MQTT
 
     def stopping(self):
         return self.stop_event.is_set()
@@ -405,6 +406,47 @@ async def attack_ws_qos0_flood(ctx):
     return {"sent": sent}
 
 
+@scenario(
+    "ws-stalled-subscribers",
+    "websocket",
+    "8 service clients over WebSocket subscribe to a busy topic and read nothing; 4 clients publish 64 KiB QoS 0 "
+    "messages to it as fast as their quotas let them",
+    devices=0,
+)
+async def attack_ws_stalled_subscribers(ctx):
+    topic = "lab/abuse/stalled"
+    subscribe = struct.pack("!H", 1) + mqttload._string(topic) + bytes([0])
+    stalled = []
+    for n in range(8):
+        ws = await _ws(ctx)  # its library reads a few frames ahead, then nothing: the attack never calls recv
+        await ws.send(connect_packet(f"stalled-{n}", "admin", ctx.admin_password))
+        await asyncio.wait_for(ws.recv(), 30)
+        await ws.send(bytes([0x82]) + mqttload._length(len(subscribe)) + subscribe)
+        await asyncio.wait_for(ws.recv(), 30)
+        stalled.append(ws)
+    packets = mqttload.publish_packet(topic, os.urandom(64 * 1024), 0) * 4
+    sent = [0]
+
+    async def publisher(n):
+        reader, writer = await asyncio.open_connection(ctx.host, ctx.mqtt_port)
+        writer.write(connect_packet(f"abuse-publisher-{n}", "admin", ctx.admin_password))
+        await asyncio.wait_for(reader.readexactly(4), 30)
+        try:
+            while not ctx.stopping():
+                writer.write(packets)
+                await asyncio.wait_for(writer.drain(), 30)
+                sent[0] += 4
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+        close_all([writer])
+
+    await asyncio.gather(*(publisher(n) for n in range(4)))
+    for ws in stalled:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 2)
+    return {"published": sent[0], "mb_for_the_stalled": sent[0] * 64 * len(stalled) // 1024}
+
+
 # --- HTTP scenarios -----------------------------------------------------------------------------------------
 
 BROKER_TOKEN = "abuse-broker-token-0123456789abcdef"
@@ -688,6 +730,11 @@ def http_port_of(hub):
     return int(match.group(1))
 
 
+def admin_password_of(hub):
+    match = re.search(r"as\s+admin\s+with\s+password\s+(\S+)", "".join(hub.output))
+    return match.group(1) if match else ""
+
+
 def run_scenario(run, spec, args):
     temporary = run.temporary(f"hubserver-abuse-{spec.name}-", keep=args.keep_data)
     common.raise_nofile_limit(4096)
@@ -712,6 +759,7 @@ def run_scenario(run, spec, args):
         "http_port": http_port_of(hub),
         "devices": attackers,
         "duration": args.duration,
+        "admin_password": admin_password_of(hub),
     }
     attacker = context.Process(target=_attacker, args=(spec.name, ctx_fields, stop_event, results), daemon=True)
     deadline = [None]
