@@ -212,6 +212,58 @@ def test_an_mqtt_subscriber_over_websocket_that_stops_reading_is_bounded_and_oth
         stalled.close()
 
 
+def ws_frame(data):
+    """A binary frame with an all-zero mask (the payload goes as is): cheap to build at a MiB a frame."""
+    n = len(data)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 65536:
+        length = bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return bytes([0x82]) + length + b"\0\0\0\0" + data
+
+
+def test_a_client_flooding_over_websocket_is_no_longer_read_while_the_hub_is_behind(hub):
+    """Reading back-pressure on the way in survives the send-buffer wrapper: a client sending QoS 0 as fast as
+    its socket lets it makes the hub stop reading it, instead of the hub reading (and holding) all it sends."""
+    flooder = RawWebSocket(hub.http_port, "/mqtt", subprotocol="mqtt")
+    flooder.send(mqtt_connect("flooder-ws", "admin", hub.admin_password))
+    assert flooder.frame()[1][:4] == b"\x20\x02\x00\x00"
+    body = _string("lab/ws-flood") + b'{"temperature": 20.5}'
+    packet = bytes([0x30]) + _length(len(body)) + body
+    frame = ws_frame(packet * (2**20 // len(packet)))
+    before = rss_kb(hub.process.pid)
+    throttled = metric(hub, "hubserver_mqtt_throttled_total", reason="websocket_buffer")
+    frames, offered = 0, 96  # 96 MiB offered; a hub that reads it all holds far more than that
+    flooder.sock.settimeout(1)
+    deadline = time.monotonic() + 8
+    try:
+        while frames < offered and time.monotonic() < deadline:
+            flooder.sock.sendall(frame)
+            frames += 1
+    except TimeoutError:
+        pass  # the hub stopped reading: the socket's buffers are full
+    grown_mb = (rss_kb(hub.process.pid) - before) / 1024
+    # The hub parses tiny QoS 0 packets into several times their size (with the test's rate limits off, all
+    # of what it read is in flight at once): a hub that read all 96 MiB would hold gigabytes.
+    assert frames < offered, "the hub kept reading a client it could not keep up with"
+    assert grown_mb < 200, f"the hub grew by {grown_mb:.0f} MB reading {frames} MiB from one WebSocket client"
+    assert metric(hub, "hubserver_mqtt_throttled_total", reason="websocket_buffer") > throttled
+    # Others are served meanwhile.
+    publisher = paho_client(hub, "bystander")
+    publisher.connect("127.0.0.1", hub.mqtt_port)
+    publisher.loop_start()
+    try:
+        info = publisher.publish("lab/after-flood", b"ok", qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        flooder.close()
+
+
 # --- the live view -----------------------------------------------------------------------------------------
 
 

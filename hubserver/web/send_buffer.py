@@ -42,7 +42,11 @@ RECHECK = 1.0  # seconds between two looks at a waiting connection, should a not
 
 def daphne_transport(send):
     """The Twisted transport under daphne's ``send`` (a partial of its server's ``handle_reply`` with the
-    connection's protocol), or None under another server."""
+    connection's protocol), or None under another server. A ``send`` this module wrapped names the transport
+    it wraps, so that the application under it can still pause reading the socket."""
+    wrapped = getattr(send, "daphne_transport", None)
+    if wrapped is not None:
+        return wrapped
     protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
     transport = getattr(protocol, "transport", None)
     return transport if hasattr(transport, "pauseProducing") else None
@@ -180,4 +184,5 @@ class SendBufferMiddleware:
                         stats.resume(endpoint)
             await send(message)
 
+        bounded_send.daphne_transport = transport
         return await self.app(scope, receive, bounded_send)
