@@ -49,6 +49,11 @@ async def test_a_normal_disconnect_discards_the_will(hub, clients):
     topic = "things/thermometer/w-2/status"
     device, _ = await device_client(hub, clients, device_id="w-2", will=(topic, b'{"status": "error"}', 1))
     await device.disconnect()
+    # The hub records the disconnection once it has read the DISCONNECT: a Will would be routed then.
+    for _ in range(200):
+        if (await device_row("w-2")).status == "offline":
+            break
+        await until(lambda: True, interval=0.05)
     await hub.router.flush()
     assert await messages(topic) == []
     assert (await device_row("w-2")).status == "offline"
