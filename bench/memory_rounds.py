@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import free_port, rss_kb
+from mqttload import _length, _string
 
 
 def parse_args(argv=None):
@@ -41,20 +42,6 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=10_000, help="payload bytes")
     parser.add_argument("--top", type=int, default=8, help="allocation sites shown per round")
     return parser.parse_args(argv)
-
-
-def _string(value):
-    data = value.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _length(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 async def connect(port, client_id, username, password):
