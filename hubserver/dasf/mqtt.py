@@ -86,15 +86,23 @@ class DasfNamespace:
 
     # The ACL ----------------------------------------------------------------------------------------------
 
-    def can_publish(self, principal, topic):
-        if isinstance(principal, HubPrincipal):
-            return True
+    def _lookup(self, principal, topic):
+        """Who is asking and about which topic: ``(user_id, snapshot, topic or None)``, or None when the
+        client is not a DASF user or the MQTT topic is not a DASF one."""
         user_id = self._user_id(principal)
         slug = self.slug_of(topic)
         if user_id is None or slug is None:
-            return False
+            return None
         snapshot = self.service.grants
-        known = snapshot.topics.get(slug)
+        return user_id, snapshot, snapshot.topics.get(slug)
+
+    def can_publish(self, principal, topic):
+        if isinstance(principal, HubPrincipal):
+            return True
+        found = self._lookup(principal, topic)
+        if found is None:
+            return False
+        user_id, snapshot, known = found
         if known is None:
             return (
                 app_settings.DASF_CREATE_TOPIC_ON_MESSAGE
@@ -138,12 +146,10 @@ class DasfNamespace:
     def can_receive(self, principal, topic):
         if isinstance(principal, HubPrincipal):
             return True
-        user_id = self._user_id(principal)
-        slug = self.slug_of(topic)
-        if user_id is None or slug is None:
+        found = self._lookup(principal, topic)
+        if found is None:
             return False
-        snapshot = self.service.grants
-        known = snapshot.topics.get(slug)
+        user_id, snapshot, known = found
         return known is not None and snapshot.allows(user_id, CAN_CONSUME, known)
 
     async def recheck(self):
