@@ -5,6 +5,7 @@ arrive live, and sends a command from the form that the device receives on its `
 station's last hour, day, week, month and year; pages, searches and filters a fleet.
 """
 
+import contextlib
 import json
 import os
 import queue
@@ -51,6 +52,27 @@ def hubserver(hub, *args, **env):
         check=True,
         timeout=120,
     )
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A headless Chromium page, 1280x900, whose waits allow for a live update to arrive."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(LIVE)
+            expect.set_options(timeout=LIVE)
+            yield page
+        finally:
+            browser.close()
+
+
+def sign_in(page, base):
+    page.goto(base + "/login/")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
 
 
 class Device:
@@ -105,73 +127,65 @@ def test_dashboard_shows_devices_readings_and_sends_commands_live(hub, tmp_path)
     base = f"http://127.0.0.1:{hub.http_port}"
     shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with browser_page() as page:
+        # Signing in: the overview asks for it first.
+        page.goto(base + "/")
+        expect(page).to_have_url(re.compile(r"/login/"))
+        page.fill("input[name=username]", USERNAME)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        expect(page.locator("h1")).to_have_text("Devices")
+
+        # The overview: the station is offline until it connects, then online without a reload.
+        indicator = page.locator("#live-indicator")
+        expect(indicator).to_have_attribute("data-subscribed", "true")
+        row = page.locator('tr.device-row[data-device-id="ws-browser"]')
+        expect(row).to_contain_text("Roof")
+        expect(row.locator("[data-field=status]")).to_have_text("Offline")
+        expect(row.locator("[data-field=seen]")).to_have_text("never")
+        device.connect()
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(LIVE)
-            expect.set_options(timeout=LIVE)
+            expect(row.locator("[data-field=status]")).to_have_text("Online")
+            expect(row.locator("[data-field=seen]")).to_have_text("just now")
+            section = page.locator('.type-section[data-device-type="weatherstation"]')
+            expect(section.locator("[data-count-online]")).to_have_text("1")
+            page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
 
-            # Signing in: the overview asks for it first.
-            page.goto(base + "/")
-            expect(page).to_have_url(re.compile(r"/login/"))
-            page.fill("input[name=username]", USERNAME)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            expect(page.locator("h1")).to_have_text("Devices")
-
-            # The overview: the station is offline until it connects, then online without a reload.
-            indicator = page.locator("#live-indicator")
+            # The device page: a reading appears live, in its chart and as the latest value.
+            row.get_by_role("link", name="Roof").click()
+            expect(page.locator("h1")).to_have_text("Roof")
             expect(indicator).to_have_attribute("data-subscribed", "true")
-            row = page.locator('tr.device-row[data-device-id="ws-browser"]')
-            expect(row).to_contain_text("Roof")
-            expect(row.locator("[data-field=status]")).to_have_text("Offline")
-            expect(row.locator("[data-field=seen]")).to_have_text("never")
-            device.connect()
-            try:
-                expect(row.locator("[data-field=status]")).to_have_text("Online")
-                expect(row.locator("[data-field=seen]")).to_have_text("just now")
-                section = page.locator('.type-section[data-device-type="weatherstation"]')
-                expect(section.locator("[data-count-online]")).to_have_text("1")
-                page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+            temperature = page.locator('.chart-card[data-reading="temperature"]')
+            expect(temperature).to_have_attribute("data-count", "0")
+            device.publish("data", {"temperature": 21.5, "humidity": 40})
+            expect(temperature.locator("[data-latest]")).to_have_text("21.5")
+            expect(temperature).to_have_attribute("data-count", "1")
+            humidity = page.locator('.chart-card[data-reading="humidity"]')
+            expect(humidity.locator("[data-latest]")).to_have_text("40")
+            device.publish("status", {"status": "low_battery", "battery_level": 15, "firmware_version": "2.1.0"})
+            expect(page.locator("#device [data-field=status]")).to_have_text("Low battery")
+            expect(page.locator("#device [data-field=battery]")).to_have_text("15%")
+            expect(page.locator("#device [data-field=firmware]")).to_have_text("2.1.0")
 
-                # The device page: a reading appears live, in its chart and as the latest value.
-                row.get_by_role("link", name="Roof").click()
-                expect(page.locator("h1")).to_have_text("Roof")
-                expect(indicator).to_have_attribute("data-subscribed", "true")
-                temperature = page.locator('.chart-card[data-reading="temperature"]')
-                expect(temperature).to_have_attribute("data-count", "0")
-                device.publish("data", {"temperature": 21.5, "humidity": 40})
-                expect(temperature.locator("[data-latest]")).to_have_text("21.5")
-                expect(temperature).to_have_attribute("data-count", "1")
-                humidity = page.locator('.chart-card[data-reading="humidity"]')
-                expect(humidity.locator("[data-latest]")).to_have_text("40")
-                device.publish("status", {"status": "low_battery", "battery_level": 15, "firmware_version": "2.1.0"})
-                expect(page.locator("#device [data-field=status]")).to_have_text("Low battery")
-                expect(page.locator("#device [data-field=battery]")).to_have_text("15%")
-                expect(page.locator("#device [data-field=firmware]")).to_have_text("2.1.0")
-
-                # A command from the form reaches the device; its reply shows up in the list.
-                form = page.locator('form.command-form[data-command="set_interval"]')
-                form.locator("input[name=seconds]").fill("120")
-                form.get_by_role("button").click()
-                command = device.commands.get(timeout=LIVE / 1000)
-                assert command["command"] == "set_interval"
-                assert command["payload"] == {"seconds": 120}
-                latest = page.locator("#command-rows tr").first
-                expect(latest).to_contain_text("set_interval")
-                interval = page.locator('#device [data-state-field="report_interval"]')
-                expect(interval).to_have_text("300 s")
-                reply = {"correlation_id": command["correlation_id"], "status": "ok", "result": {}}
-                device.publish("reply", reply | {"state": {"report_interval": 120}})
-                expect(latest.locator("[data-field=command-status]")).to_have_text("replied")
-                expect(interval).to_have_text("120 s")  # the state the device reported, live
-                time.sleep(0.3)  # let the chart settle for the screenshot
-                page.screenshot(path=os.path.join(shots, "device.png"), full_page=True)
-            finally:
-                device.stop()
+            # A command from the form reaches the device; its reply shows up in the list.
+            form = page.locator('form.command-form[data-command="set_interval"]')
+            form.locator("input[name=seconds]").fill("120")
+            form.get_by_role("button").click()
+            command = device.commands.get(timeout=LIVE / 1000)
+            assert command["command"] == "set_interval"
+            assert command["payload"] == {"seconds": 120}
+            latest = page.locator("#command-rows tr").first
+            expect(latest).to_contain_text("set_interval")
+            interval = page.locator('#device [data-state-field="report_interval"]')
+            expect(interval).to_have_text("300 s")
+            reply = {"correlation_id": command["correlation_id"], "status": "ok", "result": {}}
+            device.publish("reply", reply | {"state": {"report_interval": 120}})
+            expect(latest.locator("[data-field=command-status]")).to_have_text("replied")
+            expect(interval).to_have_text("120 s")  # the state the device reported, live
+            time.sleep(0.3)  # let the chart settle for the screenshot
+            page.screenshot(path=os.path.join(shots, "device.png"), full_page=True)
         finally:
-            browser.close()
+            device.stop()
 
 
 @pytest.mark.slow
@@ -188,16 +202,9 @@ def test_a_fleet_pages_searches_and_filters_live_and_the_admin_lists_fit(hub, tm
     base = f"http://127.0.0.1:{hub.http_port}"
     shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
     devices = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with browser_page() as page:
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(LIVE)
-            expect.set_options(timeout=LIVE)
-            page.goto(base + "/login/")
-            page.fill("input[name=username]", USERNAME)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
+            sign_in(page, base)
             expect(page.locator("#live-indicator")).to_have_attribute("data-subscribed", "true")
             section = page.locator('.type-section[data-device-type="smartplug"]')
             rows = section.locator("tr.device-row")
@@ -277,7 +284,6 @@ def test_a_fleet_pages_searches_and_filters_live_and_the_admin_lists_fit(hub, tm
         finally:
             for device in devices:
                 device.stop()
-            browser.close()
 
 
 HISTORY = """
@@ -308,54 +314,42 @@ def test_the_device_page_draws_any_range_from_raw_readings_or_rollups(hub, tmp_p
     hubserver(hub, "shell", "-c", HISTORY)
     base = f"http://127.0.0.1:{hub.http_port}"
     shots = os.environ.get("HUBSERVER_SCREENSHOTS") or str(tmp_path)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(LIVE)
-            expect.set_options(timeout=LIVE)
-            page.goto(base + "/login/")
-            page.fill("input[name=username]", USERNAME)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.goto(base + "/devices/weatherstation/ws-history/")
-            charts = page.locator("#charts")
-            temperature = page.locator('.chart-card[data-reading="temperature"]')
-            expect(charts).to_have_attribute("data-range", "live")
-            expect(temperature).to_have_attribute("data-count", "100")  # the live window: the latest 100
+    with browser_page() as page:
+        sign_in(page, base)
+        page.goto(base + "/devices/weatherstation/ws-history/")
+        charts = page.locator("#charts")
+        temperature = page.locator('.chart-card[data-reading="temperature"]')
+        expect(charts).to_have_attribute("data-range", "live")
+        expect(temperature).to_have_attribute("data-count", "100")  # the live window: the latest 100
 
-            expected = {  # range -> (what the hub chose, how many points the temperature chart has)
-                "1h": ("raw", range(59, 62)),
-                "24h": ("raw", range(1439, 1442)),
-                "7d": ("1h", range(168, 170)),
-                "30d": ("1h", range(240, 242)),
-                "1y": ("1d", range(10, 13)),
-            }
-            for name, (bucket, points) in expected.items():
-                page.click(f'#range-picker button[data-range="{name}"]')
-                expect(page.locator(f'#range-picker button[data-range="{name}"]')).to_have_attribute(
-                    "aria-pressed", "true"
-                )
-                expect(charts).to_have_attribute("data-range", name)
-                expect(charts).to_have_attribute("data-state", "drawn")
-                expect(charts).to_have_attribute("data-bucket", bucket)
-                expect(temperature).to_have_attribute("data-mode", "raw" if bucket == "raw" else "aggregate")
-                assert int(temperature.get_attribute("data-count")) in points, (
-                    name,
-                    temperature.get_attribute("data-count"),
-                )
-                assert float(charts.get_attribute("data-draw-ms")) > 0
-                status = page.locator("#range-status")
-                expect(status).to_contain_text("readings" if bucket == "raw" else "max band")
-                if name in ("24h", "7d", "1y"):
-                    time.sleep(0.3)  # let the charts settle for the screenshot
-                    page.screenshot(path=os.path.join(shots, f"device-history-{name}.png"), full_page=True)
-            page.click('#range-picker button[data-range="live"]')
-            expect(charts).to_have_attribute("data-range", "live")
-            expect(temperature).to_have_attribute("data-mode", "live")
-            expect(temperature).to_have_attribute("data-count", "100")
-        finally:
-            browser.close()
+        expected = {  # range -> (what the hub chose, how many points the temperature chart has)
+            "1h": ("raw", range(59, 62)),
+            "24h": ("raw", range(1439, 1442)),
+            "7d": ("1h", range(168, 170)),
+            "30d": ("1h", range(240, 242)),
+            "1y": ("1d", range(10, 13)),
+        }
+        for name, (bucket, points) in expected.items():
+            page.click(f'#range-picker button[data-range="{name}"]')
+            expect(page.locator(f'#range-picker button[data-range="{name}"]')).to_have_attribute("aria-pressed", "true")
+            expect(charts).to_have_attribute("data-range", name)
+            expect(charts).to_have_attribute("data-state", "drawn")
+            expect(charts).to_have_attribute("data-bucket", bucket)
+            expect(temperature).to_have_attribute("data-mode", "raw" if bucket == "raw" else "aggregate")
+            assert int(temperature.get_attribute("data-count")) in points, (
+                name,
+                temperature.get_attribute("data-count"),
+            )
+            assert float(charts.get_attribute("data-draw-ms")) > 0
+            status = page.locator("#range-status")
+            expect(status).to_contain_text("readings" if bucket == "raw" else "max band")
+            if name in ("24h", "7d", "1y"):
+                time.sleep(0.3)  # let the charts settle for the screenshot
+                page.screenshot(path=os.path.join(shots, f"device-history-{name}.png"), full_page=True)
+        page.click('#range-picker button[data-range="live"]')
+        expect(charts).to_have_attribute("data-range", "live")
+        expect(temperature).to_have_attribute("data-mode", "live")
+        expect(temperature).to_have_attribute("data-count", "100")
 
 
 # The pages without a browser: permissions and what the server renders (Django's test client).
