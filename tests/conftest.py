@@ -11,6 +11,17 @@ from tests.mqtt import Client, Client5, RawClient5, free_port
 pytest_plugins = ["tests.service_fixtures", "tests.brokers"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _quick_flush():
+    """Transactional tests end by emptying the database but keep its content types and permissions
+    (``tests/db_flush.py``): the same database for the next test, without rebuilding them each time."""
+    from tests import db_flush
+
+    db_flush.install()
+    yield
+    db_flush.uninstall()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_auth_throttle():
     """Each test starts with no remembered authentication failures (tests reuse usernames: one test's wrong
