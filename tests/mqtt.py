@@ -142,12 +142,13 @@ def _wake(client):
 def _stop_loop(client):
     """``loop_stop()`` without waiting out a reconnect pause: after a lost connection paho's thread sleeps in
     steps of up to a second before it tries again, which no wake-up shortens. Woken, a thread in its select
-    ends at once; one in that pause ends by itself when it wakes (it sees the stop request before touching
-    the network again), so it is given a moment and then left to finish."""
+    ends at once and is waited for; one in that pause (paho has dropped its socket) ends by itself when it
+    wakes (it sees the stop request before touching the network again), so it is left to finish."""
     _wake(client)
     thread = client._thread
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(0.2)
+    if thread is None or thread is threading.current_thread() or client._sock is None:
+        return
+    thread.join(0.2)
 
 
 def _string(value):
