@@ -157,6 +157,9 @@ class CommandDispatcher:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the pass, not after it: a notify() that arrives during the pass (a command
+            # queued, a device connected) makes another pass at once instead of waiting for the next poll.
+            self._wake.clear()
             try:
                 await self._expire()
                 await self._send_pending()
@@ -164,7 +167,6 @@ class CommandDispatcher:
                 raise
             except Exception:
                 logger.exception("command dispatch failed; retrying")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
