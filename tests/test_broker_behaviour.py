@@ -16,6 +16,7 @@ from tests.mqtt import RawClient, _string
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow  # waits 1.5 keepalives of 1 s
 async def test_a_silent_client_is_disconnected_after_one_and_a_half_keepalives(broker, service, clients):
     watcher = clients(broker.port, "watcher", *service)
     await watcher.connect()
@@ -297,6 +298,7 @@ async def test_a_packet_over_max_packet_size_closes_the_connection_before_its_bo
 
 
 # Hub only: the correction is in the auth plugin (is_anonymous), which the stock runs share.
+@pytest.mark.slow  # waits for amqtt's session monitor
 @pytest.mark.parametrize("broker", ["hub"], indirect=True)
 @pytest.mark.parametrize("hub_settings_override", [{"ALLOW_ANONYMOUS": True}], indirect=True)
 async def test_an_anonymous_client_asking_for_a_persistent_session_gets_one(broker, clients):

@@ -367,6 +367,7 @@ async def test_a_normal_disconnect_discards_the_will_MQTT_3_14_4_3(hub, raw, ser
     await nothing_arrives(watcher, 0.5)
 
 
+@pytest.mark.slow  # waits out a 2 s Will Delay
 async def test_a_reconnection_within_the_will_delay_suppresses_the_will_MQTT_3_1_3_9(hub, raw, service):
     """[MQTT-3.1.3-9]"""
     watcher = await will_watcher(hub, raw, service)
@@ -379,6 +380,7 @@ async def test_a_reconnection_within_the_will_delay_suppresses_the_will_MQTT_3_1
     await nothing_arrives(watcher, 2.5)
 
 
+@pytest.mark.slow  # waits 1.5 keepalives of 1 s
 async def test_silence_for_one_and_a_half_keepalives_closes_the_connection_MQTT_3_1_2_22(hub, raw, service):
     """[MQTT-3.1.2-22] [MQTT-3.2.2-22]: no Server Keep Alive was sent, so the client's 1 s applies."""
     client, connack = await connected(hub, raw, service, keepalive=1)
@@ -602,6 +604,7 @@ async def test_message_properties_are_forwarded_unaltered_MQTT_3_3_2_4(hub, raw,
     assert delivered.properties == sent
 
 
+@pytest.mark.slow  # waits out a 1 s Message Expiry
 async def test_an_expired_message_is_not_delivered_and_time_waited_is_deducted_MQTT_3_3_2_5(hub, raw, service):
     """[MQTT-3.3.2-5] [MQTT-3.3.2-6]"""
     props = PERSISTENT
@@ -856,6 +859,7 @@ async def test_an_authentication_method_is_refused_with_0x8c_MQTT_4_12_0_1(hub, 
 # --- 4 operational behaviour ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out a 1 s Session Expiry
 async def test_a_session_is_discarded_once_its_expiry_interval_passed_MQTT_4_1_0_2(hub, raw, service):
     """[MQTT-4.1.0-2] [MQTT-4.1.0-1]"""
     client, _ = await connected(hub, raw, service, "exp", properties={"session_expiry_interval": 1})

@@ -210,6 +210,7 @@ def test_prune_refuses_an_unknown_type():
         call_command("prune", "boiler", stdout=io.StringIO())
 
 
+@pytest.mark.slow  # waits out a 1 s retention
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("hub_settings_override", [{"MESSAGE_RETENTION": "1s", "PRUNE_INTERVAL": 0.2}])
 async def test_the_hub_removes_messages_past_their_retention_on_its_own(hub, clients, hub_settings_override):

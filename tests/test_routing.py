@@ -730,6 +730,7 @@ async def test_devices_left_online_by_a_previous_run_time_out(hub, transactional
     assert (await get(HygrometerDevice, pk=device.pk)).status == "offline"
 
 
+@pytest.mark.slow  # waits three heartbeat timeouts
 async def test_a_device_heard_by_another_process_is_not_marked_offline(hub, hygrometer):
     """Workers share a broker's messages: this process stopped hearing from the device, another did not
     (its last_seen in the database is recent), so the heartbeat timeout leaves it online."""

@@ -92,6 +92,7 @@ def test_metrics_show_rows_bytes_and_the_oldest_row_per_type():
     assert 0 <= found[("hubserver_storage_figures_age_seconds", frozenset())] < 60
 
 
+@pytest.mark.slow  # waits out a 1 s retention
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.urls(__name__)
 @pytest.mark.parametrize("hub_settings_override", [{"MESSAGE_RETENTION": "1s", "PRUNE_INTERVAL": 0.2}])
