@@ -47,20 +47,45 @@ SCRIPT = textwrap.dedent(
         WeatherStationDevice.objects.create(device_id=f"pg-{n}")
     connections.close_all()
 
-    async def write(rounds):
+    async def write(rounds, extra=()):
         router = MessageRouter()
         await router.start()
         futures = []
         for n, (device, value, when) in enumerate(rounds):
             payload = json.dumps({"temperature": value, "humidity": 50.0, "timestamp": when.isoformat()}).encode()
             futures.append(await router.submit("data", "weatherstation", device, payload, qos=1))
+        for device, payload, properties in extra:
+            futures.append(await router.submit("data", "weatherstation", device, payload, properties=properties))
         results = await asyncio.gather(*futures)
         await router.stop()
         return results
 
     first = asyncio.run(write([(f"pg-{n % 3}", n / 10, now + timedelta(seconds=n % 20)) for n in range(300)]))
     late = [("pg-0", 65.0, now + timedelta(seconds=25)), ("pg-0", -5.0, now - timedelta(days=400))]
-    second = asyncio.run(write(late))
+    # Values that the bulk write must carry through unchanged: tabs, newlines, backslashes, quotes, NUL
+    # bytes in a payload that is not JSON, and MQTT 5 properties (no readings: the counts below stay).
+    from hubserver.routing.properties import MessageProperties
+
+    tab, newline, backslash = chr(9), chr(10), chr(92)
+    raw = b"not json" + bytes([9, 0, 92, 32, 10, 13, 255])
+    note = f"tab{tab}newline{newline}back{backslash}slash {chr(34)}q{chr(34)} {chr(233)}"
+    odd = [
+        ("pg-2", raw, None),
+        (
+            "pg-2",
+            json.dumps({"note": note}).encode(),
+            MessageProperties(f"text/x-{tab}weird", f"corr{backslash}1", {f"k{tab}": f"v{newline}{backslash}"}),
+        ),
+    ]
+    second = asyncio.run(write(late, odd))
+    rows = WeatherStationMessage.objects.filter(pk__in=[r.message_id for r in second[2:]]).order_by("pk")
+    out["odd"] = [
+        [row.payload_json, bytes(row.payload_raw) if row.payload_raw is not None else None, row.content_type,
+         row.correlation_id, row.user_properties]
+        for row in rows
+    ]
+    out["odd"] = [[v.hex() if isinstance(v, bytes) else v for v in row] for row in out["odd"]]
+    second = second[:2]
     out["stored"] = sum(r.stored and r.processing_status == "completed" for r in first + second)
     out["message_ids_unique"] = len({r.message_id for r in first + second})
     rollups = WeatherStation.get_rollup_model().objects.filter(device__device_id="pg-0")
@@ -125,6 +150,18 @@ def test_lifecycle_on_postgresql(postgres_url, tmp_path):
     # and an old -5 in the second.
     assert out["minute"] == [101, 0.0, 65.0, 65.0]
     assert out["days"] == 2  # today and 400 days ago
+    tab, newline, backslash = chr(9), chr(10), chr(92)
+    note = f"tab{tab}newline{newline}back{backslash}slash {chr(34)}q{chr(34)} {chr(233)}"
+    assert out["odd"] == [
+        [None, (b"not json" + bytes([9, 0, 92, 32, 10, 13, 255])).hex(), "application/json", "", {}],
+        [
+            {"note": note},
+            None,
+            f"text/x-{tab}weird",
+            f"corr{backslash}1",
+            {f"k{tab}": f"v{newline}{backslash}"},
+        ],
+    ]
     assert out["api_status"] == 200
     assert out["api_rows"] == [["1h", 101, 65.0]]
     # The 400-day-old reading and its three rollups are past a 30-day retention.

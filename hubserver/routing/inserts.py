@@ -57,12 +57,15 @@ class RowInserter:
             if (converter := _converter(field, connection)) is not None
         ]
         self._chunk = max(1, connection.ops.bulk_batch_size(all_fields, [None] * 1000))
-        # PostgreSQL: one short statement whatever the batch size, the values as one array per column
-        # (INSERT ... SELECT FROM unnest), bound on the server in binary. A multi-row VALUES list of
-        # thousands of placeholders is parsed and quoted again by psycopg for every batch (client-side
-        # binding: most of a worker's time at 2,000 rows). JSON goes as text (orjson), cast by the server.
-        self._unnest = None
+        # PostgreSQL: the batch's keys drawn from the table's sequence in one query, then the rows with them
+        # in one COPY, whose rows psycopg formats in C. A multi-row VALUES list of thousands of placeholders
+        # is parsed and quoted again by psycopg for every batch (client-side binding), and the arrays of an
+        # INSERT ... SELECT FROM unnest are dumped element by element in Python: each was most of a
+        # worker's time at 2,000 rows. A table without a sequence behind its key takes the unnest INSERT.
+        # JSON goes as text (orjson), parsed by the server.
+        self._unnest = self._copy = None
         if connection.vendor == "postgresql":
+            self._copy = self._copy_statements(connection, names)
             arrays, selected = [], []
             for n, field in enumerate(all_fields):
                 is_json = isinstance(field, JSONField)
@@ -90,6 +93,12 @@ class RowInserter:
         if self._prepared != connection.alias:
             self._prepare(connection)
         defaults = [f.get_db_prep_save(f.get_default(), connection) for f in self._defaulted]
+        if self._copy is not None:  # a default of a JSON column the rows do not carry, as text
+            offset = len(self._fields)
+            for index in self._json_defaults:
+                value = defaults[index - offset]
+                if value is not None:
+                    defaults[index - offset] = _json_text(getattr(value, "obj", value))
         memo = {} if converted is None else converted
         # One cache per converter: the same datetime is text in one column and an integer in another.
         converters = [
@@ -114,6 +123,8 @@ class RowInserter:
                 values.extend(defaults)
             prepared.append(values)
         pks = []
+        if self._copy is not None:
+            return self._copy_rows(connection, prepared)
         if self._unnest is not None:
             columns = [list(column) for column in zip(*prepared, strict=True)]
             for index in self._floats:  # one element type per array: 20 and 20.5 both as float8
@@ -144,6 +155,33 @@ class RowInserter:
                 pks.extend(row[0] for row in raw.fetchall())
         if len(pks) != len(rows):
             raise RuntimeError(f"{self.model.__name__}: inserted {len(rows)} rows but got {len(pks)} keys back")
+        return pks
+
+    def _copy_statements(self, connection, names):
+        """``(the sequence query, the COPY statement)``, or None when the key has no sequence behind it."""
+        meta = self.model._meta
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [meta.db_table, meta.pk.column])
+            sequence = cursor.fetchone()[0]
+        if sequence is None:
+            return None
+        quote = connection.ops.quote_name
+        # generate_series runs nextval once per row, in order: the keys rise in the order of the rows.
+        keys = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
+        copy = f"COPY {quote(meta.db_table)} ({quote(meta.pk.column)}, {names}) FROM STDIN"
+        return keys, sequence, copy
+
+    def _copy_rows(self, connection, prepared):
+        keys, sequence, copy_sql = self._copy
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            raw = cursor.cursor
+            raw.execute(keys, (sequence, len(prepared)))
+            pks = [row[0] for row in raw.fetchall()]
+            with raw.copy(copy_sql) as copy:
+                write = copy.write_row
+                for pk, values in zip(pks, prepared, strict=True):
+                    values.insert(0, pk)
+                    write(values)
         return pks
 
     def _as_format(self, sql):
