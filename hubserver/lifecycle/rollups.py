@@ -150,6 +150,21 @@ class RollupUpserter:
 
         self._to_db = _converter(self.model._meta.get_field("start"), connection)
         self._chunk = max(1, connection.ops.bulk_batch_size(list(self.columns), [None] * 1000))
+        # PostgreSQL: the rows go by COPY (formatted by psycopg in C) into a temporary table of this
+        # connection, and one INSERT ... SELECT moves them over: a VALUES list of thousands of placeholders
+        # is parsed and quoted by psycopg in Python for every batch. The temporary table is created (if this
+        # session has none) in the same transaction, so a pooler that hands out connections per transaction
+        # does no harm.
+        self._copy = None
+        if connection.vendor == "postgresql":
+            names = ", ".join(quote(c) for c in self.columns)
+            stage = quote(f"hubserver_stage_{self.model._meta.db_table}"[:63])
+            self._copy = (
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {names} FROM {table} WITH NO DATA",
+                f"COPY {stage} ({names}) FROM STDIN",
+                f"WITH staged AS (DELETE FROM {stage} RETURNING {names}) "
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM staged{self._tail}",
+            )
         self._prepared = connection.alias
 
     def upsert(self, reading_rows):
@@ -180,6 +195,16 @@ class RollupUpserter:
             for count, low, high, total, last, last_at in values:
                 params += (count, low, high, total, last, db_time(last_at) if count else None)
             params_rows.append(params)
+        if self._copy is not None:
+            create, copy_sql, move = self._copy
+            with connection.cursor() as cursor, connection.wrap_database_errors:
+                raw = cursor.cursor
+                raw.execute(create)
+                with raw.copy(copy_sql) as copy:
+                    for row in params_rows:
+                        copy.write_row(row)
+                raw.execute(move)
+            return len(params_rows)
         with connection.cursor() as cursor:
             for begin in range(0, len(params_rows), self._chunk):
                 chunk = params_rows[begin : begin + self._chunk]
