@@ -154,9 +154,9 @@ class RollupUpserter:
         # connection, and one INSERT ... SELECT moves them over: a VALUES list of thousands of placeholders
         # is parsed and quoted by psycopg in Python for every batch. The temporary table is created (if this
         # session has none) in the same transaction, so a pooler that hands out connections per transaction
-        # does no harm.
+        # does no harm. An account without the TEMPORARY privilege on the database keeps the VALUES list.
         self._copy = None
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and _may_create_temporary_tables(connection):
             names = ", ".join(quote(c) for c in self.columns)
             stage = quote(f"hubserver_stage_{self.model._meta.db_table}"[:63])
             self._copy = (
@@ -216,6 +216,12 @@ class RollupUpserter:
                 else:
                     cursor.execute(sql.replace("?", "%s") if self._qmark else sql, params)
         return len(params_rows)
+
+
+def _may_create_temporary_tables(connection):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY')")
+        return bool(cursor.fetchone()[0])
 
 
 _upserters = {}  # (reading model, columns) -> RollupUpserter or None
