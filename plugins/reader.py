@@ -16,7 +16,8 @@ the event loop's time. Here:
 - the keepalive is one timer per connection, re-armed lazily;
 - the limits of docs/limits.md are enforced here, from the fixed header on: a packet over MAX_PACKET_SIZE
   is never read, a packet that breaks MQTT 3.1.1 (plugins/strict.py) closes the connection, the client's
-  quotas pause reading its socket (no task per message), and so do a full share of the writer queue, a
+  quotas (PUBLISHes, and the PINGREQs, SUBSCRIBEs and UNSUBSCRIBEs it asks the hub to answer) pause
+  reading its socket (no task per message), and so do a full share of the writer queue, a
   full write buffer (a client that does not read what it is sent) and MAX_INFLIGHT_MESSAGES packets being
   handled; control packets are handled in the loop, and only a PUBLISH on amqtt's path becomes a task.
 
@@ -71,6 +72,10 @@ _OBJECT_EVENTS = (MQTTEvents.PACKET_RECEIVED, BrokerEvents.MESSAGE_RECEIVED, Bro
 _PUBACK = bytes((PUBACK << 4, 2))
 _PINGRESP = bytes((0xD0, 0))
 _UNLIMITED = math.inf
+# Packets a client sends of its own accord that the hub answers (PUBLISHes aside): they count against the
+# client's message quota like PUBLISHes, or a client sending them as fast as it can (and reading nothing)
+# would have the loop, and the GIL the database writer needs, to itself.
+_REQUESTS = frozenset((PINGREQ, SUBSCRIBE, UNSUBSCRIBE))
 # Packets read from one connection's buffer before the reader lets the other connections have the loop.
 _TURN = 64
 
@@ -154,6 +159,11 @@ class FastReaderHandler(BrokerProtocolHandler):
                         if self._behind or (self._acks is not None and len(self._acks) >= self._share):
                             await self._catch_up()
                         continue
+                elif packet_type in _REQUESTS:
+                    self._messages_left -= 1
+                    self._bytes_left -= length
+                    if self._messages_left <= 0 or self._bytes_left <= 0:
+                        await self._over_quota(loop)
                 task = await self._dispatch_packet(packet_type, flags, length, body)
                 if task is False:
                     break

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tests.conftest import provision_device
-from tests.mqtt import RawClient, _length, _string, until
+from tests.mqtt import Client, RawClient, _length, _string, until
 from tests.test_metrics import scrape, value
 from tests.test_mqtt_reader import PINGREQ, pubacks, publish_packet, stored
 from tests.testapp.models import ThermometerMessage, ThermometerReading
@@ -133,11 +133,12 @@ async def test_a_client_has_a_share_of_the_writer_queue_and_waits_beyond_it(engi
     assert value(samples, "hubserver_mqtt_throttled_total", reason="queue_share") >= 1
 
 
+@pytest.mark.parametrize("hub_settings_override", [{"CLIENT_MESSAGE_RATE": 0}], indirect=True)
 async def test_a_client_that_reads_nothing_is_not_read_either(engine):
     """300,000 PINGREQs from a client that never reads its PINGRESPs: once what the kernel holds is full, the
     hub stops reading it instead of buffering the answers, handles its packets without a task each, and a
     bystander is served meanwhile. (Both sockets' kernel buffers are made small so that the hub's is what
-    fills.)"""
+    fills; no message quota, which would slow the PINGREQs down long before, see the next test.)"""
     flooder = await device(engine, "deaf-1")
     bystander = await device(engine, "calm-2")
     (handler,) = [h for s, h in engine.engine.broker._sessions.values() if s.client_id == "thermometer.deaf-1"]
@@ -153,6 +154,41 @@ async def test_a_client_that_reads_nothing_is_not_read_either(engine):
     samples = await scrape()
     assert value(samples, "hubserver_mqtt_throttled_total", reason="write_buffer") >= 1
     flooder.close()
+
+
+async def test_a_pingreq_flood_is_slowed_down_by_the_message_quota_and_others_are_served(engine, caplog):
+    """A device sends 50,000 PINGREQs at once and reads none of the answers. PINGREQs count against its
+    message quota (the defaults: 500/s, a burst of 2,000) as PUBLISHes do: past the burst its socket is read
+    at the quota's pace, so it cannot keep the loop (and the database writer) from everyone else. A paho
+    device publishing meanwhile gets every PUBACK and every message stored; the flooder is counted and
+    logged once, and what the hub buffers for it stays small."""
+    caplog.set_level(logging.INFO, logger="hubserver.mqtt")
+    flooder = await device(engine, "ping-1")
+    _, credentials = await provision_device("thermometer", "calm-3")
+    innocent = Client(
+        engine.engine.port, "thermometer.calm-3", credentials["mqtt_username"], credentials["mqtt_password"]
+    )
+    await innocent.connect()
+    try:
+        (handler,) = [h for s, h in engine.engine.broker._sessions.values() if s.client_id == "thermometer.ping-1"]
+        flooder.writer.write(PINGREQ * 50_000)
+        counters = engine.engine.broker.limit_counters
+        await until(lambda: counters.throttled["messages"] >= 1, timeout=10, message="the flooder to be throttled")
+        for n in range(20):
+            await innocent.publish("things/thermometer/calm-3/data", b'{"uptime": %d}' % n)
+        readings = await rows(ThermometerReading, 20)
+        assert sorted(r.uptime for r in readings) == list(range(20))
+        assert handler._transport.get_write_buffer_size() < 256 * 1024, "the answers it does not read are bounded"
+        assert handler._reader_task is not None and not handler._reader_task.done(), "slowed down, not closed"
+        assert engine.client_limits("thermometer.ping-1").get("throttled:messages", 0) >= 1
+        assert not engine.client_limits("thermometer.calm-3")
+        samples = await scrape()
+        assert value(samples, "hubserver_mqtt_throttled_total", reason="messages") >= 1
+        logged = [r for r in caplog.records if "ping-1" in r.getMessage() and "quota" in r.getMessage()]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+    finally:
+        flooder.close()
+        await innocent.disconnect()
 
 
 @pytest.mark.parametrize("hub_settings_override", [{"MAX_AWAITING_REL": 3}], indirect=True)
