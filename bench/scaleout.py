@@ -8,8 +8,9 @@
 
 Each gets a fresh database on the same server and the same devices and load (``bench/mqttload.py``
 processes). Printed per run: messages stored per second (counted in PostgreSQL), CPU seconds per 1,000
-messages of the hub's processes (workers, or the embedded hub, or the classic listener), of Mosquitto and
-of PostgreSQL; and at the end one ``scaleout ...`` line with the ratios the goals are about:
+messages of the hub's processes (workers, or the embedded hub, or the classic listener), of Mosquitto, of
+PostgreSQL and of the load generators (they share the machine's cores with the rest); and at the end one
+``scaleout ...`` line with the ratios the goals are about:
 
     scaleout one=R msg/s two=R msg/s embedded=R msg/s classic=R msg/s worker_cpu/embedded_cpu=X dup=0 lost=0
 
@@ -276,6 +277,7 @@ def line(f):
         f"scaleout-run {f['name']}: stored={f['committed']}/{f['messages']} rows={f['rows']} "
         f"rate={f['rate']:.0f} msg/s hub_cpu_per_1k={per_k(f['hub_cpu'])} s "
         f"broker_cpu_per_1k={per_k(f['broker_cpu'])} s postgres_cpu_per_1k={per_k(f['postgres_cpu'])} s "
+        f"generators_cpu_per_1k={per_k(f['generator_cpu'])} s "
         f"publish_p50={1000 * (f['p50'] or 0):.1f} ms p99={1000 * (f['p99'] or 0):.1f} ms"
     )
 
