@@ -26,13 +26,14 @@ class HubserverConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from . import fields
-        from .lifecycle import backfill, timestamps
+        from .lifecycle import backfill, timestamps, usual
 
         connection_created.connect(fields.install, dispatch_uid="hubserver.fields.install")
         for connection in connections.all(initialized_only=True):
             if connection.connection is not None:  # opened before this receiver was connected
                 fields.install(None, connection)
         post_migrate.connect(timestamps.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.timestamps")
+        post_migrate.connect(usual.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.usual")
         post_migrate.connect(backfill.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.backfill")
 
 

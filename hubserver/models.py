@@ -4,7 +4,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from .fields import CompactDateTimeField
+from .fields import CompactDateTimeField, UsualValueCharField
 from .vocabulary import CommandState, DeviceStatus, Direction
 
 
@@ -89,13 +89,16 @@ class BaseMessage(models.Model):
         EXPIRED = CommandState.EXPIRED, "Expired"
 
     topic = models.CharField(max_length=255)
-    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND)
+    # The usual values of these three are stored as '' (see hubserver.fields.UsualValueCharField).
+    direction = UsualValueCharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND, usual="inbound")
     payload_json = models.JSONField(null=True, blank=True)
     payload_raw = models.BinaryField(null=True, blank=True)
-    content_type = models.CharField(max_length=100, default="application/json")
+    content_type = UsualValueCharField(max_length=100, default="application/json", usual="application/json")
     correlation_id = models.CharField(max_length=64, blank=True)
     user_properties = models.JSONField(default=dict, blank=True)
-    processing_status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    processing_status = UsualValueCharField(
+        max_length=12, choices=Status.choices, default=Status.PENDING, usual="completed"
+    )
     processing_error = models.TextField(blank=True)
     received_at = CompactDateTimeField(default=timezone.now, db_index=True)
     processed_at = CompactDateTimeField(null=True, blank=True)

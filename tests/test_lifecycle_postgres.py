@@ -88,6 +88,17 @@ SCRIPT = textwrap.dedent(
     second = second[:2]
     out["stored"] = sum(r.stored and r.processing_status == "completed" for r in first + second)
     out["message_ids_unique"] = len({r.message_id for r in first + second})
+    with connection.cursor() as cursor:  # the usual direction, status and content type are stored as ''
+        cursor.execute(
+            f"SELECT DISTINCT direction, processing_status, content_type FROM {WeatherStationMessage._meta.db_table}"
+        )
+        out["stored_usual"] = cursor.fetchall()
+    out["found_usual"] = WeatherStationMessage.objects.filter(
+        direction="inbound", processing_status="completed", content_type="application/json"
+    ).count()
+    out["read_usual"] = sorted(
+        set(WeatherStationMessage.objects.values_list("direction", "processing_status", "content_type"))
+    )
     rollups = WeatherStation.get_rollup_model().objects.filter(device__device_id="pg-0")
     minute = rollups.get(bucket=60, start=now.replace(second=0))
     out["minute"] = [minute.temperature_count, minute.temperature_min, minute.temperature_max, minute.temperature_last]
@@ -146,6 +157,9 @@ def test_lifecycle_on_postgresql(postgres_url, tmp_path):
     ]
     # 302 messages in two runs of the writer, every one stored once with its own id.
     assert out["stored"] == out["message_ids_unique"] == 302
+    assert out["stored_usual"] == [["", "", ""]]
+    assert out["found_usual"] == 302
+    assert out["read_usual"] == [["inbound", "completed", "application/json"]]
     # pg-0 got 0.0, 0.3, ..., 29.7 within the minute in the first run, then 65 at :55 (the latest: the last)
     # and an old -5 in the second.
     assert out["minute"] == [101, 0.0, 65.0, 65.0]

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import BigIntegerField, DateTimeField, FloatField, IntegerField, JSONField
 
-from ..fields import CompactDateTimeField, to_microseconds
+from ..fields import CompactDateTimeField, UsualValueCharField, to_microseconds
 
 
 class RowInserter:
@@ -262,6 +262,9 @@ def _converter(field, connection):
     Same conversions as the fields' ``get_db_prep_save`` for the types the hub writes, faster; any other
     field type uses ``get_db_prep_save`` itself.
     """
+    if isinstance(field, UsualValueCharField):
+        usual = field.usual
+        return lambda value: "" if value == usual else value
     if field.is_relation or field.get_internal_type() in _AS_IS:
         return None
     if isinstance(field, CompactDateTimeField) and connection.vendor == "sqlite":
