@@ -32,6 +32,7 @@ class HubserverConfig(AppConfig):
         for connection in connections.all(initialized_only=True):
             if connection.connection is not None:  # opened before this receiver was connected
                 fields.install(None, connection)
+        post_migrate.connect(fields.forget_shapes, dispatch_uid="hubserver.fields.forget_shapes")
         post_migrate.connect(timestamps.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.timestamps")
         post_migrate.connect(usual.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.usual")
         post_migrate.connect(backfill.after_migrate, sender=self, dispatch_uid="hubserver.lifecycle.backfill")

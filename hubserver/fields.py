@@ -19,10 +19,13 @@ table on SQLite, keeping the values) and its text converted to integers after ``
 (``hubserver.lifecycle.timestamps``), so old rows read, sort and filter like new ones.
 """
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from django.conf import settings
 from django.db import models
+from django.db.models.fields.json import KeyTransform, KeyTransformFactory
 from django.db.models.functions import ExtractIsoYear, ExtractYear
 from django.db.models.lookups import YearExact, YearGt, YearGte, YearLt, YearLte
 from django.utils import timezone
@@ -210,3 +213,217 @@ class UsualValueCharField(models.CharField):
 def usual_value_columns(model):
     """``[(column, usual value)]`` of ``model``'s UsualValueCharFields."""
     return [(f.column, f.usual) for f in model._meta.local_concrete_fields if isinstance(f, UsualValueCharField)]
+
+
+# Audit payloads. The keys of a data message that holds exactly its type's Readings, in their declared order,
+# are stored once, in a row of ``SHAPE_TABLE``; the payload as ``[shape id, value, value...]``.
+SHAPE_TABLE = "hubserver_payloadshape"
+LIST_KEY = "[]"  # a payload that is itself a list (or an object of only this key) is stored as {"[]": payload}
+_shapes = {}  # database -> {shape id: keys}, only shapes known to be committed
+_keys = {}  # database -> {keys: shape id}
+
+
+class AuditPayloadField(models.JSONField):
+    """The Message's ``payload_json``: JSON, with the keys of the usual data message stored once, not per row.
+
+    A data message whose object holds exactly its type's Readings, in their declared order (what most
+    devices send), is written by the hub's writer as ``[shape, v1, v2...]``: ``shape`` is the id of a row of
+    ``SHAPE_TABLE`` that holds the keys. ``from_db_value`` gives the object back, the same keys in the same
+    order with the same values, so models, ``values()``, the admin and the API see what parsed. The keys are
+    kept with the rows, not taken from the current declaration: adding, removing or reordering Readings
+    later makes a new shape, and older rows keep reading as they were stored.
+
+    JSON lookups (``payload_json__temperature__gt``, ``has_key``, ``contains``...) see the object too: the
+    column is rebuilt in SQL (``ExpandedPayload``) before a key is looked up. Raw SQL sees the stored array.
+    Anything else is stored as ``JSONField`` stores it; a payload that is a list is wrapped as
+    ``{"[]": payload}`` so it cannot be mistaken for a compact one.
+    """
+
+    description = "JSON, the usual keys stored once"
+    shape_keys = ()  # set on each generated Message model's field: its type's Reading names, in order
+
+    def get_prep_value(self, value):
+        if isinstance(value, list) or (isinstance(value, dict) and len(value) == 1 and LIST_KEY in value):
+            value = {LIST_KEY: value}
+        return super().get_prep_value(value)
+
+    def from_db_value(self, value, expression, connection):
+        value = super().from_db_value(value, expression, connection)
+        if isinstance(expression, KeyTransform):
+            return value
+        if isinstance(value, list):
+            return expand_payload(value, connection)
+        if isinstance(value, dict) and len(value) == 1 and LIST_KEY in value:
+            return value[LIST_KEY]
+        return value
+
+    def compactor(self, connection):
+        """A function of one value to its database text, compacting the usual shape; for one batch (the shape
+        id it looks up is remembered only for the calls of the function it returned)."""
+        keys = tuple(self.shape_keys)
+        prepare = self.get_prep_value
+        shape = None
+
+        def convert(value):
+            nonlocal shape
+            if keys and type(value) is dict and len(value) == len(keys) and tuple(value) == keys:
+                if shape is None:
+                    shape = shape_id(connection, keys)
+                return _json_text([shape, *value.values()])
+            return _json_text(prepare(value))
+
+        return convert
+
+    def get_transform(self, name):
+        transform = super().get_transform(name)
+        if isinstance(transform, KeyTransformFactory):
+            return _ExpandingKeyTransformFactory(name)
+        return transform
+
+    def get_lookup(self, name):
+        lookup = super().get_lookup(name)
+        if lookup is None or name == "isnull":
+            return lookup
+        return _expanding_lookup(lookup)
+
+
+def _json_text(value):
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson will not encode (integers beyond 64 bits): the standard library will
+        return json.dumps(value)
+
+
+def _database(connection):
+    settings_dict = connection.settings_dict
+    return (connection.alias, str(settings_dict.get("NAME")), settings_dict.get("HOST"), settings_dict.get("PORT"))
+
+
+def shape_id(connection, keys):
+    """The id of the shape of ``keys`` (created if new), in ``connection``'s current transaction."""
+    database = _database(connection)
+    known = _keys.get(database, {}).get(keys)
+    if known is not None:
+        return known
+    text = _json_text(list(keys))
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {SHAPE_TABLE} (keys) VALUES (%s) ON CONFLICT (keys) DO NOTHING", [text])
+        cursor.execute(f"SELECT id FROM {SHAPE_TABLE} WHERE keys = %s", [text])
+        found = cursor.fetchone()[0]
+    _remember(connection, database, {found: keys})
+    return found
+
+
+def _remember(connection, database, shapes):
+    """Cache shapes once they are committed: a shape of a transaction that rolls back may come back with another
+    id (SQLite reuses it), so it is known only to the transaction that made it until then."""
+
+    def keep():
+        _shapes.setdefault(database, {}).update(shapes)
+        _keys.setdefault(database, {}).update({keys: pk for pk, keys in shapes.items()})
+
+    if connection.in_atomic_block:
+        _transaction_shapes(connection).update(shapes)
+        connection.on_commit(keep)
+    else:
+        keep()
+
+
+def _transaction_shapes(connection):
+    outermost = connection.atomic_blocks[0] if connection.atomic_blocks else connection
+    cache = getattr(outermost, "_hub_payload_shapes", None)
+    if cache is None:
+        cache = outermost._hub_payload_shapes = {}
+    return cache
+
+
+def shapes(connection):
+    """``{shape id: keys}`` of every shape ``connection`` can see (cached once committed)."""
+    database = _database(connection)
+    known = _shapes.get(database)
+    in_transaction = connection.in_atomic_block
+    if known is None or in_transaction:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id, keys FROM {SHAPE_TABLE}")
+            found = {pk: tuple(orjson.loads(keys)) for pk, keys in cursor.fetchall()}
+        if not in_transaction:
+            _shapes[database] = found
+            _keys[database] = {keys: pk for pk, keys in found.items()}
+        return found
+    return known
+
+
+def _shape_keys(connection, shape):
+    known = _shapes.get(_database(connection), {}).get(shape)
+    if known is None and connection.in_atomic_block:
+        known = _transaction_shapes(connection).get(shape)
+    if known is None:
+        known = shapes(connection).get(shape)
+        if connection.in_atomic_block and known is not None:
+            _transaction_shapes(connection)[shape] = known
+    return known
+
+
+def expand_payload(value, connection):
+    """The object a compact payload stands for (a stored list that is not one is returned as it is)."""
+    if not value or type(value[0]) is not int:
+        return value
+    keys = _shape_keys(connection, value[0])
+    if keys is None or len(keys) != len(value) - 1:
+        return value
+    return dict(zip(keys, value[1:], strict=True))
+
+
+def forget_shapes(**kwargs):
+    """``post_migrate`` receiver (a flush emits it too): shapes are looked up again."""
+    _shapes.clear()
+    _keys.clear()
+
+
+class ExpandedPayload(models.Func):
+    """``payload_json`` with its compact rows rebuilt as objects, in SQL: what JSON lookups look into."""
+
+    def __init__(self, column):
+        super().__init__(column, output_field=models.JSONField())
+
+    def as_sql(self, compiler, connection, **extra_context):
+        column, params = compiler.compile(self.source_expressions[0])
+        known = shapes(connection)
+        if not known or params:  # a column has no parameters; anything else is looked into as it is
+            return column, params
+        postgresql = connection.vendor == "postgresql"
+        branches, keys_params = [], []
+        for pk, keys in sorted(known.items()):
+            if postgresql:
+                pairs = ", ".join(f"%s::text, ({column} -> {n})" for n in range(1, len(keys) + 1))
+                branches.append(f"WHEN '{int(pk)}' THEN jsonb_build_object({pairs})")
+            else:
+                pairs = ", ".join(f"%s, {column} -> '$[{n}]'" for n in range(1, len(keys) + 1))
+                branches.append(f"WHEN {int(pk)} THEN json_object({pairs})")
+            keys_params.extend(keys)
+        if postgresql:
+            test, shape = f"jsonb_typeof({column}) = 'array'", f"({column} ->> 0)"
+        else:
+            test, shape = f"json_type({column}) = 'array'", f"json_extract({column}, '$[0]')"
+        return f"(CASE WHEN {test} THEN (CASE {shape} {' '.join(branches)} END) ELSE {column} END)", keys_params
+
+
+class _ExpandingKeyTransformFactory(KeyTransformFactory):
+    def __call__(self, *args, **kwargs):
+        lhs, rest = args[0], args[1:]
+        return KeyTransform(self.key_name, ExpandedPayload(lhs), *rest, **kwargs)
+
+
+_expanding_lookups = {}
+
+
+def _expanding_lookup(lookup):
+    """``lookup`` (a class) applied to the rebuilt payload."""
+    expanding = _expanding_lookups.get(lookup)
+    if expanding is None:
+
+        def __init__(self, lhs, rhs):
+            lookup.__init__(self, ExpandedPayload(lhs), rhs)
+
+        expanding = _expanding_lookups[lookup] = type(lookup.__name__, (lookup,), {"__init__": __init__})
+    return expanding

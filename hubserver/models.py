@@ -4,7 +4,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from .fields import CompactDateTimeField, UsualValueCharField
+from .fields import AuditPayloadField, CompactDateTimeField, UsualValueCharField
 from .vocabulary import CommandState, DeviceStatus, Direction
 
 
@@ -91,7 +91,8 @@ class BaseMessage(models.Model):
     topic = models.CharField(max_length=255)
     # The usual values of these three are stored as '' (see hubserver.fields.UsualValueCharField).
     direction = UsualValueCharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND, usual="inbound")
-    payload_json = models.JSONField(null=True, blank=True)
+    # What parsed; the usual data message's keys are stored once (see hubserver.fields.AuditPayloadField).
+    payload_json = AuditPayloadField(null=True, blank=True)
     payload_raw = models.BinaryField(null=True, blank=True)
     content_type = UsualValueCharField(max_length=100, default="application/json", usual="application/json")
     correlation_id = models.CharField(max_length=64, blank=True)
@@ -157,6 +158,16 @@ class BaseRollup(models.Model):
 
     def __str__(self):
         return f"{self.device_id} {self.bucket}s @ {self.start:%Y-%m-%d %H:%M}"
+
+
+class PayloadShape(models.Model):
+    """The keys of compact audit payloads (``hubserver.fields.AuditPayloadField``): a row per distinct list of
+    keys, in order, that the writer stored once instead of in every message. Never changed or removed."""
+
+    keys = models.TextField(unique=True, help_text="The keys, as a JSON list, in the order the payload had them.")
+
+    def __str__(self):
+        return self.keys
 
 
 class HubAccess(models.Model):

@@ -126,6 +126,29 @@ SCRIPT = textwrap.dedent(
         WeatherStation.get_rollup_model().objects.filter(device__device_id="pg-1").count(),
         WeatherStationReading.objects.filter(device__device_id="pg-2").count(),
     ]
+    usual = {"temperature": 1.5, "humidity": 40.0, "pressure": 1000.5, "wind_speed": 2.0, "rain": 0.0}
+
+    async def write_usual():
+        router = MessageRouter()
+        await router.start()
+        result = await router.route("data", "weatherstation", "pg-2", json.dumps(usual).encode(), qos=1)
+        await router.stop()
+        return result.message_id
+
+    usual_id = asyncio.run(write_usual())
+    with connection.cursor() as cursor:  # the usual keys are stored once
+        table = WeatherStationMessage._meta.db_table
+        cursor.execute(f"SELECT payload_json::text FROM {table} WHERE id = %s", [usual_id])
+        out["usual_stored"] = json.loads(cursor.fetchone()[0])
+    out["usual_read"] = WeatherStationMessage.objects.get(pk=usual_id).payload_json
+    usual_rows = WeatherStationMessage.objects.filter(device__device_id="pg-2")
+    out["usual_lookups"] = [
+        list(usual_rows.filter(payload_json__pressure__gt=1000).values_list("pk", flat=True)) == [usual_id],
+        list(usual_rows.filter(payload_json__contains={"humidity": 40.0}).values_list("pk", flat=True)) == [usual_id],
+        usual_rows.filter(payload_json__has_key="rain").count() == 1,
+        usual_rows.filter(payload_json__has_key="temperature").count() == 101,
+        list(usual_rows.filter(pk=usual_id).values_list("payload_json__wind_speed", flat=True)) == [2.0],
+    ]
     print(json.dumps(out))
     """
 )
@@ -158,6 +181,15 @@ def test_lifecycle_on_postgresql(postgres_url, tmp_path):
     # 302 messages in two runs of the writer, every one stored once with its own id.
     assert out["stored"] == out["message_ids_unique"] == 302
     assert out["stored_usual"] == [["", "", ""]]
+    assert out["usual_stored"][1:] == [1.5, 40.0, 1000.5, 2.0, 0.0]
+    assert list(out["usual_read"].items()) == [
+        ("temperature", 1.5),
+        ("humidity", 40.0),
+        ("pressure", 1000.5),
+        ("wind_speed", 2.0),
+        ("rain", 0.0),
+    ]
+    assert out["usual_lookups"] == [True] * 5
     assert out["found_usual"] == 302
     assert out["read_usual"] == [["inbound", "completed", "application/json"]]
     # pg-0 got 0.0, 0.3, ..., 29.7 within the minute in the first run, then 65 at :55 (the latest: the last)

@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 
 from ..exceptions import ConfigurationError
+from ..fields import AuditPayloadField
 from ..models import BaseDevice, BaseMessage, BaseReading, BaseRollup
 from ..registry import registry
 
@@ -98,6 +99,10 @@ def create_models(device_type, module=None):
             "indexes": message_indexes(base),
         },
     )
+
+    payload = message_model._meta.get_field("payload_json")
+    if isinstance(payload, AuditPayloadField):  # the keys a usual data message stores once
+        payload.shape_keys = tuple(device_type._readings)
 
     rollup_model = _rollup_model(device_type, device_model, build, base, options)
     reading_model._rollup_model = rollup_model

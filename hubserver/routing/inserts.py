@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import BigIntegerField, DateTimeField, FloatField, IntegerField, JSONField
 
-from ..fields import CompactDateTimeField, UsualValueCharField, to_microseconds
+from ..fields import AuditPayloadField, CompactDateTimeField, UsualValueCharField, to_microseconds
 
 
 class RowInserter:
@@ -105,6 +105,9 @@ class RowInserter:
             (index, converter, memo.setdefault(converter, {}) if cacheable else None)
             for index, converter, cacheable in self._converters
         ]
+        for n, (index, converter, cache) in enumerate(converters):
+            if isinstance(converter, _PerInsert):  # made for this statement (looks things up in its transaction)
+                converters[n] = (index, converter.make(connection), cache)
         prepared = []
         for row in rows:
             values = list(row)
@@ -262,6 +265,8 @@ def _converter(field, connection):
     Same conversions as the fields' ``get_db_prep_save`` for the types the hub writes, faster; any other
     field type uses ``get_db_prep_save`` itself.
     """
+    if isinstance(field, AuditPayloadField):
+        return _PerInsert(field.compactor)
     if isinstance(field, UsualValueCharField):
         usual = field.usual
         return lambda value: "" if value == usual else value
@@ -278,6 +283,15 @@ def _converter(field, connection):
     if isinstance(field, JSONField) and connection.vendor in ("sqlite", "postgresql") and field.encoder is None:
         return _json_text  # PostgreSQL: text, cast to jsonb by the INSERT
     return lambda value: field.get_db_prep_save(value, connection)
+
+
+class _PerInsert:
+    """A converter that ``make(connection)`` builds anew for each insert."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
 
 
 _AS_IS = frozenset({"CharField", "TextField", "FloatField", "BooleanField", "BinaryField"})
