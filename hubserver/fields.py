@@ -261,15 +261,23 @@ class AuditPayloadField(models.JSONField):
         """A function of one value to its database text, compacting the usual shape; for one batch (the shape
         id it looks up is remembered only for the calls of the function it returned)."""
         keys = tuple(self.shape_keys)
+        size = len(keys) or -1
         prepare = self.get_prep_value
+        dumps = orjson.dumps
         shape = None
 
         def convert(value):
             nonlocal shape
-            if keys and type(value) is dict and len(value) == len(keys) and tuple(value) == keys:
-                if shape is None:
-                    shape = shape_id(connection, keys)
-                return _json_text([shape, *value.values()])
+            if type(value) is dict:
+                if len(value) == size and tuple(value) == keys:
+                    if shape is None:
+                        shape = shape_id(connection, keys)
+                    try:
+                        return dumps([shape, *value.values()]).decode()
+                    except TypeError:
+                        return _json_text([shape, *value.values()])
+                if len(value) != 1 or LIST_KEY not in value:
+                    return _json_text(value)
             return _json_text(prepare(value))
 
         return convert
