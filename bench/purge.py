@@ -55,12 +55,12 @@ def write_backlog(db_path, device_ids, count):
                     (
                         device,
                         "things/weatherstation/backlog/data",
-                        "inbound",
+                        "",  # inbound, application/json and completed: stored as '' (UsualValueCharField)
                         '{"temperature":20.5,"humidity":40.0}',
-                        "application/json",
+                        "",
                         "",
                         "{}",
-                        "completed",
+                        "",
                         "",
                         when,
                         when,

@@ -221,6 +221,7 @@ SHAPE_TABLE = "hubserver_payloadshape"
 LIST_KEY = "[]"  # a payload that is itself a list (or an object of only this key) is stored as {"[]": payload}
 _shapes = {}  # database -> {shape id: keys}, only shapes known to be committed
 _keys = {}  # database -> {keys: shape id}
+_tables = {}  # database -> its tables, as last seen (is the shape table there yet?)
 
 
 class AuditPayloadField(models.JSONField):
@@ -351,6 +352,11 @@ def shapes(connection):
     known = _shapes.get(database)
     in_transaction = connection.in_atomic_block
     if known is None or in_transaction:
+        database_tables = _tables.get(database)
+        if database_tables is None or SHAPE_TABLE not in database_tables:  # not migrated yet: no shapes
+            database_tables = _tables[database] = set(connection.introspection.table_names())
+            if SHAPE_TABLE not in database_tables:
+                return {}
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT id, keys FROM {SHAPE_TABLE}")
             found = {pk: tuple(orjson.loads(keys)) for pk, keys in cursor.fetchall()}
@@ -386,6 +392,7 @@ def forget_shapes(**kwargs):
     """``post_migrate`` receiver (a flush emits it too): shapes are looked up again."""
     _shapes.clear()
     _keys.clear()
+    _tables.clear()
 
 
 class ExpandedPayload(models.Func):

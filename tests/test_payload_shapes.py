@@ -121,3 +121,26 @@ def test_admin_shows_the_object(admin_client):
     assert page.status_code == 200
     text = page.content.decode()
     assert "temperature" in text and "kitchen" in text and "19.5" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_stored_before_read_the_same_after_migrate():
+    from django.core.management import call_command
+    from django.db.migrations.executor import MigrationExecutor
+
+    old_state = "0006_usual_values_stored_empty"  # the last migration of the test app before compact payloads
+    executor = MigrationExecutor(connection)
+    executor.migrate([("testapp", old_state), ("hubserver", "0002_storagereport")])
+    try:
+        old = executor.loader.project_state(("testapp", old_state)).apps
+        device = old.get_model("testapp", "ThermometerDevice").objects.create(device_id="old")
+        make = old.get_model("testapp", "ThermometerMessage").objects.create
+        pks = [make(device_id=device.pk, topic="t", payload_json=p).pk for p in (USUAL, [1, 2], {"a": 1})]
+        assert "hubserver_payloadshape" not in connection.introspection.table_names()
+    finally:
+        call_command("migrate", verbosity=0)
+    assert [ThermometerMessage.objects.get(pk=pk).payload_json for pk in pks] == [USUAL, [1, 2], {"a": 1}]
+    assert list(ThermometerMessage.objects.filter(payload_json__uptime=7).values_list("pk", flat=True)) == [pks[0]]
+    PayloadShape.objects.create(keys='["temperature","uptime","door_open","label"]')  # as the writer would
+    assert ThermometerMessage.objects.get(pk=pks[0]).payload_json == USUAL
+    assert list(ThermometerMessage.objects.filter(payload_json__uptime=7).values_list("pk", flat=True)) == [pks[0]]
