@@ -216,10 +216,11 @@ async def test_mqttjs_over_websocket(running, mqttjs):  # noqa: F811
     assert hub.stop() == 0, hub.text()
     with sqlite3.connect(hub.data_dir / "hubserver.sqlite3") as db:
         stored = db.execute(
+            # Raw SQL sees the usual direction (inbound) and content type (application/json) stored as ''.
             "SELECT content_type, correlation_id, user_properties FROM devicetypes_weatherstationmessage "
-            "WHERE direction = 'inbound' AND topic LIKE '%/data' ORDER BY id"
+            "WHERE direction = '' AND topic LIKE '%/data' ORDER BY id"
         ).fetchall()
-        assert stored[0][:2] == ("application/json", "batch-7")
+        assert stored[0][:2] == ("", "batch-7")
         assert json.loads(stored[0][2]) == {"site": "north", "shift": "night"}
         replied = db.execute(
             "SELECT command_status, command_result FROM devicetypes_weatherstationmessage WHERE direction = 'outbound'"

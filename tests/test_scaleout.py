@@ -140,7 +140,7 @@ class Cluster:
     def stored_seqs(self):
         rows = self.query(
             "SELECT payload_json->>'seq' FROM devicetypes_weatherstationmessage "
-            "WHERE direction = 'inbound' AND topic LIKE '%%/data'"
+            "WHERE direction = '' AND topic LIKE '%%/data'"  # '': inbound, the usual direction
         )
         return [row[0] for row in rows]
 
