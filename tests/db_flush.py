@@ -9,13 +9,16 @@ same database. A test that changed a content type or a permission gets the full 
 
 The other ``post_migrate`` receivers have nothing to redo after a flush: guardian's cache is of content
 types, which stay as they were; the hub's timestamp conversion and rollup backfill work on stored messages,
-which the flush has just removed.
+which the flush has just removed. One is called here: the hub's cache of payload shapes
+(``hubserver.fields.forget_shapes``), whose table the flush has emptied.
 """
 
 from django.core.management import call_command
 from django.core.management.color import no_style
 from django.db import connections
 from django.test import TransactionTestCase
+
+from hubserver.fields import forget_shapes
 
 _full_teardown = TransactionTestCase._fixture_teardown
 _kept_rows = {}  # database alias -> the rows of the kept tables after its last full flush
@@ -51,6 +54,7 @@ def _fixture_teardown(self):
             ]
             statements = connection.ops.sql_flush(no_style(), tables, reset_sequences=False, allow_cascade=False)
             connection.ops.execute_sql_flush(statements)
+            forget_shapes()
         else:
             # What Django's teardown does for this database (no available_apps, no serialized rollback)
             call_command(

@@ -92,7 +92,7 @@ SCRIPT = textwrap.dedent(
         cursor.execute(
             f"SELECT DISTINCT direction, processing_status, content_type FROM {WeatherStationMessage._meta.db_table}"
         )
-        out["stored_usual"] = cursor.fetchall()
+        out["stored_usual"] = sorted(cursor.fetchall())
     out["found_usual"] = WeatherStationMessage.objects.filter(
         direction="inbound", processing_status="completed", content_type="application/json"
     ).count()
@@ -180,7 +180,8 @@ def test_lifecycle_on_postgresql(postgres_url, tmp_path):
     ]
     # 302 messages in two runs of the writer, every one stored once with its own id.
     assert out["stored"] == out["message_ids_unique"] == 302
-    assert out["stored_usual"] == [["", "", ""]]
+    weird = f"text/x-{chr(9)}weird"
+    assert out["stored_usual"] == [["", "", ""], ["", "", weird], ["", "failed", ""]]
     assert out["usual_stored"][1:] == [1.5, 40.0, 1000.5, 2.0, 0.0]
     assert list(out["usual_read"].items()) == [
         ("temperature", 1.5),
@@ -191,7 +192,11 @@ def test_lifecycle_on_postgresql(postgres_url, tmp_path):
     ]
     assert out["usual_lookups"] == [True] * 5
     assert out["found_usual"] == 302
-    assert out["read_usual"] == [["inbound", "completed", "application/json"]]
+    assert out["read_usual"] == [
+        ["inbound", "completed", "application/json"],
+        ["inbound", "completed", weird],
+        ["inbound", "failed", "application/json"],
+    ]
     # pg-0 got 0.0, 0.3, ..., 29.7 within the minute in the first run, then 65 at :55 (the latest: the last)
     # and an old -5 in the second.
     assert out["minute"] == [101, 0.0, 65.0, 65.0]
