@@ -58,7 +58,7 @@ class RunningHub:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=self._limit_open_files if self.open_files else None,
+            preexec_fn=self._prepare,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if wait:
@@ -69,9 +69,12 @@ class RunningHub:
                 time.sleep(0.05)
         return self
 
-    def _limit_open_files(self):
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
+    def _prepare(self):
+        # Ctrl-C as from a terminal: a process inherits an ignored SIGINT, and pytest-xdist's workers ignore it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.open_files:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def _read(self):
         for line in self.process.stdout:
