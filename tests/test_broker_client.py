@@ -73,9 +73,13 @@ async def test_messages_are_acknowledged_only_when_the_hub_says_so(broker_url):
     await sender.connect()
     for n in range(4):
         await sender.publish(topic, f"m{n}".encode(), qos=1)
-    await first.wait(4)
+    await sender.publish(topic, b"", qos=1)
+    await first.wait(5)
+    assert [(t, payload, qos, properties) for t, payload, qos, properties, _ in first.messages] == [
+        (topic, payload, 1, {"dup": 0, "retain": 0}) for payload in (b"m0", b"m1", b"m2", b"m3", b"")
+    ]
     for _, payload, _, _, mid in first.messages:
-        if payload in (b"m0", b"m2"):
+        if payload in (b"m0", b"m2", b""):
             worker.ack(mid)
     await asyncio.sleep(0.3)
     await worker.disconnect()
@@ -87,6 +91,7 @@ async def test_messages_are_acknowledged_only_when_the_hub_says_so(broker_url):
     await again.wait(2)
     await asyncio.sleep(0.3)
     assert sorted(payload for _, payload, _, _, _ in again.messages) == [b"m1", b"m3"]
+    assert all(properties["dup"] == 1 for *_, properties, _ in again.messages)  # sent again
     for *_, mid in again.messages:
         resumed.ack(mid)
     await resumed.disconnect()
