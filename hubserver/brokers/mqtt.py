@@ -2,12 +2,14 @@
 
 ``MQTTBroker`` subscribes to every device topic of the types routed to its ``BROKERS`` entry (their
 ``Meta.broker``), ``$share/<SHARE_GROUP>/...`` so that each of several hub processes gets a share, and
-hands every message to the router. A QoS 1 message is acknowledged to the broker only after its batch has
-committed, on a persistent session (``CLIENT_ID``, session expiry of a week): a worker that is killed and
-restarted with the same client id gets again everything it had not acknowledged, and what the broker
-queued for it meanwhile. Commands go out as MQTT 5 PUBLISHes with the command's correlation id as
-Correlation Data and user properties; the broker's PUBACK says whether anyone subscribes to the device's
-``cmd`` topic (0x10: nobody, the command stays pending and is sent again on the next poll).
+hands every message to the router, with its MQTT 5 properties (content type, correlation data, user
+properties: stored on its row; a reply's correlation data names its command). A QoS 1 message is
+acknowledged to the broker only after its batch has committed, on a persistent session (``CLIENT_ID``,
+session expiry of a week): a worker that is killed and restarted with the same client id gets again
+everything it had not acknowledged, and what the broker queued for it meanwhile. Commands go out as MQTT 5
+PUBLISHes with the command's correlation id as Correlation Data and user properties; the broker's PUBACK
+says whether anyone subscribes to the device's ``cmd`` topic (0x10: nobody, the command stays pending and
+is sent again on the next poll).
 
 It keeps django-devicehub's ``MQTTBroker`` API for code of its own: ``MQTTBroker(name="default")``, ``connect()``,
 ``subscribe(topic)``, ``publish(topic, payload, qos, correlation_id=..., user_properties=...)``,
@@ -35,6 +37,7 @@ import orjson
 
 from ..conf import hub_settings
 from ..registry import registry
+from ..routing.properties import MessageProperties
 from ..routing.throttle import ThrottledLog
 from ..running import notes_dir
 from ..vocabulary import Kind, parse_device_topic
@@ -42,7 +45,7 @@ from .accounts import managed
 from .base import BaseBroker
 from .connection import BrokerError, broker_address
 from .dynsec import DynsecAdmin
-from .mqtt_client import NO_MATCHING_SUBSCRIBERS, BrokerClient, reason_text
+from .mqtt_client import FLAGS, NO_MATCHING_SUBSCRIBERS, BrokerClient, reason_text
 
 logger = logging.getLogger("hubserver.brokers")
 
@@ -85,7 +88,8 @@ class MQTTBroker(BaseBroker):
         self._extra_topics: list[str] = []  # seed API: subscribe() before connect()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
-        self._inbox: list = []  # (parsed topic, payload, qos, mid, received at, attempt) not yet submitted
+        # (parsed topic, payload, qos, mid, received at, MessageProperties or None, attempt) not yet submitted
+        self._inbox: list = []
         self._draining = False
         self.unacknowledged = 0  # QoS 1 messages taken and not yet acknowledged (committed)
         self._paused = False
@@ -265,7 +269,9 @@ class MQTTBroker(BaseBroker):
             if mid is not None:
                 self.client.ack(mid)  # nothing to store, ever: do not have it sent again
             return
-        self._inbox.append((parsed, payload, qos, mid, datetime.now(UTC), 0))
+        # Only the flags: no MQTT 5 property (always so on the client's short path), nothing to convert.
+        extra = message_properties(properties) if len(properties) > FLAGS else None
+        self._inbox.append((parsed, payload, qos, mid, datetime.now(UTC), extra, 0))
         if mid is not None:
             self.unacknowledged += 1
             if self.unacknowledged >= RECEIVE_MAXIMUM and not self._paused:
@@ -289,7 +295,7 @@ class MQTTBroker(BaseBroker):
             while self._inbox:
                 batch, self._inbox = self._inbox, []
                 for item in batch:
-                    parsed, payload, qos, _, received_at, _ = item
+                    parsed, payload, qos, _, received_at, properties, _ = item
                     try:
                         future = await router.submit(
                             parsed.kind,
@@ -299,6 +305,7 @@ class MQTTBroker(BaseBroker):
                             qos=qos,
                             received_at=received_at,
                             client_id=f"{parsed.type_name}.{parsed.device_id}",
+                            properties=properties,
                         )
                     except Exception as exc:
                         self._retry(item, exc)
@@ -327,7 +334,7 @@ class MQTTBroker(BaseBroker):
         if self.closing or item[3] is None:
             self.counts["not_stored"] += 1
             return
-        attempt = item[5]
+        attempt = item[6]
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
         self.counts["retried"] += 1
         self._retry_log.warning(
@@ -336,7 +343,7 @@ class MQTTBroker(BaseBroker):
 
         def again():
             if not self.closing:
-                self._inbox.append((*item[:5], attempt + 1))
+                self._inbox.append((*item[:6], attempt + 1))
                 self._wake_drain()
 
         self.loop.call_later(delay, again)
@@ -425,6 +432,24 @@ class MQTTBroker(BaseBroker):
 
 def _safe(name):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
+
+
+def message_properties(properties):
+    """What a device's PUBLISH says about itself (content type, correlation data, user properties) as the
+    router takes it, from the properties the client gives ``on_publish`` (gmqtt's decoding: each property
+    as the list of its values); None when it carries none of the three."""
+    content_type = properties.get("content_type")
+    correlation = properties.get("correlation_data")
+    pairs = properties.get("user_property")
+    if not (content_type or correlation or pairs):
+        return None
+    return MessageProperties.from_mqtt(
+        {
+            "content_type": content_type[0] if content_type else "",
+            "correlation_data": correlation[0] if correlation else None,
+            "user_property": pairs,
+        }
+    )
 
 
 def _properties(correlation_id, user_properties):

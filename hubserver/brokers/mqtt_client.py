@@ -61,6 +61,9 @@ REASONS = {
 }
 NO_MATCHING_SUBSCRIBERS = 0x10
 _PUBACK = bytes([MQTTCommands.PUBACK, 2])
+# The properties ``on_publish`` gets hold the PUBLISH's "dup" and "retain" flags and, when it has any, its
+# MQTT 5 properties by name, each as the list of its values: more than FLAGS keys means properties.
+FLAGS = 2
 SESSION_TAKEN_OVER = 0x8E
 
 
@@ -117,8 +120,9 @@ class BrokerClient:
     """One MQTT 5 session with a broker.
 
     ``on_publish(topic, payload, qos, properties, mid)`` is called on the event loop for every message
-    (``mid`` None at QoS 0); acknowledge a QoS 1 message with ``ack(mid)``, or never (the broker sends it
-    again on the next connection of this persistent session). ``persistent`` sessions survive the
+    (``mid`` None at QoS 0; ``properties`` as described at FLAGS, the same from the short path and from
+    gmqtt's); acknowledge a QoS 1 message with ``ack(mid)``, or never (the broker sends it again on the
+    next connection of this persistent session). ``persistent`` sessions survive the
     connection for ``session_expiry`` seconds, with the messages the broker queued meanwhile.
     """
 
