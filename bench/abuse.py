@@ -16,7 +16,9 @@ One line per scenario (the figures), e.g.:
 ``rss_mb`` is before/peak/after, ``puback_ms`` p50/p99 of the innocents during the attack, ``connect_ms``
 the median CONNACK time of the fresh CONNECTs, ``acked`` PUBACKs received / PUBLISHes sent, ``closed`` how
 many innocent connections the hub closed (should be 0), ``fds``/``db_fds`` the hub's open descriptors (all,
-and on its SQLite database), ``attack=...`` what the attacker managed.
+and on its SQLite database), ``log_lines`` the lines the hub logged from the start of the attack to the end
+of the settling time (the innocents' and the timed CONNECTs log too: ``none`` is the reference),
+``attack=...`` what the attacker managed.
 
 Scenarios are registered with ``@scenario(name, area, description)`` in ``SCENARIOS``: an ``async``
 function ``attack(ctx)`` that runs in the attacker process until ``ctx.stopping()`` and returns a dict of
@@ -272,6 +274,26 @@ async def attack_pingreq_flood(ctx):
     await ctx.until_stopped()
     close_all([writer])
     return {"sent": sent}
+
+
+@scenario("puback-flood", "mqtt", "an authenticated device sends 300,000 PUBACKs for messages it was never sent")
+async def attack_puback_flood(ctx):
+    reader, writer = await open_raw(ctx, ctx.devices[0])
+    background(discard(reader))
+    sent = 0
+    try:
+        while sent < 300_000 and not ctx.stopping():
+            writer.write(
+                b"".join(bytes([0x40, 2]) + struct.pack("!H", n % 65535 + 1) for n in range(sent, sent + 10_000))
+            )
+            sent += 10_000
+            await asyncio.wait_for(writer.drain(), 5)
+    except (ConnectionError, OSError, TimeoutError):
+        pass
+    await ctx.until_stopped()
+    closed = reader.at_eof()
+    close_all([writer])
+    return {"sent": sent, "closed_by_hub": closed}
 
 
 @scenario("qos2-no-pubrel", "mqtt", "an authenticated device sends 2,000 QoS 2 PUBLISHes of 100 KB and never a PUBREL")
@@ -779,6 +801,7 @@ def run_scenario(run, spec, args):
             stop_event.set()
         return figures
 
+    lines_before = len(hub.output)
     try:
         figures = asyncio.run(measured())
     finally:
@@ -792,6 +815,7 @@ def run_scenario(run, spec, args):
     sampler.done.set()
     sampler.join()
     rss_after = common.rss_kb(pid)
+    log_lines = len(hub.output) - lines_before
     hub.check_alive()
     lat, connects = figures["latencies"], figures["connects"]
 
@@ -804,7 +828,7 @@ def run_scenario(run, spec, args):
         f"puback_ms={ms(common.percentile(lat, 0.5))}/{ms(common.percentile(lat, 0.99))} "
         f"connect_ms={ms(common.percentile(connects, 0.5))} acked={figures['acked']}/{figures['sent']} "
         f"closed={figures['closed']} fds={common.open_fds(pid)} db_fds={database_fds(pid)} "
-        f"close_wait={close_wait_sockets({hub.mqtt_port})} "
+        f"close_wait={close_wait_sockets({hub.mqtt_port})} log_lines={log_lines} "
         f"attack={attack}",
         flush=True,
     )
