@@ -76,6 +76,14 @@ _UNLIMITED = math.inf
 # client's message quota like PUBLISHes, or a client sending them as fast as it can (and reading nothing)
 # would have the loop, and the GIL the database writer needs, to itself.
 _REQUESTS = frozenset((PINGREQ, SUBSCRIBE, UNSUBSCRIBE))
+# The acknowledgements a client sends for what the hub sent it, and amqtt's waiters for each. One that
+# nothing waits for answers nothing: it counts as a request, and is ignored with a line a minute.
+_ACK_WAITERS = {
+    PUBACK: "_puback_waiters",
+    PUBREC: "_pubrec_waiters",
+    PUBREL: "_pubrel_waiters",
+    PUBCOMP: "_pubcomp_waiters",
+}
 # Packets read from one connection's buffer before the reader lets the other connections have the loop.
 _TURN = 64
 
@@ -159,7 +167,7 @@ class FastReaderHandler(BrokerProtocolHandler):
                         if self._behind or (self._acks is not None and len(self._acks) >= self._share):
                             await self._catch_up()
                         continue
-                elif packet_type in _REQUESTS:
+                elif packet_type in _REQUESTS or (packet_type in _ACK_WAITERS and self._unexpected(packet_type, body)):
                     self._messages_left -= 1
                     self._bytes_left -= length
                     if self._messages_left <= 0 or self._bytes_left <= 0:
@@ -294,6 +302,17 @@ class FastReaderHandler(BrokerProtocolHandler):
             if packet_type == PINGREQ:
                 self._write_now(_PINGRESP)
                 return None
+            if packet_type in _ACK_WAITERS and self._unexpected(packet_type, body):
+                # amqtt would log a warning for each one: a client sending them in a loop would flood the log.
+                self.counters._log.warning(
+                    "unexpected_ack",
+                    self._client.client_id if self._client is not None else None,
+                    "%s sent acknowledgements (packet type %s, id %s) for nothing the hub sent it: ignored",
+                    self._who(),
+                    packet_type,
+                    (body[0] << 8) | body[1],
+                )
+                return None
             if packet_type in (SUBSCRIBE, UNSUBSCRIBE):
                 check_subscription(packet_type, body)
                 await self._until_subscriptions_handled()
@@ -303,6 +322,11 @@ class FastReaderHandler(BrokerProtocolHandler):
         except ProtocolViolation as exc:
             self._close_for("protocol_violation", exc)
             return False
+
+    def _unexpected(self, packet_type, body):
+        """Whether an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) carries a packet id nothing waits for
+        (a malformed one is not: the packet's checks close the connection)."""
+        return len(body) >= 2 and ((body[0] << 8) | body[1]) not in getattr(self, _ACK_WAITERS[packet_type])
 
     async def _track(self, task):
         """Keep a handler task until it ends, its exception retrieved; at most MAX_INFLIGHT_MESSAGES busy ones

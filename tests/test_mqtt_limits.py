@@ -191,6 +191,37 @@ async def test_a_pingreq_flood_is_slowed_down_by_the_message_quota_and_others_ar
         await innocent.disconnect()
 
 
+@pytest.mark.parametrize(
+    "hub_settings_override", [{"CLIENT_MESSAGE_RATE": 100, "CLIENT_MESSAGE_BURST": 200}], indirect=True
+)
+async def test_acknowledgements_of_nothing_are_ignored_counted_and_logged_once(engine, caplog):
+    """PUBACKs, PUBRECs, PUBRELs and PUBCOMPs for packet ids the hub never sent answer nothing: each one used
+    to cost a warning line (amqtt's); now they count against the message quota like the requests they are,
+    and the log says it once. The connection stays, and a bystander is served."""
+    caplog.set_level(logging.INFO)
+    flooder = await device(engine, "acks-1")
+    bystander = await device(engine, "calm-4")
+    flood = b"".join(
+        bytes([kind, 2]) + struct.pack("!H", n % 65535 + 1)
+        for n in range(1000)
+        for kind in (0x40, 0x50, 0x62, 0x70)  # PUBACK, PUBREC, PUBREL, PUBCOMP
+    )
+    flooder.writer.write(flood)
+    counters = engine.engine.broker.limit_counters
+    await until(lambda: counters.throttled["messages"] >= 1, timeout=10, message="the flooder to be throttled")
+    topic = "things/thermometer/calm-4/data"
+    bystander.writer.write(publish_packet(topic, b'{"uptime": 4}', packet_id=4))
+    assert await pubacks(bystander, 1) == [4]
+    assert [r.uptime for r in await rows(ThermometerReading, 1)] == [4]
+    assert not await flooder.closed(timeout=0.2), "ignored, not a reason to close"
+    assert engine.client_limits("thermometer.acks-1").get("throttled:messages", 0) >= 1
+    about = [r.getMessage() for r in caplog.records if "acks-1" in r.getMessage() or "Id" in r.getMessage()]
+    assert not [m for m in about if "unknown pending" in m], "no line per acknowledgement"
+    assert len([m for m in about if "for nothing the hub sent" in m]) == 1, about
+    flooder.close()
+    bystander.close()
+
+
 @pytest.mark.parametrize("hub_settings_override", [{"MAX_AWAITING_REL": 3}], indirect=True)
 async def test_qos2_messages_waiting_for_pubrel_are_capped(engine):
     """EMQX's max_awaiting_rel: the fourth QoS 2 PUBLISH without PUBREL closes the connection."""
