@@ -3,7 +3,6 @@ tiny raw client for what paho will not do on purpose (stay silent, withhold a PU
 
 import asyncio
 import contextlib
-import socket
 import struct
 import threading
 import time
@@ -11,11 +10,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.services import free_port  # noqa: F401  (the tests import it from here)
 
 
 async def until(predicate, timeout=10.0, interval=0.02, message="condition"):

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -55,10 +56,47 @@ class Server:
             self._stop = None
 
 
+def _listen_ports():
+    """The ports servers under test listen on: just below the range the kernel draws outgoing connections'
+    ports from, which any client may take between the moment a test picks a port and the moment its server
+    binds it. Each pytest-xdist worker gets a slice of its own, so two workers never pick the same port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_start = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    ports = range(max(1024, ephemeral_start - 12000), ephemeral_start)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    index = int(worker) % workers if worker.isdigit() else 0
+    size = len(ports) // workers
+    return range(ports.start + index * size, ports.start + (index + 1) * size)
+
+
+_next_port = None
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, taken in turn from this process's slice (a port just used by a
+    stopped server comes back only after the whole slice)."""
+    global _next_port
+    ports = _listen_ports()
+    if len(ports) < 100:  # an unusual port range: let the kernel choose
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    if _next_port is None:
+        _next_port = random.randrange(len(ports))
+    for _ in range(len(ports)):
+        port = ports[_next_port % len(ports)]
+        _next_port += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def wait_for_port(port, process=None, timeout=20.0, what="server"):
