@@ -176,6 +176,7 @@ async def test_a_reply_with_correlation_data_only_moves_the_command_to_replied(e
         (command,) = device.commands
         correlation = command.properties.CorrelationData
         assert correlation == sent.correlation_id.encode()
+        assert command.properties.ContentType == "application/json"  # as the embedded broker sends it
         # Firmware that answers the MQTT 5 way: the correlation data back as a property, none in the JSON.
         await device.publish("reply", b'{"status": "ok", "result": {"mode": "manual"}}', CorrelationData=correlation)
 

@@ -220,7 +220,7 @@ class MQTTBroker(BaseBroker):
     ):
         if self.client is None or not self.client.connected:
             raise ConnectionError(f"{self.address} is not connected")
-        properties = _properties(correlation_id, user_properties)
+        properties = {"content_type": "application/json", **_properties(correlation_id, user_properties)}
         if response_topic:
             properties["response_topic"] = response_topic
         code = await self.client.publish(topic, payload, qos=qos, **properties)
