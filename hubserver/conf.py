@@ -83,8 +83,9 @@ DEFAULTS = {
     "MAX_AWAITING_REL": (int, 100),
     # QoS 1/2 deliveries waiting for a place in a client's in-flight window; beyond, new ones are dropped.
     "MAX_QUEUED_MESSAGES": (int, 1000),
-    # Per MQTT client quotas (0: none), which a DeviceType's Meta may override: PUBLISHes and PUBLISH bytes
-    # per second, each with a burst; and how many of its messages may wait for the database at once.
+    # Per MQTT client quotas (0: none), which a DeviceType's Meta may override: packets (PUBLISH, PINGREQ,
+    # SUBSCRIBE, UNSUBSCRIBE and acknowledgements of nothing) and PUBLISH bytes per second, each with a
+    # burst; and how many of its messages may wait for the database at once.
     "CLIENT_MESSAGE_RATE": (NUMBER, 500),
     "CLIENT_MESSAGE_BURST": (int, 2000),
     "CLIENT_BYTE_RATE": (NUMBER, 1024 * 1024),
