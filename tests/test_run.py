@@ -83,7 +83,14 @@ class RunningHub:
     def stop(self, sig=signal.SIGTERM, timeout=60):
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            time.sleep(0.1)
+            wrote = self.text()
+            raise AssertionError(f"the hub did not stop within {timeout} s of {sig!r}; it wrote:\n{wrote}") from None
         time.sleep(0.1)
         return code
 

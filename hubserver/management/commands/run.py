@@ -2,12 +2,15 @@
 embedded amqtt broker for MQTT), after migrating the database and making sure an admin account exists."""
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import socket
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,6 +124,7 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
         self.stdout.write("Stopped.")
+        exit_even_if_a_request_thread_hangs()
 
     def raise_open_files_limit(self):
         """Each connection is a file descriptor: lift the soft limit (often 1,024) to the hard limit."""
@@ -237,6 +241,11 @@ def _bounded_server_class():
 
 # Seconds the tasks left on the loop when the server has stopped get to end once cancelled.
 PENDING_TASKS_TIMEOUT = 10.0
+# Once those have ended, the loop keeps running until no thread has handed it a new task for this long.
+QUIET_AFTER_STOP = 0.3
+# Seconds the interpreter may spend joining the threads that served requests before the stopped hub exits
+# anyway (everything queued was committed before it printed "Stopped.").
+EXIT_TIMEOUT = 10.0
 
 
 def finish_pending_tasks(loop, timeout=PENDING_TASKS_TIMEOUT):
@@ -248,18 +257,48 @@ def finish_pending_tasks(loop, timeout=PENDING_TASKS_TIMEOUT):
     which hands the rest of the request to a task on the loop and waits for it): with the loop stopped,
     that thread waited for ever, and since Python joins every executor thread at exit, a hub sent SIGTERM
     while serving HTTP printed "Stopped." and never exited. Cancelled here, each such task ends and wakes
-    its thread."""
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not pending:
-        return
-    for task in pending:
-        task.cancel()
-    done, left = loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("a task ended with %r while the hub stopped", task.exception())
-    if left:
-        logger.warning("%d tasks did not end within %.0f s of the hub stopping: %s", len(left), timeout, left)
+    its thread; a thread woken that way may hand the loop one more task on its way out, so the loop keeps
+    running (and cancelling) until none has come for ``QUIET_AFTER_STOP`` seconds."""
+    deadline = time.monotonic() + timeout
+    quiet_until = time.monotonic() + QUIET_AFTER_STOP
+    # A request cut short here ends its tasks with RequestAborted or CancelledError, some before this
+    # function sees them: that is the stop, not an error worth a traceback.
+    loop.set_exception_handler(lambda loop, context: logger.debug("while the hub stopped: %s", context))
+    while True:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if pending:
+            for task in pending:
+                task.cancel()
+            done, left = loop.run_until_complete(asyncio.wait(pending, timeout=max(0.01, deadline - time.monotonic())))
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.debug("a task ended with %r while the hub stopped", task.exception())
+            if left:
+                logger.warning("%d tasks did not end within %.0f s of the hub stopping: %s", len(left), timeout, left)
+                return
+            quiet_until = time.monotonic() + QUIET_AFTER_STOP
+        elif time.monotonic() >= quiet_until or time.monotonic() >= deadline:
+            return
+        else:
+            loop.run_until_complete(asyncio.sleep(0.02))
+
+
+def exit_even_if_a_request_thread_hangs(timeout=EXIT_TIMEOUT):
+    """Once the interpreter exits, it joins every thread that served a request; one still blocked (a request
+    thread waiting on the stopped loop after all) would keep a stopped hub alive for ever. A watchdog
+    thread ends the process ``timeout`` seconds after the main thread finished, whatever is still joined;
+    when the command runs inside a longer-lived process, the main thread goes on and nothing happens."""
+
+    def watch():
+        threading.main_thread().join()
+        time.sleep(timeout)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"a thread that served a request did not end within {timeout:.0f} s; exiting\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
 
 
 def install_reactor(event_loop):
