@@ -156,22 +156,22 @@ class FastReaderHandler(BrokerProtocolHandler):
                     turn = _TURN
                     await asyncio.sleep(0)
                 packet_type, flags = head[0] >> 4, head[0] & 0x0F
-                if packet_type == PUBLISH:
+                publish = packet_type == PUBLISH
+                if (
+                    publish
+                    or packet_type in _REQUESTS
+                    or (packet_type in _ACK_WAITERS and self._unexpected(packet_type, body))
+                ):
                     self._messages_left -= 1
                     self._bytes_left -= length
                     if self._messages_left <= 0 or self._bytes_left <= 0:
                         await self._over_quota(loop)
-                    if self._short_path(flags):
+                    if publish and self._short_path(flags):
                         if not await self._publish(flags, body):
                             break
                         if self._behind or (self._acks is not None and len(self._acks) >= self._share):
                             await self._catch_up()
                         continue
-                elif packet_type in _REQUESTS or (packet_type in _ACK_WAITERS and self._unexpected(packet_type, body)):
-                    self._messages_left -= 1
-                    self._bytes_left -= length
-                    if self._messages_left <= 0 or self._bytes_left <= 0:
-                        await self._over_quota(loop)
                 task = await self._dispatch_packet(packet_type, flags, length, body)
                 if task is False:
                     break
