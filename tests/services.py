@@ -13,6 +13,7 @@ install: a test that needs a server never passes without one.
 """
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -56,6 +57,7 @@ class Server:
             self._stop = None
 
 
+@functools.cache
 def _listen_ports():
     """The ports servers under test listen on: just below the range the kernel draws outgoing connections'
     ports from, which any client may take between the moment a test picks a port and the moment its server
