@@ -35,6 +35,16 @@ class Command(BaseCommand):
     help = "Run the hub: MQTT broker, storage, admin, API and live views in one process."
     requires_migrations_checks = False
 
+    def run_from_argv(self, argv):
+        """From the command line the process ends with the command: make sure it does (``call_command`` from
+        a longer-lived process does not come here)."""
+        code = 1
+        try:
+            super().run_from_argv(argv)
+            code = 0
+        finally:
+            exit_even_if_a_request_thread_hangs(code)
+
     def add_arguments(self, parser):
         parser.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP and MQTT)")
         parser.add_argument("--http-port", type=int, default=8000, help="HTTP, WebSocket and MQTT-over-WebSocket")
@@ -124,7 +134,6 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"cannot listen for HTTP on {host}:{http_port}: {failed[0]}")
         self.stdout.write("Stopped.")
-        exit_even_if_a_request_thread_hangs()
 
     def raise_open_files_limit(self):
         """Each connection is a file descriptor: lift the soft limit (often 1,024) to the hard limit."""
@@ -283,20 +292,19 @@ def finish_pending_tasks(loop, timeout=PENDING_TASKS_TIMEOUT):
             loop.run_until_complete(asyncio.sleep(0.02))
 
 
-def exit_even_if_a_request_thread_hangs(timeout=EXIT_TIMEOUT):
-    """Once the interpreter exits, it joins every thread that served a request; one still blocked (a request
+def exit_even_if_a_request_thread_hangs(code, timeout=EXIT_TIMEOUT):
+    """Before it exits, Python joins every thread that served a request; one still blocked (a request
     thread waiting on the stopped loop after all) would keep a stopped hub alive for ever. A watchdog
-    thread ends the process ``timeout`` seconds after the main thread finished, whatever is still joined;
-    when the command runs inside a longer-lived process, the main thread goes on and nothing happens."""
+    thread ends the process with ``code`` ``timeout`` seconds from now, whatever is still being joined; an
+    exit that joins nothing stuck is over long before."""
 
     def watch():
-        threading.main_thread().join()
         time.sleep(timeout)
         with contextlib.suppress(Exception):
             sys.stderr.write(f"a thread that served a request did not end within {timeout:.0f} s; exiting\n")
             sys.stderr.flush()
             sys.stdout.flush()
-        os._exit(0)
+        os._exit(code)
 
     threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
 
